@@ -1,0 +1,2 @@
+//! Placeholder load bench (filled in later).
+fn main() {}

@@ -1,0 +1,130 @@
+//! Simulator configuration.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SimError;
+
+/// How jobs reach a scale set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AssignmentMode {
+    /// GHES style: the scale set receives `JobAvailable`, must call `acquirejobs`, then
+    /// receives `JobAssigned`.
+    Ghes,
+    /// github.com style: jobs are assigned directly (`JobAssigned`), no acquire step.
+    #[default]
+    Hosted,
+}
+
+impl FromStr for AssignmentMode {
+    type Err = SimError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "ghes" => Ok(Self::Ghes),
+            "hosted" => Ok(Self::Hosted),
+            _ => Err(SimError::InvalidMode(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for AssignmentMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ghes => "ghes",
+            Self::Hosted => "hosted",
+        })
+    }
+}
+
+/// Configuration of a [`crate::Simulator`]. Every field has a default; tests shorten the
+/// timers so they run fast.
+#[derive(Clone)]
+pub struct SimConfig {
+    /// Job assignment mode (default [`AssignmentMode::Hosted`]).
+    pub mode: AssignmentMode,
+    /// Maximum time a message-queue GET is held open when there is nothing to deliver
+    /// (default 50 s).
+    pub long_poll: Duration,
+    /// Lifetime of the admin JWT returned by `/actions/runner-registration` (default 1 h).
+    pub admin_token_ttl: Duration,
+    /// Lifetime of a session's `messageQueueAccessToken` (default 50 min).
+    pub queue_token_ttl: Duration,
+    /// An assigned job that no runner takes within this time is canceled and requeued
+    /// (default 60 s).
+    pub assignment_timeout: Duration,
+    /// How many times a canceled job is requeued before it is given up (default 3).
+    pub max_requeues: u32,
+    /// A busy runner whose heartbeats stop for this long is declared dead: its job
+    /// completes with result `failed` and the runner is removed (default 10 s).
+    pub runner_heartbeat_timeout: Duration,
+    /// Address to bind (default `127.0.0.1:0`).
+    pub bind: SocketAddr,
+    /// The personal access token to accept; a random one is generated when `None`.
+    pub token: Option<String>,
+    /// Lifetime of GitHub App installation tokens (default 1 h).
+    pub installation_token_ttl: Duration,
+    /// Lifetime of runner registration tokens (default 1 h).
+    pub registration_token_ttl: Duration,
+    /// Maximum time the simulated runner's job fetch is held open (default 30 s).
+    pub runner_job_poll: Duration,
+    /// Maximum number of job messages per queue message (default 50).
+    pub max_jobs_per_message: usize,
+    /// How many request-log entries are kept (oldest dropped first; default 10,000).
+    pub request_log_capacity: usize,
+    /// Organization name used in the default config URL and job messages (default `sim-org`).
+    pub org: String,
+    /// Repository name used in the default config URL and job messages (default `sim-repo`).
+    pub repo: String,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            mode: AssignmentMode::Hosted,
+            long_poll: Duration::from_secs(50),
+            admin_token_ttl: Duration::from_secs(3600),
+            queue_token_ttl: Duration::from_secs(50 * 60),
+            assignment_timeout: Duration::from_secs(60),
+            max_requeues: 3,
+            runner_heartbeat_timeout: Duration::from_secs(10),
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            token: None,
+            installation_token_ttl: Duration::from_secs(3600),
+            registration_token_ttl: Duration::from_secs(3600),
+            runner_job_poll: Duration::from_secs(30),
+            max_jobs_per_message: 50,
+            request_log_capacity: 10_000,
+            org: "sim-org".to_owned(),
+            repo: "sim-repo".to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("mode", &self.mode)
+            .field("long_poll", &self.long_poll)
+            .field("admin_token_ttl", &self.admin_token_ttl)
+            .field("queue_token_ttl", &self.queue_token_ttl)
+            .field("assignment_timeout", &self.assignment_timeout)
+            .field("max_requeues", &self.max_requeues)
+            .field("runner_heartbeat_timeout", &self.runner_heartbeat_timeout)
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("installation_token_ttl", &self.installation_token_ttl)
+            .field("registration_token_ttl", &self.registration_token_ttl)
+            .field("runner_job_poll", &self.runner_job_poll)
+            .field("max_jobs_per_message", &self.max_jobs_per_message)
+            .field("request_log_capacity", &self.request_log_capacity)
+            .field("org", &self.org)
+            .field("repo", &self.repo)
+            .finish()
+    }
+}
