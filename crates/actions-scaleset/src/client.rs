@@ -1,0 +1,595 @@
+//! The [`Client`]: every REST operation of the scale set API.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use serde::Serialize;
+use url::Url;
+
+use crate::auth::{AdminConnection, Authenticator, Credentials};
+use crate::config::{GitHubConfig, parse_github_config_from_url};
+use crate::error::{Error, Result};
+use crate::transport::{Auth, Incoming, Outgoing, RetryPolicy, Transport, tenant_url};
+use crate::types::{
+    JitRunnerConfig, JitRunnerSetting, Label, ListResponse, RunnerGroup, RunnerReference,
+    RunnerScaleSet, RunnerScaleSetUpdate, SystemInfo,
+};
+
+/// What a [`Client`] was built with, for diagnostics (no secrets).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DebugInfo {
+    /// Whether an explicit proxy was configured, or a proxy environment variable is set.
+    pub has_proxy: bool,
+    /// Whether extra root CAs were configured.
+    pub has_root_ca: bool,
+    /// Whether TLS verification is disabled.
+    pub insecure_skip_tls_verify: bool,
+    /// Whether the caller supplied its own HTTP client.
+    pub custom_http_client: bool,
+    /// The `User-Agent` sent.
+    pub user_agent: String,
+}
+
+/// Builds a [`Client`]; see [`Client::builder`].
+#[must_use]
+pub struct ClientBuilder {
+    config_url: String,
+    credentials: Credentials,
+    system_info: SystemInfo,
+    retry: RetryPolicy,
+    timeout: Duration,
+    root_cas: Vec<Vec<u8>>,
+    insecure: bool,
+    proxy: Option<String>,
+    http: Option<reqwest::Client>,
+}
+
+impl ClientBuilder {
+    /// Who is calling, sent as the JSON `User-Agent`.
+    pub fn system_info(mut self, info: SystemInfo) -> Self {
+        self.system_info = info;
+        self
+    }
+
+    /// Retries after the first attempt (default 4; 0 disables retries).
+    pub fn retry_max(mut self, retries: u32) -> Self {
+        self.retry.max_retries = retries;
+        self
+    }
+
+    /// Longest wait between attempts, also the ceiling on `Retry-After` (default 30 s).
+    pub fn retry_wait_max(mut self, wait: Duration) -> Self {
+        self.retry.wait_max = wait;
+        self
+    }
+
+    /// First wait between attempts, doubled on each retry (default 1 s).
+    pub fn retry_wait_min(mut self, wait: Duration) -> Self {
+        self.retry.wait_min = wait;
+        self
+    }
+
+    /// Timeout of each attempt (default 5 minutes; a long poll lasts about 50 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Trusts the certificates of a PEM bundle in addition to the system roots. An
+    /// intermediate certificate is accepted as a trust anchor.
+    pub fn root_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_cas.push(pem.into());
+        self
+    }
+
+    /// Disables TLS certificate verification. Only for tests against self-signed servers.
+    pub fn insecure_skip_tls_verify(mut self, skip: bool) -> Self {
+        self.insecure = skip;
+        self
+    }
+
+    /// Sends every request through this proxy (`http://`, `https://` or `socks5://` URL). By
+    /// default `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY` are honoured.
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy = Some(url.into());
+        self
+    }
+
+    /// Uses a caller-built HTTP client (its TLS and proxy settings replace the ones above;
+    /// retries and timeouts stay this builder's).
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
+    }
+
+    /// Validates everything and builds the client. Sends no request.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfigUrl`] for a bad URL, [`Error::InvalidClientConfig`] for a bad CA
+    /// bundle or proxy URL.
+    pub fn build(self) -> Result<Client> {
+        let config = parse_github_config_from_url(&self.config_url)?;
+        let custom = self.http.is_some();
+        let env_proxy = [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+        let http = match self.http {
+            Some(http) => http,
+            None => {
+                let mut b = reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(30))
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .tcp_keepalive(Duration::from_secs(30));
+                if !self.root_cas.is_empty() {
+                    let mut certs = Vec::new();
+                    for pem in &self.root_cas {
+                        let bundle = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                            Error::InvalidClientConfig(format!("cannot read a root CA PEM: {e}"))
+                        })?;
+                        if bundle.is_empty() {
+                            return Err(Error::InvalidClientConfig(
+                                "a root CA PEM holds no certificate".into(),
+                            ));
+                        }
+                        certs.extend(bundle);
+                    }
+                    b = b.tls_certs_merge(certs);
+                }
+                if self.insecure {
+                    b = b.tls_danger_accept_invalid_certs(true);
+                }
+                if let Some(proxy) = &self.proxy {
+                    let p = reqwest::Proxy::all(proxy.as_str()).map_err(|e| {
+                        Error::InvalidClientConfig(format!("invalid proxy URL: {e}"))
+                    })?;
+                    b = b.proxy(p);
+                }
+                b.build().map_err(|e| {
+                    Error::InvalidClientConfig(format!("cannot build the HTTP client: {e}"))
+                })?
+            }
+        };
+        let ua = self.system_info.user_agent();
+        let transport = Arc::new(Transport::new(http, self.retry, self.timeout, ua));
+        let debug = DebugFlags {
+            has_proxy: self.proxy.is_some() || (env_proxy && !custom),
+            has_root_ca: !self.root_cas.is_empty(),
+            insecure: self.insecure,
+            custom,
+        };
+        Ok(Client {
+            inner: Arc::new(Inner {
+                auth: Arc::new(Authenticator::new(
+                    config,
+                    self.credentials,
+                    transport.clone(),
+                )),
+                transport,
+                system_info: RwLock::new(self.system_info),
+                debug,
+            }),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct DebugFlags {
+    has_proxy: bool,
+    has_root_ca: bool,
+    insecure: bool,
+    custom: bool,
+}
+
+/// A client of the scale set API.
+///
+/// Cheap to clone (an `Arc` inside), `Send + Sync`; calls run concurrently. The only shared
+/// lock guards the admin-token cache and is never held across a request.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    auth: Arc<Authenticator>,
+    transport: Arc<Transport>,
+    system_info: RwLock<SystemInfo>,
+    debug: DebugFlags,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("config_url", &self.inner.auth.config.config_url.as_str())
+            .field("credentials", &self.inner.auth.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Starts building a client for a config URL (repository, organization or enterprise).
+    pub fn builder(config_url: impl Into<String>, credentials: Credentials) -> ClientBuilder {
+        ClientBuilder {
+            config_url: config_url.into(),
+            credentials,
+            system_info: SystemInfo::default(),
+            retry: RetryPolicy::default(),
+            timeout: Duration::from_secs(300),
+            root_cas: Vec::new(),
+            insecure: false,
+            proxy: None,
+            http: None,
+        }
+    }
+
+    /// The parsed config URL.
+    pub fn config(&self) -> &GitHubConfig {
+        &self.inner.auth.config
+    }
+
+    /// The system info currently sent as `User-Agent`.
+    pub fn system_info(&self) -> SystemInfo {
+        self.inner
+            .system_info
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the system info; later requests (of this client and of its session clients)
+    /// carry the new `User-Agent`.
+    pub fn set_system_info(&self, info: SystemInfo) {
+        self.inner.transport.set_user_agent(info.user_agent());
+        *self
+            .inner
+            .system_info
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = info;
+    }
+
+    /// What the client was built with (proxy, custom CA, TLS verification), without secrets.
+    pub fn debug_info(&self) -> DebugInfo {
+        let d = &self.inner.debug;
+        DebugInfo {
+            has_proxy: d.has_proxy,
+            has_root_ca: d.has_root_ca,
+            insecure_skip_tls_verify: d.insecure,
+            custom_http_client: d.custom,
+            user_agent: self.inner.transport.user_agent().to_string(),
+        }
+    }
+
+    pub(crate) fn transport(&self) -> &Transport {
+        &self.inner.transport
+    }
+
+    pub(crate) async fn admin(&self, stale: Option<u64>) -> Result<Arc<AdminConnection>> {
+        self.inner.auth.connection(stale).await
+    }
+
+    /// Sends a tenant call with the admin token; a 401 forces one token refresh and one retry.
+    pub(crate) async fn tenant(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Incoming> {
+        let mut conn = self.admin(None).await?;
+        let mut refreshed = false;
+        loop {
+            let url = tenant_url(&conn.tenant_url, path, query);
+            let mut req = Outgoing::new(method.clone(), url);
+            req.auth = Some(Auth::Bearer(&conn.token));
+            req.content_type = Some("application/json");
+            req.body = body.clone();
+            let resp = self.inner.transport.send(req).await?;
+            if resp.status == StatusCode::UNAUTHORIZED && !refreshed {
+                tracing::warn!(
+                    method = %method,
+                    path,
+                    "the Actions service refused the admin token; refreshing it and retrying once"
+                );
+                refreshed = true;
+                conn = self.admin(Some(conn.generation)).await?;
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
+    /// The tenant URL of the admin connection (fetching it if needed).
+    pub(crate) async fn tenant_base(&self) -> Result<Url> {
+        Ok(self.admin(None).await?.tenant_url.clone())
+    }
+
+    /// Finds a scale set by name in a runner group; `None` when there is none.
+    ///
+    /// # Errors
+    /// [`Error::Protocol`] when several scale sets have that name or the answer's `count`
+    /// disagrees with its `value`.
+    pub async fn get_runner_scale_set(
+        &self,
+        runner_group_id: i64,
+        name: &str,
+    ) -> Result<Option<RunnerScaleSet>> {
+        let gid = runner_group_id.to_string();
+        let resp = self
+            .tenant(
+                Method::GET,
+                "/_apis/runtime/runnerscalesets",
+                &[("runnerGroupId", &gid), ("name", name)],
+                None,
+            )
+            .await?
+            .expect(StatusCode::OK)?;
+        let list: ListResponse<RunnerScaleSet> = resp.json()?;
+        at_most_one(
+            list,
+            &resp,
+            &format!("runner scale sets found with name {name:?}"),
+        )
+    }
+
+    /// Lists the scale sets of a runner group.
+    pub async fn list_runner_scale_sets(
+        &self,
+        runner_group_id: i64,
+    ) -> Result<Vec<RunnerScaleSet>> {
+        let gid = runner_group_id.to_string();
+        let resp = self
+            .tenant(
+                Method::GET,
+                "/_apis/runtime/runnerscalesets",
+                &[("runnerGroupId", &gid)],
+                None,
+            )
+            .await?
+            .expect(StatusCode::OK)?;
+        let list: ListResponse<RunnerScaleSet> = resp.json()?;
+        checked_list(list, &resp)
+    }
+
+    /// Gets a scale set by id; `None` when the service answers `null`.
+    ///
+    /// # Errors
+    /// [`Error::ScaleSetNotFound`] on 404.
+    pub async fn get_runner_scale_set_by_id(&self, id: i64) -> Result<Option<RunnerScaleSet>> {
+        let resp = self
+            .tenant(
+                Method::GET,
+                &format!("/_apis/runtime/runnerscalesets/{id}"),
+                &[],
+                None,
+            )
+            .await?;
+        let resp = expect_scale_set(resp, StatusCode::OK)?;
+        resp.json()
+    }
+
+    /// Creates a scale set. Labels default to one `System` label named after the scale set,
+    /// and every label without a type gets `System`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] (no request sent) when the scale set has neither a name nor
+    /// a label.
+    pub async fn create_runner_scale_set(
+        &self,
+        scale_set: &RunnerScaleSet,
+    ) -> Result<RunnerScaleSet> {
+        let mut body = scale_set.clone();
+        if body.labels.is_empty() {
+            if body.name.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "runner scale set must have a name or at least one label".into(),
+                ));
+            }
+            body.labels = vec![Label::system(body.name.clone())];
+        }
+        default_label_types(&mut body.labels);
+        let resp = self
+            .tenant(
+                Method::POST,
+                "_apis/runtime/runnerscalesets",
+                &[],
+                Some(to_json(&body)),
+            )
+            .await?
+            .expect(StatusCode::OK)?;
+        resp.json()
+    }
+
+    /// Updates the given fields of a scale set.
+    pub async fn update_runner_scale_set(
+        &self,
+        id: i64,
+        update: &RunnerScaleSetUpdate,
+    ) -> Result<RunnerScaleSet> {
+        let mut body = update.clone();
+        if let Some(labels) = body.labels.as_mut() {
+            default_label_types(labels);
+        }
+        let resp = self
+            .tenant(
+                Method::PATCH,
+                &format!("_apis/runtime/runnerscalesets/{id}"),
+                &[],
+                Some(to_json(&body)),
+            )
+            .await?;
+        expect_scale_set(resp, StatusCode::OK)?.json()
+    }
+
+    /// Deletes a scale set.
+    pub async fn delete_runner_scale_set(&self, id: i64) -> Result<()> {
+        let resp = self
+            .tenant(
+                Method::DELETE,
+                &format!("/_apis/runtime/runnerscalesets/{id}"),
+                &[],
+                None,
+            )
+            .await?;
+        expect_scale_set(resp, StatusCode::NO_CONTENT).map(drop)
+    }
+
+    /// Finds a runner group by name.
+    ///
+    /// # Errors
+    /// [`Error::RunnerGroupNotFound`] when no group has that name. Callers usually skip this
+    /// call for [`DEFAULT_RUNNER_GROUP`](crate::DEFAULT_RUNNER_GROUP), whose id is 1.
+    pub async fn get_runner_group_by_name(&self, name: &str) -> Result<RunnerGroup> {
+        let resp = self
+            .tenant(
+                Method::GET,
+                "/_apis/runtime/runnergroups/",
+                &[("groupName", name)],
+                None,
+            )
+            .await?
+            .expect(StatusCode::OK)?;
+        let list: ListResponse<RunnerGroup> = resp.json()?;
+        match at_most_one(
+            list,
+            &resp,
+            &format!("runner group found with name {name:?}"),
+        )? {
+            Some(group) => Ok(group),
+            None => Err(Error::RunnerGroupNotFound(Box::new(
+                resp.api_error()
+                    .with_detail(format!("no runner group found with name {name:?}")),
+            ))),
+        }
+    }
+
+    /// Registers a just-in-time runner in a scale set and returns its config.
+    ///
+    /// # Errors
+    /// [`Error::RunnerExists`] when a runner with that name exists.
+    pub async fn generate_jit_runner_config(
+        &self,
+        scale_set_id: i64,
+        setting: &JitRunnerSetting,
+    ) -> Result<JitRunnerConfig> {
+        let resp = self
+            .tenant(
+                Method::POST,
+                &format!("/_apis/runtime/runnerscalesets/{scale_set_id}/generatejitconfig"),
+                &[],
+                Some(to_json(setting)),
+            )
+            .await?;
+        expect_scale_set(resp, StatusCode::OK)?.json()
+    }
+
+    /// Gets a runner by id.
+    ///
+    /// # Errors
+    /// [`Error::RunnerNotFound`] when the service does not know it.
+    pub async fn get_runner(&self, runner_id: i64) -> Result<RunnerReference> {
+        let resp = self
+            .tenant(
+                Method::GET,
+                &format!("/_apis/distributedtask/pools/0/agents/{runner_id}"),
+                &[],
+                None,
+            )
+            .await?;
+        if resp.status == StatusCode::NOT_FOUND {
+            let err = resp.into_error();
+            return Err(match err {
+                Error::UnexpectedStatus(api) | Error::Service(api) => Error::RunnerNotFound(api),
+                other => other,
+            });
+        }
+        resp.expect(StatusCode::OK)?.json()
+    }
+
+    /// Finds a runner by name; `None` when there is none.
+    pub async fn get_runner_by_name(&self, name: &str) -> Result<Option<RunnerReference>> {
+        let resp = self
+            .tenant(
+                Method::GET,
+                "/_apis/distributedtask/pools/0/agents",
+                &[("agentName", name)],
+                None,
+            )
+            .await?
+            .expect(StatusCode::OK)?;
+        let list: ListResponse<RunnerReference> = resp.json()?;
+        at_most_one(list, &resp, &format!("runners found with name {name:?}"))
+    }
+
+    /// Removes a runner. Succeeds when the service no longer has it.
+    ///
+    /// # Errors
+    /// [`Error::JobStillRunning`] when the runner is running a job (try again later).
+    pub async fn remove_runner(&self, runner_id: i64) -> Result<()> {
+        self.tenant(
+            Method::DELETE,
+            &format!("/_apis/distributedtask/pools/0/agents/{runner_id}"),
+            &[],
+            None,
+        )
+        .await?
+        .expect(StatusCode::NO_CONTENT)
+        .map(drop)
+    }
+}
+
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("wire types have string keys and always serialize")
+}
+
+fn default_label_types(labels: &mut [Label]) {
+    for label in labels {
+        if label.kind.is_empty() {
+            label.kind = "System".to_string();
+        }
+    }
+}
+
+/// Like [`Incoming::expect`], but a bare 404 on a scale-set path means the scale set is gone.
+fn expect_scale_set(resp: Incoming, expected: StatusCode) -> Result<Incoming> {
+    if resp.status == StatusCode::NOT_FOUND {
+        return Err(match resp.into_error() {
+            Error::UnexpectedStatus(api) => Error::ScaleSetNotFound(api),
+            other => other,
+        });
+    }
+    resp.expect(expected)
+}
+
+fn checked_list<T>(list: ListResponse<T>, resp: &Incoming) -> Result<Vec<T>> {
+    if let Some(count) = list.count {
+        if count != list.value.len() as i64 {
+            return Err(Error::Protocol {
+                response: Some(Box::new(resp.api_error())),
+                message: format!(
+                    "the list answer says count {count} but holds {} item(s)",
+                    list.value.len()
+                ),
+            });
+        }
+    }
+    Ok(list.value)
+}
+
+fn at_most_one<T>(list: ListResponse<T>, resp: &Incoming, what: &str) -> Result<Option<T>> {
+    let mut items = checked_list(list, resp)?;
+    match items.len() {
+        0 => Ok(None),
+        1 => Ok(items.pop()),
+        n => Err(Error::Protocol {
+            response: Some(Box::new(resp.api_error())),
+            message: format!("multiple ({n}) {what}"),
+        }),
+    }
+}

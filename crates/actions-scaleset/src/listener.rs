@@ -1,0 +1,698 @@
+//! The [`Listener`]: a message loop that hands a scale set's demand to a [`Scaler`] and keeps
+//! running through the failures seen in production.
+//!
+//! # Semantics
+//!
+//! 1. **Initial statistics.** Before the first poll, the session's statistics are recorded and
+//!    `totalAssignedJobs` is handed to [`Scaler::handle_desired_runner_count`]. After an empty
+//!    poll (202) the scaler gets the latest known `totalAssignedJobs` again, never 0 because
+//!    nothing arrived.
+//! 2. **At-least-once.** A message is acknowledged (deleted) only after the scaler handled all
+//!    of it: `JobAvailable` ids acquired (GHES; never when max runners is 0), every
+//!    `JobStarted` then every `JobCompleted` dispatched in order, then the desired count. If any
+//!    step fails the message is not acknowledged and the queue delivers it again, so **a scaler
+//!    must be idempotent**: the same `JobStarted`/`JobCompleted` may arrive twice.
+//! 3. **Session conflict.** A 409 on session creation is [`Error::SessionConflict`]. With
+//!    [`ConflictPolicy::Wait`] the listener retries with jittered backoff (cancellable) up to a
+//!    deadline or forever, which makes a second instance a hot standby that takes over when the
+//!    first one's session ends.
+//! 4. **Lost session.** A session the service evicted or expired (404 on refresh or poll, a
+//!    second 401, a session without a queue URL) is replaced in place and the loop goes on.
+//! 5. **Transient failures** (5xx after retries, dropped connections, a 200 with an empty or
+//!    truncated body, a failing scaler): backoff from 1 s to 60 s with jitter, then continue;
+//!    [`ListenerConfig::max_consecutive_failures`] (default: unlimited) bounds the streak.
+//!    [`Listener::health`] reports the last successful poll, the session id and the streak.
+//! 6. **Shutdown.** When the token fires, a poll in flight is abandoned at once; a message being
+//!    handled is finished first (a scaler call is never cut in the middle); then the session is
+//!    deleted with its own deadline, even though the caller's cancellation already fired, so the
+//!    next start does not meet a 409.
+//!
+//! # Example: a complete loop
+//!
+//! ```no_run
+//! use std::sync::atomic::{AtomicI64, Ordering};
+//! use actions_scaleset::{
+//!     CancellationToken, Client, Credentials, JobCompleted, JobStarted, Listener, ListenerConfig,
+//!     RunnerScaleSet, Scaler, DEFAULT_RUNNER_GROUP_ID,
+//! };
+//!
+//! /// Remembers the demand; a real scaler starts and stops runners here.
+//! struct Demand(AtomicI64);
+//!
+//! impl Scaler for Demand {
+//!     async fn handle_desired_runner_count(&self, count: i64) -> Result<i64, actions_scaleset::listener::BoxError> {
+//!         self.0.store(count, Ordering::SeqCst);
+//!         Ok(count)
+//!     }
+//!     async fn handle_job_started(&self, job: &JobStarted) -> Result<(), actions_scaleset::listener::BoxError> {
+//!         println!("job {} started on {}", job.base.job_id, job.runner_name);
+//!         Ok(())
+//!     }
+//!     async fn handle_job_completed(&self, job: &JobCompleted) -> Result<(), actions_scaleset::listener::BoxError> {
+//!         println!("job {} finished: {}", job.base.job_id, job.result);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::builder("https://github.com/my-org", Credentials::token("ghp_example")?).build()?;
+//! let scale_set = match client.get_runner_scale_set(DEFAULT_RUNNER_GROUP_ID, "my-runners").await? {
+//!     Some(s) => s,
+//!     None => client.create_runner_scale_set(&RunnerScaleSet {
+//!         name: "my-runners".into(),
+//!         runner_group_id: DEFAULT_RUNNER_GROUP_ID,
+//!         ..Default::default()
+//!     }).await?,
+//! };
+//! let session = client.create_message_session_client(scale_set.id, None).await?;
+//! let listener = Listener::new(session, ListenerConfig::new(scale_set.id, 10))?;
+//! let shutdown = CancellationToken::new();
+//! let stop = shutdown.clone();
+//! tokio::spawn(async move {
+//!     let _ = tokio::signal::ctrl_c().await;
+//!     stop.cancel();
+//! });
+//! listener.run(&Demand(AtomicI64::new(0)), &shutdown).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::message::RunnerScaleSetMessage;
+use crate::session::MessageSessionClient;
+use crate::types::{JobCompleted, JobStarted, RunnerScaleSetStatistic};
+
+/// The error a [`Scaler`] returns.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What the listener drives: turns demand into runners.
+///
+/// Calls come from one task, one at a time. Messages are delivered at least once, so every
+/// method must be idempotent.
+pub trait Scaler: Send + Sync {
+    /// The scale set has `count` assigned jobs (waiting or running); returns how many runners
+    /// the scaler now has or is starting.
+    fn handle_desired_runner_count(
+        &self,
+        count: i64,
+    ) -> impl Future<Output = Result<i64, BoxError>> + Send;
+    /// A job started on one of the scale set's runners.
+    fn handle_job_started(
+        &self,
+        job: &JobStarted,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+    /// A job completed (or was canceled before a runner took it).
+    fn handle_job_completed(
+        &self,
+        job: &JobCompleted,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// Optional hooks for metrics; every method has a no-op default.
+pub trait MetricsRecorder: Send + Sync {
+    /// Statistics from the session or a message.
+    fn record_statistics(&self, _statistics: &RunnerScaleSetStatistic) {}
+    /// A `JobStarted` about to be handed to the scaler.
+    fn record_job_started(&self, _job: &JobStarted) {}
+    /// A `JobCompleted` about to be handed to the scaler.
+    fn record_job_completed(&self, _job: &JobCompleted) {}
+    /// The count the scaler returned.
+    fn record_desired_runners(&self, _count: i64) {}
+    /// How long a poll took (successful or empty).
+    fn record_poll_latency(&self, _latency: Duration) {}
+    /// A lost session was replaced by a new one.
+    fn record_session_recreated(&self) {}
+    /// The current streak of failures (0 after a success).
+    fn record_consecutive_failures(&self, _failures: u32) {}
+}
+
+struct NoMetrics;
+impl MetricsRecorder for NoMetrics {}
+
+/// What to do when another client holds the scale set's session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConflictPolicy {
+    /// Fail with [`Error::SessionConflict`].
+    Fail,
+    /// Retry with backoff until the session frees up, for at most the given time (`None`:
+    /// forever, a hot standby).
+    Wait(Option<Duration>),
+}
+
+/// Listener settings.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    /// The scale set (non-zero).
+    pub scale_set_id: i64,
+    /// Maximum runners, sent as the queue capacity (0 to `i32::MAX`).
+    pub max_runners: u32,
+    /// Consecutive failures after which [`Listener::run`] gives up (`None`: never).
+    pub max_consecutive_failures: Option<u32>,
+    /// What to do on a session conflict when a lost session is re-created.
+    pub conflict: ConflictPolicy,
+    /// First backoff delay after a failure (default 1 s).
+    pub backoff_min: Duration,
+    /// Longest backoff delay (default 60 s).
+    pub backoff_max: Duration,
+}
+
+impl ListenerConfig {
+    /// Settings with defaults: unlimited failures, wait out conflicts forever, 1-60 s backoff.
+    pub fn new(scale_set_id: i64, max_runners: u32) -> ListenerConfig {
+        ListenerConfig {
+            scale_set_id,
+            max_runners,
+            max_consecutive_failures: None,
+            conflict: ConflictPolicy::Wait(None),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A snapshot of the listener's health.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenerHealth {
+    /// When a poll last succeeded (a message or a 202).
+    pub last_successful_poll: Option<Timestamp>,
+    /// The current session id.
+    pub session_id: Option<Uuid>,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// How many times a lost session was replaced.
+    pub session_recreations: u64,
+    /// Whether the listener loop is running.
+    pub running: bool,
+}
+
+/// The message loop of one scale set. See the [module docs](self) for its semantics.
+pub struct Listener {
+    session: MessageSessionClient,
+    config: ListenerConfig,
+    max_runners: AtomicU32,
+    metrics: Arc<dyn MetricsRecorder>,
+    health: Arc<Mutex<ListenerHealth>>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// A listener over an open session.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a zero scale set id or `max_runners` above `i32::MAX`.
+    pub fn new(session: MessageSessionClient, config: ListenerConfig) -> Result<Listener> {
+        validate(&config)?;
+        let health = ListenerHealth {
+            session_id: Some(session.session_id()),
+            ..Default::default()
+        };
+        Ok(Listener {
+            max_runners: AtomicU32::new(config.max_runners),
+            session,
+            config,
+            metrics: Arc::new(NoMetrics),
+            health: Arc::new(Mutex::new(health)),
+        })
+    }
+
+    /// Installs metrics hooks.
+    pub fn with_metrics(mut self, metrics: Arc<dyn MetricsRecorder>) -> Listener {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Changes the maximum runners (the capacity sent with the next poll). Values above
+    /// `i32::MAX` are clamped.
+    pub fn set_max_runners(&self, max_runners: u32) {
+        self.max_runners
+            .store(max_runners.min(i32::MAX as u32), Ordering::SeqCst);
+    }
+
+    /// The current maximum runners.
+    pub fn max_runners(&self) -> u32 {
+        self.max_runners.load(Ordering::SeqCst)
+    }
+
+    /// The session client.
+    pub fn session(&self) -> &MessageSessionClient {
+        &self.session
+    }
+
+    /// A snapshot of the listener's health.
+    pub fn health(&self) -> ListenerHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A handle that reads the health from another task while [`run`](Self::run) is going.
+    pub fn health_handle(&self) -> HealthHandle {
+        HealthHandle(self.health.clone())
+    }
+
+    fn update_health(&self, f: impl FnOnce(&mut ListenerHealth)) {
+        f(&mut self.health.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Runs the loop until `shutdown` fires (then returns `Ok`) or a failure it cannot heal
+    /// (the scale set was deleted, credentials are refused, the failure streak reached its
+    /// limit). Deletes the session before returning, in every case.
+    pub async fn run<S: Scaler>(&self, scaler: &S, shutdown: &CancellationToken) -> Result<()> {
+        self.update_health(|h| h.running = true);
+        let result = self.run_loop(scaler, shutdown).await;
+        self.update_health(|h| h.running = false);
+        if let Err(e) = self.session.close().await {
+            tracing::warn!(scale_set_id = self.config.scale_set_id, error = %e, "could not delete the message session");
+        }
+        result
+    }
+
+    async fn run_loop<S: Scaler>(&self, scaler: &S, shutdown: &CancellationToken) -> Result<()> {
+        let scale_set_id = self.config.scale_set_id;
+        let mut latest = self.initial_statistics()?;
+        let mut failures = 0u32;
+        let mut last_message_id = 0i64;
+        let mut synced = false;
+
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            if !synced {
+                // Semantic 1: the session's statistics reach the scaler before the first poll.
+                self.metrics.record_statistics(&latest);
+                match scaler
+                    .handle_desired_runner_count(latest.total_assigned_jobs)
+                    .await
+                {
+                    Ok(n) => {
+                        self.metrics.record_desired_runners(n);
+                        synced = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(scale_set_id, error = %e, "the scaler failed on the initial statistics");
+                        self.failed(&mut failures, shutdown).await?;
+                        continue;
+                    }
+                }
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+            }
+
+            let capacity = i64::from(self.max_runners());
+            let started = tokio::time::Instant::now();
+            let polled = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                polled = self.session.get_message(last_message_id, capacity) => polled,
+            };
+            match polled {
+                Ok(None) => {
+                    self.metrics.record_poll_latency(started.elapsed());
+                    self.poll_succeeded(&mut failures);
+                    match scaler
+                        .handle_desired_runner_count(latest.total_assigned_jobs)
+                        .await
+                    {
+                        Ok(n) => self.metrics.record_desired_runners(n),
+                        Err(e) => {
+                            tracing::warn!(scale_set_id, error = %e, "the scaler failed on an empty poll");
+                            self.failed(&mut failures, shutdown).await?;
+                        }
+                    }
+                }
+                Ok(Some(message)) => {
+                    self.metrics.record_poll_latency(started.elapsed());
+                    self.poll_succeeded(&mut failures);
+                    let id = message.message_id;
+                    match self.handle_message(scaler, &message, &mut latest).await {
+                        Ok(()) => {
+                            last_message_id = id;
+                            if let Err(e) = self.session.delete_message(id).await {
+                                // Handled but not acknowledged: it comes back and the
+                                // (idempotent) scaler sees it again.
+                                tracing::warn!(scale_set_id, message_id = id, error = %e, "could not acknowledge a handled message");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(scale_set_id, message_id = id, error = %e, "handling a message failed; it will be delivered again");
+                            self.failed(&mut failures, shutdown).await?;
+                        }
+                    }
+                }
+                Err(Error::UnsupportedMessage {
+                    message_id,
+                    message_type,
+                }) => {
+                    self.poll_succeeded(&mut failures);
+                    tracing::warn!(scale_set_id, message_id, %message_type, "acknowledging a message of an unsupported type");
+                    last_message_id = message_id;
+                    if let Err(e) = self.session.delete_message(message_id).await {
+                        tracing::warn!(scale_set_id, message_id, error = %e, "could not acknowledge an unsupported message");
+                    }
+                }
+                Err(e) if is_lost_session(&e) => {
+                    tracing::warn!(scale_set_id, error = %e, "the message session was lost; creating a new one");
+                    match self.recreate(shutdown).await {
+                        Ok(Some(stats)) => {
+                            latest = stats;
+                            last_message_id = 0;
+                            synced = false;
+                        }
+                        Ok(None) => return Ok(()),
+                        Err(e) if is_fatal(&e) => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(scale_set_id, error = %e, "could not create a new session");
+                            self.failed(&mut failures, shutdown).await?;
+                        }
+                    }
+                }
+                Err(e) if is_fatal(&e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(scale_set_id, error = %e, "polling the message queue failed");
+                    self.failed(&mut failures, shutdown).await?;
+                }
+            }
+        }
+    }
+
+    fn initial_statistics(&self) -> Result<RunnerScaleSetStatistic> {
+        let session = self.session.session();
+        if session.session_id.is_nil() {
+            return Err(Error::InvalidArgument("initial session is nil".into()));
+        }
+        session
+            .statistics
+            .ok_or_else(|| Error::InvalidArgument("session statistics is nil".into()))
+    }
+
+    async fn handle_message<S: Scaler>(
+        &self,
+        scaler: &S,
+        message: &RunnerScaleSetMessage,
+        latest: &mut RunnerScaleSetStatistic,
+    ) -> std::result::Result<(), BoxError> {
+        let scale_set_id = self.config.scale_set_id;
+        for problem in &message.problems {
+            tracing::warn!(
+                scale_set_id,
+                message_id = message.message_id,
+                problem,
+                "skipping a malformed job message"
+            );
+        }
+        match message.statistics {
+            Some(stats) => *latest = stats,
+            None => tracing::warn!(
+                scale_set_id,
+                message_id = message.message_id,
+                "message without statistics; keeping the previous ones"
+            ),
+        }
+        self.metrics.record_statistics(latest);
+
+        let available: Vec<i64> = message
+            .jobs_available()
+            .map(|j| j.base.runner_request_id)
+            .collect();
+        if !available.is_empty() {
+            if self.max_runners() == 0 {
+                tracing::info!(
+                    scale_set_id,
+                    jobs = available.len(),
+                    "not acquiring jobs: max runners is 0"
+                );
+            } else {
+                let acquired = self.session.acquire_jobs(&available).await?;
+                tracing::info!(
+                    scale_set_id,
+                    requested = available.len(),
+                    acquired = acquired.len(),
+                    "acquired jobs"
+                );
+            }
+        }
+        for job in message.jobs_started() {
+            self.metrics.record_job_started(job);
+            scaler.handle_job_started(job).await?;
+        }
+        for job in message.jobs_completed() {
+            self.metrics.record_job_completed(job);
+            scaler.handle_job_completed(job).await?;
+        }
+        let desired = scaler
+            .handle_desired_runner_count(latest.total_assigned_jobs)
+            .await?;
+        self.metrics.record_desired_runners(desired);
+        Ok(())
+    }
+
+    fn poll_succeeded(&self, failures: &mut u32) {
+        if *failures > 0 {
+            self.metrics.record_consecutive_failures(0);
+        }
+        *failures = 0;
+        let session_id = self.session.session_id();
+        self.update_health(|h| {
+            h.last_successful_poll = Some(Timestamp::now());
+            h.consecutive_failures = 0;
+            h.session_id = Some(session_id);
+        });
+    }
+
+    /// Counts a failure and waits out the backoff; errors when the streak limit is reached.
+    /// Returns early (Ok) when shutdown fires during the wait.
+    async fn failed(&self, failures: &mut u32, shutdown: &CancellationToken) -> Result<()> {
+        *failures += 1;
+        let n = *failures;
+        self.metrics.record_consecutive_failures(n);
+        self.update_health(|h| h.consecutive_failures = n);
+        if let Some(max) = self.config.max_consecutive_failures {
+            if n >= max {
+                return Err(Error::Protocol {
+                    response: None,
+                    message: format!("giving up after {n} consecutive failures"),
+                });
+            }
+        }
+        let delay = backoff(self.config.backoff_min, self.config.backoff_max, n - 1);
+        tracing::info!(
+            scale_set_id = self.config.scale_set_id,
+            failures = n,
+            delay_ms = delay.as_millis() as u64,
+            "backing off"
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(delay) => {}
+        }
+        Ok(())
+    }
+
+    /// Replaces the session, waiting out conflicts per the policy. `Ok(None)` on shutdown.
+    async fn recreate(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<RunnerScaleSetStatistic>> {
+        let deadline = match self.config.conflict {
+            ConflictPolicy::Wait(Some(d)) => Some(tokio::time::Instant::now() + d),
+            _ => None,
+        };
+        let mut attempt = 0u32;
+        loop {
+            match self.session.recreate().await {
+                Ok(()) => {
+                    self.metrics.record_session_recreated();
+                    let id = self.session.session_id();
+                    self.update_health(|h| {
+                        h.session_recreations += 1;
+                        h.session_id = Some(id);
+                    });
+                    let stats = self.session.session().statistics.unwrap_or_default();
+                    return Ok(Some(stats));
+                }
+                Err(e @ Error::SessionConflict(_)) => {
+                    if self.config.conflict == ConflictPolicy::Fail {
+                        return Err(e);
+                    }
+                    let delay = backoff(self.config.backoff_min, self.config.backoff_max, attempt);
+                    attempt += 1;
+                    if deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d) {
+                        return Err(e);
+                    }
+                    tracing::info!(
+                        scale_set_id = self.config.scale_set_id,
+                        delay_ms = delay.as_millis() as u64,
+                        "another client holds the session; waiting"
+                    );
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Reads a listener's health from another task.
+#[derive(Clone, Debug)]
+pub struct HealthHandle(Arc<Mutex<ListenerHealth>>);
+
+impl HealthHandle {
+    /// A snapshot of the health.
+    pub fn get(&self) -> ListenerHealth {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn validate(config: &ListenerConfig) -> Result<()> {
+    if config.scale_set_id == 0 {
+        return Err(Error::InvalidArgument(
+            "scale set id must be non-zero".into(),
+        ));
+    }
+    if config.scale_set_id < 0 {
+        return Err(Error::InvalidArgument(
+            "scale set id must be positive".into(),
+        ));
+    }
+    if config.max_runners > i32::MAX as u32 {
+        return Err(Error::InvalidArgument(format!(
+            "max runners must be at most {}, got {}",
+            i32::MAX,
+            config.max_runners
+        )));
+    }
+    if config.backoff_min.is_zero() || config.backoff_min > config.backoff_max {
+        return Err(Error::InvalidArgument(
+            "backoff_min must be non-zero and at most backoff_max".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn is_lost_session(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::SessionNotFound(_) | Error::MessageQueueTokenExpired(_)
+    ) || matches!(e, Error::Protocol { message, .. } if message.contains("session"))
+}
+
+/// Failures the loop cannot heal by waiting.
+fn is_fatal(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::ScaleSetNotFound(_)
+            | Error::SessionConflict(_)
+            | Error::InvalidArgument(_)
+            | Error::InvalidCredentials(_)
+            | Error::InvalidConfigUrl { .. }
+            | Error::InvalidClientConfig(_)
+    )
+}
+
+/// `min * 2^attempt` capped at `max`, drawn from its upper half.
+pub(crate) fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = min
+        .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+        .min(max);
+    let half = exp / 2;
+    let jitter = rand::rng().random_range(0..=half.as_millis().min(u64::MAX as u128) as u64);
+    half + Duration::from_millis(jitter)
+}
+
+impl Client {
+    /// Creates a message session, waiting out conflicts per `policy` with jittered backoff
+    /// (1 s doubling to 30 s). Returns [`Error::Cancelled`] when `cancel` fires first.
+    ///
+    /// # Errors
+    /// As [`Client::create_message_session_client`]; [`Error::SessionConflict`] when the
+    /// policy is [`ConflictPolicy::Fail`] or its deadline passed.
+    pub async fn create_message_session_client_waiting(
+        &self,
+        scale_set_id: i64,
+        owner: Option<&str>,
+        policy: ConflictPolicy,
+        cancel: &CancellationToken,
+    ) -> Result<MessageSessionClient> {
+        let deadline = match policy {
+            ConflictPolicy::Wait(Some(d)) => Some(tokio::time::Instant::now() + d),
+            _ => None,
+        };
+        let mut attempt = 0u32;
+        loop {
+            let created = tokio::select! {
+                _ = cancel.cancelled() => return Err(Error::Cancelled),
+                r = self.create_message_session_client(scale_set_id, owner) => r,
+            };
+            match created {
+                Err(e @ Error::SessionConflict(_)) => {
+                    if policy == ConflictPolicy::Fail {
+                        return Err(e);
+                    }
+                    let delay = backoff(Duration::from_secs(1), Duration::from_secs(30), attempt);
+                    attempt += 1;
+                    if deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d) {
+                        return Err(e);
+                    }
+                    tracing::info!(
+                        scale_set_id,
+                        attempt,
+                        delay_ms = delay.as_millis() as u64,
+                        "another client holds the scale set's session; waiting for it to end"
+                    );
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(Error::Cancelled),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Behaviour 107 (configuration half; construction needs a session, see tests/listener.rs)
+    #[test]
+    fn config_validation() {
+        assert!(validate(&ListenerConfig::new(0, 1)).is_err());
+        assert!(validate(&ListenerConfig::new(1, 10)).is_ok());
+        assert!(validate(&ListenerConfig::new(1, i32::MAX as u32)).is_ok());
+        assert!(validate(&ListenerConfig::new(1, i32::MAX as u32 + 1)).is_err());
+    }
+
+    #[test]
+    fn backoff_bounds() {
+        for attempt in 0..10 {
+            let d = backoff(Duration::from_secs(1), Duration::from_secs(60), attempt);
+            let full = Duration::from_secs(1u64 << attempt).min(Duration::from_secs(60));
+            assert!(d >= full / 2 && d <= full, "{attempt}: {d:?}");
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Message envelopes from the queue and the job messages inside them (PROTOCOL.md 4.8-4.9).
+//!
+//! The envelope's `body` is a JSON *string* holding an array of job messages. Parsing is
+//! forgiving where the reference is all-or-nothing: an element that is not an object or fails
+//! to decode is recorded in [`RunnerScaleSetMessage::problems`] and skipped, so one bad element
+//! does not take the others with it; an element of an unknown `messageType` is skipped silently
+//! (new types appear over time). Order across types is preserved.
+
+use serde::Deserialize;
+
+use crate::types::{
+    JobAssigned, JobAvailable, JobCompleted, JobStarted, RunnerScaleSetStatistic, nullable,
+};
+
+/// The only envelope type the queue is known to send.
+pub const JOB_MESSAGES_TYPE: &str = "RunnerScaleSetJobMessages";
+
+/// One job message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobMessage {
+    /// A job offered to the scale set (GHES): acquire it.
+    Available(JobAvailable),
+    /// A job assigned to the scale set.
+    Assigned(JobAssigned),
+    /// A job that started on a runner.
+    Started(JobStarted),
+    /// A job that finished, or was canceled before a runner took it.
+    Completed(JobCompleted),
+}
+
+/// A message from the queue.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunnerScaleSetMessage {
+    /// Id to acknowledge (delete) and to pass as the next `lastMessageId`.
+    pub message_id: i64,
+    /// Envelope type (always [`JOB_MESSAGES_TYPE`] for messages returned by the session client).
+    pub message_type: String,
+    /// Statistics at the time of the message; absent only from a misbehaving service.
+    pub statistics: Option<RunnerScaleSetStatistic>,
+    /// Job messages in the order they were sent.
+    pub jobs: Vec<JobMessage>,
+    /// Elements that could not be decoded, as `index: reason`.
+    pub problems: Vec<String>,
+}
+
+impl RunnerScaleSetMessage {
+    /// The `JobAvailable` messages.
+    pub fn jobs_available(&self) -> impl Iterator<Item = &JobAvailable> {
+        self.jobs.iter().filter_map(|j| match j {
+            JobMessage::Available(a) => Some(a),
+            _ => None,
+        })
+    }
+
+    /// The `JobAssigned` messages.
+    pub fn jobs_assigned(&self) -> impl Iterator<Item = &JobAssigned> {
+        self.jobs.iter().filter_map(|j| match j {
+            JobMessage::Assigned(a) => Some(a),
+            _ => None,
+        })
+    }
+
+    /// The `JobStarted` messages.
+    pub fn jobs_started(&self) -> impl Iterator<Item = &JobStarted> {
+        self.jobs.iter().filter_map(|j| match j {
+            JobMessage::Started(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// The `JobCompleted` messages.
+    pub fn jobs_completed(&self) -> impl Iterator<Item = &JobCompleted> {
+        self.jobs.iter().filter_map(|j| match j {
+            JobMessage::Completed(c) => Some(c),
+            _ => None,
+        })
+    }
+}
+
+/// The envelope as sent.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Envelope {
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) message_id: i64,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) message_type: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) body: String,
+    #[serde(default)]
+    pub(crate) statistics: Option<RunnerScaleSetStatistic>,
+}
+
+/// Decodes the job messages of an envelope body.
+///
+/// # Errors
+/// A description when the body is not a JSON array; element failures go to
+/// [`RunnerScaleSetMessage::problems`] instead.
+pub(crate) fn parse_body(body: &str) -> Result<(Vec<JobMessage>, Vec<String>), String> {
+    let trimmed = body.trim();
+    if trimmed.is_empty() || trimmed == "null" {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let elements: Vec<serde_json::Value> = serde_json::from_str(trimmed)
+        .map_err(|e| format!("the message body is not a JSON array: {e}"))?;
+    let mut jobs = Vec::with_capacity(elements.len());
+    let mut problems = Vec::new();
+    for (index, element) in elements.into_iter().enumerate() {
+        let Some(kind) = element.as_object().map(|o| {
+            o.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("messageType"))
+                .and_then(|(_, v)| v.as_str())
+                .map(str::to_string)
+        }) else {
+            problems.push(format!("{index}: not a JSON object"));
+            continue;
+        };
+        let decoded = match kind.as_deref() {
+            Some("JobAvailable") => serde_json::from_value(element).map(JobMessage::Available),
+            Some("JobAssigned") => serde_json::from_value(element).map(JobMessage::Assigned),
+            Some("JobStarted") => serde_json::from_value(element).map(JobMessage::Started),
+            Some("JobCompleted") => serde_json::from_value(element).map(JobMessage::Completed),
+            other => {
+                tracing::debug!(index, message_type = ?other, "skipping a job message of an unknown type");
+                continue;
+            }
+        };
+        match decoded {
+            Ok(job) => jobs.push(job),
+            Err(e) => problems.push(format!("{index} ({}): {e}", kind.unwrap_or_default())),
+        }
+    }
+    Ok((jobs, problems))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Behaviour 78
+    #[test]
+    fn parses_all_four_types_in_order() {
+        let body = r#"[
+          {"messageType":"JobAvailable","runnerRequestId":1,"acquireJobUrl":"https://a/1","requestLabels":["x"],"jobId":"j1","queueTime":"2025-01-01T00:00:00.1234567Z"},
+          {"messageType":"JobAssigned","runnerRequestId":2},
+          {"messageType":"SomethingNew","runnerRequestId":9},
+          {"messageType":"JobStarted","runnerRequestId":3,"runnerId":30,"runnerName":"r-3"},
+          {"runnerRequestId":10},
+          {"messageType":"JobCompleted","runnerRequestId":4,"runnerId":40,"runnerName":"r-4","result":"succeeded"}
+        ]"#;
+        let (jobs, problems) = parse_body(body).expect("parses");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(jobs.len(), 4);
+        match &jobs[0] {
+            JobMessage::Available(a) => {
+                assert_eq!(a.base.runner_request_id, 1);
+                assert_eq!(a.acquire_job_url, "https://a/1");
+                assert_eq!(a.base.request_labels, vec!["x".to_string()]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(&jobs[1], JobMessage::Assigned(a) if a.base.runner_request_id == 2));
+        assert!(
+            matches!(&jobs[2], JobMessage::Started(s) if s.runner_id == 30 && s.runner_name == "r-3")
+        );
+        assert!(
+            matches!(&jobs[3], JobMessage::Completed(c) if c.result == "succeeded" && c.runner_name == "r-4")
+        );
+    }
+
+    #[test]
+    fn bad_elements_are_reported_not_fatal() {
+        let body = r#"[5, {"messageType":"JobStarted","runnerId":"nope"}, {"messageType":"JobCompleted","runnerName":"ok"}]"#;
+        let (jobs, problems) = parse_body(body).expect("array parses");
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(parse_body("{\"not\":\"array\"}").is_err());
+        assert!(parse_body("").expect("empty is fine").0.is_empty());
+    }
+}
