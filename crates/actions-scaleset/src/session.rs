@@ -98,7 +98,18 @@ async fn create_session(
     owner: &str,
     generation: u64,
 ) -> Result<SessionState> {
-    let body = serde_json::json!({ "sessionId": Uuid::nil(), "ownerName": owner });
+    // A struct, not `json!` (which sorts keys): the body matches the reference byte for byte,
+    // `{"sessionId":"00000000-0000-0000-0000-000000000000","ownerName":"<owner>"}`.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct CreateSession<'a> {
+        session_id: Uuid,
+        owner_name: &'a str,
+    }
+    let body = CreateSession {
+        session_id: Uuid::nil(),
+        owner_name: owner,
+    };
     let resp = client
         .tenant(
             Method::POST,
