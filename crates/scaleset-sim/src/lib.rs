@@ -318,7 +318,14 @@ impl Simulator {
 
     /// A snapshot of the whole state.
     pub fn state(&self) -> SimState {
-        self.shared.read_state(snapshot::snapshot)
+        self.shared.snapshot()
+    }
+
+    /// Message-queue long polls currently held open (cheap; no snapshot).
+    pub fn in_flight_polls(&self) -> usize {
+        self.shared
+            .in_flight_polls
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Wait until `pred` holds for the state, at most `timeout`. Returns the last snapshot

@@ -43,7 +43,24 @@ pub(crate) struct Shared {
     pub log: Mutex<VecDeque<RequestLogEntry>>,
     pub changed: Notify,
     pub cancel: CancellationToken,
+    pub in_flight_polls: std::sync::atomic::AtomicUsize,
     seq: AtomicU64,
+}
+
+/// Counts a long poll as in flight while alive.
+struct PollGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> PollGuard<'a> {
+    fn new(c: &'a std::sync::atomic::AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        Self(c)
+    }
+}
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -63,6 +80,7 @@ impl Shared {
             log: Mutex::new(VecDeque::new()),
             changed: Notify::new(),
             cancel: CancellationToken::new(),
+            in_flight_polls: std::sync::atomic::AtomicUsize::new(0),
             seq: AtomicU64::new(1),
         }
     }
@@ -76,6 +94,12 @@ impl Shared {
 
     pub(crate) fn read_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&lock(&self.state))
+    }
+
+    pub(crate) fn snapshot(&self) -> crate::SimState {
+        let mut snap = self.read_state(snapshot);
+        snap.in_flight_polls = self.in_flight_polls.load(Ordering::Relaxed);
+        snap
     }
 
     pub(crate) fn requests(&self) -> Vec<RequestLogEntry> {
@@ -1213,6 +1237,7 @@ async fn get_message(
         return Err(ApiError::new(404, EX_SS_NOT_FOUND, "scale set not found"));
     };
     let deadline = Instant::now() + s.cfg.long_poll;
+    let _guard = PollGuard::new(&s.in_flight_polls);
     let msg = wait_on(&s, &notify, deadline, |st| {
         st.check_queue_token(&token, ss_id, Instant::now())?;
         Ok(st.next_message(ss_id, last))
@@ -1343,7 +1368,7 @@ async fn control_enqueue(AxState(s): S, body: Bytes) -> ApiResult {
 }
 
 async fn control_state(AxState(s): S) -> ApiResult {
-    let snap = s.read_state(snapshot);
+    let snap = s.snapshot();
     ok(&serde_json::to_value(snap).unwrap_or(Value::Null))
 }
 

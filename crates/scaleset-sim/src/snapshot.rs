@@ -24,6 +24,9 @@ pub struct SimState {
     pub runners: Vec<RunnerState>,
     /// Every job ever enqueued.
     pub jobs: Vec<JobState>,
+    /// Message-queue long polls currently held open.
+    #[serde(default)]
+    pub in_flight_polls: usize,
 }
 
 impl SimState {
@@ -239,5 +242,6 @@ pub(crate) fn snapshot(st: &State) -> SimState {
         sessions,
         runners,
         jobs,
+        in_flight_polls: 0,
     }
 }

@@ -11,8 +11,20 @@ use scaleset_sim::{EndpointClass, EnqueueJobs, Fault, SimConfig};
 use serde_json::{Value, json};
 
 async fn fault(ctx: &Ctx, body: Value) {
-    let r = send(&ctx.http, Method::POST, &format!("{}/faults", ctx.sim.control_url()), None, Some(body.clone())).await;
-    assert_eq!(r.status, 204, "fault {body}: {}", String::from_utf8_lossy(&r.body));
+    let r = send(
+        &ctx.http,
+        Method::POST,
+        &format!("{}/faults", ctx.sim.control_url()),
+        None,
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        204,
+        "fault {body}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
 }
 
 const GROUPS: &str = "_apis/runtime/runnergroups/?groupName=default";
@@ -25,9 +37,20 @@ async fn latency_delays_requests_of_a_class() {
     assert_eq!(ctx.tenant(Method::GET, GROUPS, None).await.status, 200);
     assert_eq!(ctx.tenant(Method::GET, GROUPS, None).await.status, 200);
     let log = ctx.sim.requests();
-    assert!(log[0].duration_ms >= 200, "first request delayed: {}", log[0].duration_ms);
+    assert!(
+        log[0].duration_ms >= 200,
+        "first request delayed: {}",
+        log[0].duration_ms
+    );
     // The latency rule was consumed.
-    let r = send(&ctx.http, Method::GET, &format!("{}/faults", ctx.sim.control_url()), None, None).await;
+    let r = send(
+        &ctx.http,
+        Method::GET,
+        &format!("{}/faults", ctx.sim.control_url()),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(r.json()["requestFaults"]["latency"], json!([]));
 }
 
@@ -41,16 +64,44 @@ async fn status_fault_with_exception_and_retry_after() {
         assert_eq!(r.status, 503);
         assert_eq!(r.header("retry-after").as_deref(), Some("3"));
         assert!(r.header("activityid").is_some());
-        assert_eq!(r.json(), json!({"typeName": "GitHub.Services.ServiceUnavailableException", "message": "try later"}));
+        assert_eq!(
+            r.json(),
+            json!({"typeName": "GitHub.Services.ServiceUnavailableException", "message": "try later"})
+        );
     }
     assert_eq!(ctx.tenant(Method::GET, GROUPS, None).await.status, 200);
     // Method filter: a POST-only fault does not hit GETs.
-    fault(&ctx, json!({"kind": "status", "class": "github", "method": "POST", "status": 500})).await;
-    let r = send(&ctx.http, Method::POST, &format!("{}/api/v3/orgs/sim-org/actions/runners/registration-token", ctx.sim.base_url()), Some(&format!("Bearer {}", ctx.sim.token())), None).await;
+    fault(
+        &ctx,
+        json!({"kind": "status", "class": "github", "method": "POST", "status": 500}),
+    )
+    .await;
+    let r = send(
+        &ctx.http,
+        Method::POST,
+        &format!(
+            "{}/api/v3/orgs/sim-org/actions/runners/registration-token",
+            ctx.sim.base_url()
+        ),
+        Some(&format!("Bearer {}", ctx.sim.token())),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 500);
     assert!(r.header("x-github-request-id").is_some());
     // Rust API equivalent, class any.
-    ctx.sim.faults().inject(Fault::Status { class: EndpointClass::Any, method: None, count: 1, status: 429, type_name: None, message: None, retry_after: None }).expect("inject");
+    ctx.sim
+        .faults()
+        .inject(Fault::Status {
+            class: EndpointClass::Any,
+            method: None,
+            count: 1,
+            status: 429,
+            type_name: None,
+            message: None,
+            retry_after: None,
+        })
+        .expect("inject");
     assert_eq!(ctx.tenant(Method::GET, GROUPS, None).await.status, 429);
 }
 
@@ -76,9 +127,19 @@ async fn body_faults_bom_malformed_truncated_empty() {
     assert!(!r.body.is_empty() && r.body.len() < full.body.len());
     assert!(full.body.starts_with(&r.body));
 
-    fault(&ctx, json!({"kind": "emptyBody", "class": "session", "method": "POST"})).await;
+    fault(
+        &ctx,
+        json!({"kind": "emptyBody", "class": "session", "method": "POST"}),
+    )
+    .await;
     let ss = ctx.create_scale_set("empty", &[]).await;
-    let r = ctx.tenant(Method::POST, &format!("_apis/runtime/runnerscalesets/{ss}/sessions"), Some(json!({"ownerName": "x"}))).await;
+    let r = ctx
+        .tenant(
+            Method::POST,
+            &format!("_apis/runtime/runnerscalesets/{ss}/sessions"),
+            Some(json!({"ownerName": "x"})),
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert!(r.body.is_empty());
     // The handler did not run: a session can still be created.
@@ -88,16 +149,30 @@ async fn body_faults_bom_malformed_truncated_empty() {
 #[tokio::test]
 async fn drop_connection_gives_no_answer() {
     let ctx = Ctx::start(fast_cfg()).await;
-    fault(&ctx, json!({"kind": "dropConnection", "class": "scaleset", "count": 1})).await;
+    fault(
+        &ctx,
+        json!({"kind": "dropConnection", "class": "scaleset", "count": 1}),
+    )
+    .await;
     let url = ctx.t(&format!("{GROUPS}&api-version=6.0-preview"));
     let res = async {
-        let r = ctx.http.get(&url).header("Authorization", format!("Bearer {}", ctx.admin)).send().await?;
+        let r = ctx
+            .http
+            .get(&url)
+            .header("Authorization", format!("Bearer {}", ctx.admin))
+            .send()
+            .await?;
         r.bytes().await
     }
     .await;
     assert!(res.is_err(), "expected a transport error, got {res:?}");
     assert_eq!(ctx.tenant(Method::GET, GROUPS, None).await.status, 200);
-    assert!(ctx.sim.requests().iter().any(|e| e.status == 0 && e.fault.as_deref() == Some("dropConnection")));
+    assert!(
+        ctx.sim
+            .requests()
+            .iter()
+            .any(|e| e.status == 0 && e.fault.as_deref() == Some("dropConnection"))
+    );
 }
 
 #[tokio::test]
@@ -109,7 +184,13 @@ async fn expire_queue_token_then_refresh() {
     assert_eq!(ctx.poll(&s, 0, 1).await.status, 401);
     assert_eq!(ctx.acquire(&s, &[]).await.status, 401);
     assert_eq!(ctx.delete_message(&s, 1).await, 401);
-    let r = ctx.tenant(Method::PATCH, &format!("_apis/runtime/runnerscalesets/{ss}/sessions/{}", s.id), None).await;
+    let r = ctx
+        .tenant(
+            Method::PATCH,
+            &format!("_apis/runtime/runnerscalesets/{ss}/sessions/{}", s.id),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 200);
     let s2 = Session::from(r.json(), ss);
     assert_eq!(ctx.poll(&s2, 0, 1).await.status, 202);
@@ -117,7 +198,11 @@ async fn expire_queue_token_then_refresh() {
 
 #[tokio::test]
 async fn expire_queue_token_by_ttl() {
-    let ctx = Ctx::start(SimConfig { queue_token_ttl: Duration::from_millis(1), ..fast_cfg() }).await;
+    let ctx = Ctx::start(SimConfig {
+        queue_token_ttl: Duration::from_millis(1),
+        ..fast_cfg()
+    })
+    .await;
     let ss = ctx.create_scale_set("ttl", &[]).await;
     let s = ctx.create_session(ss).await;
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -132,12 +217,22 @@ async fn expire_queue_token_by_ttl() {
 #[tokio::test]
 async fn expire_admin_token() {
     let ctx = Ctx::start(fast_cfg()).await;
-    ctx.sim.faults().inject(Fault::ExpireAdminToken).expect("inject");
+    ctx.sim
+        .faults()
+        .inject(Fault::ExpireAdminToken)
+        .expect("inject");
     let r = ctx.tenant(Method::GET, GROUPS, None).await;
     assert_eq!(r.status, 401);
     let (_, admin) = admin_connection(&ctx.http, &ctx.sim).await;
     let url = ctx.t(&format!("{GROUPS}&api-version=6.0-preview"));
-    let r = send(&ctx.http, Method::GET, &url, Some(&format!("Bearer {admin}")), None).await;
+    let r = send(
+        &ctx.http,
+        Method::GET,
+        &url,
+        Some(&format!("Bearer {admin}")),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200);
 }
 
@@ -145,26 +240,50 @@ async fn expire_admin_token() {
 async fn foreign_session_conflicts_until_released() {
     let ctx = Ctx::start(fast_cfg()).await;
     let ss = ctx.create_scale_set("foreign", &[]).await;
-    fault(&ctx, json!({"kind": "foreignSession", "scaleSetId": ss, "ownerName": "other-host"})).await;
+    fault(
+        &ctx,
+        json!({"kind": "foreignSession", "scaleSetId": ss, "ownerName": "other-host"}),
+    )
+    .await;
     let path = format!("_apis/runtime/runnerscalesets/{ss}/sessions");
     for _ in 0..2 {
-        let r = ctx.tenant(Method::POST, &path, Some(json!({"ownerName": "me"}))).await;
+        let r = ctx
+            .tenant(Method::POST, &path, Some(json!({"ownerName": "me"})))
+            .await;
         assert_eq!(r.status, 409);
-        assert_eq!(r.json()["message"], "The actions runner scaleset foreign already has an active session.");
+        assert_eq!(
+            r.json()["message"],
+            "The actions runner scaleset foreign already has an active session."
+        );
     }
-    fault(&ctx, json!({"kind": "releaseForeignSession", "scaleSetId": ss})).await;
+    fault(
+        &ctx,
+        json!({"kind": "releaseForeignSession", "scaleSetId": ss}),
+    )
+    .await;
     ctx.create_session(ss).await;
     // DELETE /_sim/faults also releases foreign sessions.
     let ss2 = ctx.create_scale_set("foreign2", &[]).await;
     fault(&ctx, json!({"kind": "foreignSession", "scaleSetId": ss2})).await;
-    let r = send(&ctx.http, Method::DELETE, &format!("{}/faults", ctx.sim.control_url()), None, None).await;
+    let r = send(
+        &ctx.http,
+        Method::DELETE,
+        &format!("{}/faults", ctx.sim.control_url()),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(r.status, 204);
     ctx.create_session(ss2).await;
 }
 
 #[tokio::test]
 async fn evicted_session() {
-    let ctx = Ctx::start(SimConfig { long_poll: Duration::from_secs(20), ..fast_cfg() }).await;
+    let ctx = Ctx::start(SimConfig {
+        long_poll: Duration::from_secs(20),
+        ..fast_cfg()
+    })
+    .await;
     let ss = ctx.create_scale_set("evict", &[]).await;
     let s = ctx.create_session(ss).await;
     // An in-flight long poll ends with 401 when the session is evicted.
@@ -172,17 +291,46 @@ async fn evicted_session() {
         let s = s.clone();
         let http = ctx.http.clone();
         tokio::spawn(async move {
-            http.get(&s.mq_url).header("Authorization", format!("Bearer {}", s.token)).header("X-ScaleSetMaxCapacity", "1").send().await.expect("send").status().as_u16()
+            http.get(&s.mq_url)
+                .header("Authorization", format!("Bearer {}", s.token))
+                .header("X-ScaleSetMaxCapacity", "1")
+                .send()
+                .await
+                .expect("send")
+                .status()
+                .as_u16()
         })
     };
-    let (ok, _) = ctx.sim.wait_until(DEADLINE, |st| st.scale_set(ss).is_some_and(|s| s.max_capacity == Some(1))).await;
+    let (ok, _) = ctx
+        .sim
+        .wait_until(DEADLINE, |st| {
+            st.scale_set(ss).is_some_and(|s| s.max_capacity == Some(1))
+        })
+        .await;
     assert!(ok);
     fault(&ctx, json!({"kind": "evictSession", "scaleSetId": ss})).await;
-    assert_eq!(tokio::time::timeout(DEADLINE, pending).await.expect("poll ends").expect("join"), 401);
+    assert_eq!(
+        tokio::time::timeout(DEADLINE, pending)
+            .await
+            .expect("poll ends")
+            .expect("join"),
+        401
+    );
     assert_eq!(ctx.poll(&s, 0, 1).await.status, 401);
-    let r = ctx.tenant(Method::PATCH, &format!("_apis/runtime/runnerscalesets/{ss}/sessions/{}", s.id), None).await;
+    let r = ctx
+        .tenant(
+            Method::PATCH,
+            &format!("_apis/runtime/runnerscalesets/{ss}/sessions/{}", s.id),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 404);
-    assert!(r.json()["typeName"].as_str().expect("t").contains("RunnerAdminException"));
+    assert!(
+        r.json()["typeName"]
+            .as_str()
+            .expect("t")
+            .contains("RunnerAdminException")
+    );
     ctx.create_session(ss).await;
 }
 
@@ -191,13 +339,41 @@ async fn scale_set_deleted_server_side() {
     let ctx = Ctx::start(fast_cfg()).await;
     let ss = ctx.create_scale_set("gone", &[]).await;
     let s = ctx.create_session(ss).await;
-    ctx.sim.faults().inject(Fault::DeleteScaleSet { scale_set_id: ss }).expect("inject");
-    assert_eq!(ctx.tenant(Method::GET, &format!("_apis/runtime/runnerscalesets/{ss}"), None).await.status, 404);
-    let r = ctx.tenant(Method::POST, &format!("_apis/runtime/runnerscalesets/{ss}/sessions"), Some(json!({"ownerName": "x"}))).await;
+    ctx.sim
+        .faults()
+        .inject(Fault::DeleteScaleSet { scale_set_id: ss })
+        .expect("inject");
+    assert_eq!(
+        ctx.tenant(
+            Method::GET,
+            &format!("_apis/runtime/runnerscalesets/{ss}"),
+            None
+        )
+        .await
+        .status,
+        404
+    );
+    let r = ctx
+        .tenant(
+            Method::POST,
+            &format!("_apis/runtime/runnerscalesets/{ss}/sessions"),
+            Some(json!({"ownerName": "x"})),
+        )
+        .await;
     assert_eq!(r.status, 404);
-    assert!(r.json()["typeName"].as_str().expect("t").contains("RunnerScaleSetNotFoundException"));
+    assert!(
+        r.json()["typeName"]
+            .as_str()
+            .expect("t")
+            .contains("RunnerScaleSetNotFoundException")
+    );
     assert_eq!(ctx.poll(&s, 0, 1).await.status, 401);
-    assert!(ctx.sim.faults().inject(Fault::DeleteScaleSet { scale_set_id: ss }).is_err());
+    assert!(
+        ctx.sim
+            .faults()
+            .inject(Fault::DeleteScaleSet { scale_set_id: ss })
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -205,13 +381,25 @@ async fn empty_message_queue_url() {
     let ctx = Ctx::start(fast_cfg()).await;
     let ss = ctx.create_scale_set("nourl", &[]).await;
     fault(&ctx, json!({"kind": "emptyMessageQueueUrl"})).await;
-    let r = ctx.tenant(Method::POST, &format!("_apis/runtime/runnerscalesets/{ss}/sessions"), Some(json!({"ownerName": "x"}))).await;
+    let r = ctx
+        .tenant(
+            Method::POST,
+            &format!("_apis/runtime/runnerscalesets/{ss}/sessions"),
+            Some(json!({"ownerName": "x"})),
+        )
+        .await;
     assert_eq!(r.status, 200);
     let v = r.json();
     assert_eq!(v["messageQueueUrl"], "");
     let sid = v["sessionId"].as_str().expect("id").to_owned();
     // Refresh keeps the broken URL (it is the session's), a new session gets a real one.
-    let r = ctx.tenant(Method::DELETE, &format!("_apis/runtime/runnerscalesets/{ss}/sessions/{sid}"), None).await;
+    let r = ctx
+        .tenant(
+            Method::DELETE,
+            &format!("_apis/runtime/runnerscalesets/{ss}/sessions/{sid}"),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 204);
     let s = ctx.create_session(ss).await;
     assert!(s.mq_url.starts_with("http://"));
@@ -222,17 +410,32 @@ async fn runner_never_online() {
     let ctx = Ctx::start(fast_cfg()).await;
     let ss = ctx.create_scale_set("never", &[]).await;
     let s = ctx.create_session(ss).await;
-    ctx.sim.enqueue_jobs(EnqueueJobs { labels: vec!["never".into()], ..Default::default() }).await.expect("enqueue");
-    ctx.collect(&s, 1, |m| !of_type(m, "JobAssigned").is_empty()).await;
+    ctx.sim
+        .enqueue_jobs(EnqueueJobs {
+            labels: vec!["never".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue");
+    ctx.collect(&s, 1, |m| !of_type(m, "JobAssigned").is_empty())
+        .await;
     fault(&ctx, json!({"kind": "runnerNeverOnline", "count": 1})).await;
     let (rid, jit) = ctx.jit(ss, "r-never").await;
     let task = tokio::spawn(async move { runner::run(&jit, fast_runner()).await });
     // Wait until the runner asked to come online; it must stay offline and never take the job.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let online_path = format!("/_sim/runner/{rid}/online");
-    while !ctx.sim.requests().iter().any(|e| e.path == online_path && e.status == 200) {
+    while !ctx
+        .sim
+        .requests()
+        .iter()
+        .any(|e| e.path == online_path && e.status == 200)
+    {
         assert!(tokio::time::Instant::now() < deadline);
-        let _ = ctx.sim.wait_until(Duration::from_millis(100), |_| false).await;
+        let _ = ctx
+            .sim
+            .wait_until(Duration::from_millis(100), |_| false)
+            .await;
     }
     let st = ctx.sim.state();
     let r = st.runners.iter().find(|r| r.id == rid).expect("runner");
@@ -248,20 +451,45 @@ async fn runner_never_online() {
 
 #[tokio::test]
 async fn runner_crash_mid_job_fails_the_job() {
-    let ctx = Ctx::start(SimConfig { runner_heartbeat_timeout: Duration::from_millis(300), ..fast_cfg() }).await;
+    let ctx = Ctx::start(SimConfig {
+        runner_heartbeat_timeout: Duration::from_millis(300),
+        ..fast_cfg()
+    })
+    .await;
     let ss = ctx.create_scale_set("crash", &[]).await;
     let s = ctx.create_session(ss).await;
-    let id = ctx.sim.enqueue_jobs(EnqueueJobs { labels: vec!["crash".into()], duration: Duration::from_millis(200), ..Default::default() }).await.expect("enqueue")[0];
-    ctx.collect(&s, 1, |m| !of_type(m, "JobAssigned").is_empty()).await;
-    ctx.sim.faults().inject(Fault::RunnerCrashMidJob { count: 1 }).expect("inject");
+    let id = ctx
+        .sim
+        .enqueue_jobs(EnqueueJobs {
+            labels: vec!["crash".into()],
+            duration: Duration::from_millis(200),
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue")[0];
+    ctx.collect(&s, 1, |m| !of_type(m, "JobAssigned").is_empty())
+        .await;
+    ctx.sim
+        .faults()
+        .inject(Fault::RunnerCrashMidJob { count: 1 })
+        .expect("inject");
     let (rid, jit) = ctx.jit(ss, "r-crash").await;
     let res = runner::run(&jit, fast_runner()).await;
     assert!(matches!(res, Err(RunnerError::Crashed)), "{res:?}");
-    let msgs = ctx.collect(&s, 1, |m| of_type(m, "JobCompleted").iter().any(|c| c["runnerRequestId"] == id)).await;
+    let msgs = ctx
+        .collect(&s, 1, |m| {
+            of_type(m, "JobCompleted")
+                .iter()
+                .any(|c| c["runnerRequestId"] == id)
+        })
+        .await;
     let done = of_type(&msgs, "JobCompleted");
     assert_eq!(done[0]["result"], "failed");
     assert_eq!(done[0]["runnerId"], rid);
-    let (ok, st) = ctx.sim.wait_until(DEADLINE, |st| st.runners.is_empty()).await;
+    let (ok, st) = ctx
+        .sim
+        .wait_until(DEADLINE, |st| st.runners.is_empty())
+        .await;
     assert!(ok, "dead runner removed");
     assert_eq!(st.job(id).expect("job").result.as_deref(), Some("failed"));
 }
@@ -269,13 +497,24 @@ async fn runner_crash_mid_job_fails_the_job() {
 #[tokio::test]
 async fn faults_listing_and_clearing() {
     let ctx = Ctx::start(fast_cfg()).await;
-    fault(&ctx, json!([
-        {"kind": "status", "class": "message", "status": 500, "count": 3},
-        {"kind": "latency", "class": "acquire", "delayMs": 10},
-        {"kind": "runnerCrashMidJob", "count": 2},
-        {"kind": "emptyMessageQueueUrl"}
-    ])).await;
-    let r = send(&ctx.http, Method::GET, &format!("{}/faults", ctx.sim.control_url()), None, None).await;
+    fault(
+        &ctx,
+        json!([
+            {"kind": "status", "class": "message", "status": 500, "count": 3},
+            {"kind": "latency", "class": "acquire", "delayMs": 10},
+            {"kind": "runnerCrashMidJob", "count": 2},
+            {"kind": "emptyMessageQueueUrl"}
+        ]),
+    )
+    .await;
+    let r = send(
+        &ctx.http,
+        Method::GET,
+        &format!("{}/faults", ctx.sim.control_url()),
+        None,
+        None,
+    )
+    .await;
     let v = r.json();
     assert_eq!(v["requestFaults"]["responses"][0]["remaining"], 3);
     assert_eq!(v["runnerFaults"].as_array().expect("list").len(), 2);

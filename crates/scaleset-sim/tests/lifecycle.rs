@@ -12,11 +12,18 @@ use scaleset_sim::{AssignmentMode, EnqueueJobs, SimConfig};
 use serde_json::{Value, json};
 
 fn job(label: &str, count: u32, ms: u64) -> EnqueueJobs {
-    EnqueueJobs { labels: vec![label.into()], count, duration: Duration::from_millis(ms), ..Default::default() }
+    EnqueueJobs {
+        labels: vec![label.into()],
+        count,
+        duration: Duration::from_millis(ms),
+        ..Default::default()
+    }
 }
 
 fn has_completed(msgs: &[Value], id: i64) -> bool {
-    of_type(msgs, "JobCompleted").iter().any(|m| m["runnerRequestId"] == id)
+    of_type(msgs, "JobCompleted")
+        .iter()
+        .any(|m| m["runnerRequestId"] == id)
 }
 
 #[tokio::test]
@@ -24,10 +31,24 @@ async fn hosted_lifecycle_with_runner() {
     let ctx = Ctx::start(fast_cfg()).await;
     let ss = ctx.create_scale_set("linux-set", &["linux", "x64"]).await;
     let s = ctx.create_session(ss).await;
-    let ids = ctx.sim.enqueue_jobs(EnqueueJobs { labels: vec!["Linux".into()], count: 1, duration: Duration::from_millis(150), result: "succeeded".into() }).await.expect("enqueue");
+    let ids = ctx
+        .sim
+        .enqueue_jobs(EnqueueJobs {
+            labels: vec!["Linux".into()],
+            count: 1,
+            duration: Duration::from_millis(150),
+            result: "succeeded".into(),
+        })
+        .await
+        .expect("enqueue");
     let id = ids[0];
-    let msgs = ctx.collect(&s, 5, |m| !of_type(m, "JobAssigned").is_empty()).await;
-    assert!(of_type(&msgs, "JobAvailable").is_empty(), "hosted mode has no JobAvailable");
+    let msgs = ctx
+        .collect(&s, 5, |m| !of_type(m, "JobAssigned").is_empty())
+        .await;
+    assert!(
+        of_type(&msgs, "JobAvailable").is_empty(),
+        "hosted mode has no JobAvailable"
+    );
     let (rid, jit) = ctx.jit(ss, "runner-hosted-1").await;
     let task = tokio::spawn(async move { runner::run(&jit, fast_runner()).await });
     let msgs = ctx.collect(&s, 5, |m| has_completed(m, id)).await;
@@ -42,32 +63,68 @@ async fn hosted_lifecycle_with_runner() {
     let outcome = task.await.expect("join").expect("runner ok");
     assert_eq!(outcome.request_id, id);
     assert_eq!(outcome.result, "succeeded");
-    let (ok, st) = ctx.sim.wait_until(DEADLINE, |st| st.runners.is_empty()).await;
+    let (ok, st) = ctx
+        .sim
+        .wait_until(DEADLINE, |st| st.runners.is_empty())
+        .await;
     assert!(ok, "ephemeral runner removed");
-    assert_eq!(st.job(id).expect("job").result.as_deref(), Some("succeeded"));
+    assert_eq!(
+        st.job(id).expect("job").result.as_deref(),
+        Some("succeeded")
+    );
     let stats = st.scale_set(ss).expect("ss").statistics;
     assert_eq!(stats, scaleset_sim::Statistics::default());
 }
 
 #[tokio::test]
 async fn ghes_lifecycle_with_acquire_and_failed_result() {
-    let ctx = Ctx::start(SimConfig { mode: AssignmentMode::Ghes, ..fast_cfg() }).await;
+    let ctx = Ctx::start(SimConfig {
+        mode: AssignmentMode::Ghes,
+        ..fast_cfg()
+    })
+    .await;
     let ss = ctx.create_scale_set("ghes-set", &["self-hosted"]).await;
     let s = ctx.create_session(ss).await;
-    let ids = ctx.sim.enqueue_jobs(EnqueueJobs { labels: vec!["self-hosted".into()], count: 1, duration: Duration::from_millis(50), result: "failed".into() }).await.expect("enqueue");
+    let ids = ctx
+        .sim
+        .enqueue_jobs(EnqueueJobs {
+            labels: vec!["self-hosted".into()],
+            count: 1,
+            duration: Duration::from_millis(50),
+            result: "failed".into(),
+        })
+        .await
+        .expect("enqueue");
     let id = ids[0];
-    let msgs = ctx.collect(&s, 5, |m| !of_type(m, "JobAvailable").is_empty()).await;
+    let msgs = ctx
+        .collect(&s, 5, |m| !of_type(m, "JobAvailable").is_empty())
+        .await;
     assert!(of_type(&msgs, "JobAssigned").is_empty());
     let st = ctx.sim.state();
-    assert_eq!(st.scale_set(ss).expect("ss").statistics.total_available_jobs, 1);
+    assert_eq!(
+        st.scale_set(ss)
+            .expect("ss")
+            .statistics
+            .total_available_jobs,
+        1
+    );
     // A runner cannot take an offered (not acquired) job.
     let r = ctx.acquire(&s, &[id]).await;
     assert_eq!(r.json()["value"], json!([id]));
-    let msgs = ctx.collect(&s, 5, |m| !of_type(m, "JobAssigned").is_empty()).await;
+    let msgs = ctx
+        .collect(&s, 5, |m| !of_type(m, "JobAssigned").is_empty())
+        .await;
     assert_eq!(msgs[0]["runnerRequestId"], id);
     let st = ctx.sim.state();
     let stats = st.scale_set(ss).expect("ss").statistics;
-    assert_eq!((stats.total_available_jobs, stats.total_acquired_jobs, stats.total_assigned_jobs), (0, 1, 1));
+    assert_eq!(
+        (
+            stats.total_available_jobs,
+            stats.total_acquired_jobs,
+            stats.total_assigned_jobs
+        ),
+        (0, 1, 1)
+    );
     let (_rid, jit) = ctx.jit(ss, "runner-ghes-1").await;
     let task = tokio::spawn(async move { runner::run(&jit, fast_runner()).await });
     let msgs = ctx.collect(&s, 5, |m| has_completed(m, id)).await;
@@ -80,12 +137,22 @@ async fn statistics_while_running() {
     let ctx = Ctx::start(fast_cfg()).await;
     let ss = ctx.create_scale_set("stats", &[]).await;
     let s = ctx.create_session(ss).await;
-    ctx.sim.enqueue_jobs(job("stats", 2, 60_000)).await.expect("enqueue");
-    ctx.collect(&s, 5, |m| of_type(m, "JobAssigned").len() == 2).await;
+    ctx.sim
+        .enqueue_jobs(job("stats", 2, 60_000))
+        .await
+        .expect("enqueue");
+    ctx.collect(&s, 5, |m| of_type(m, "JobAssigned").len() == 2)
+        .await;
     let (_, jit) = ctx.jit(ss, "r-busy").await;
     let _idle = ctx.jit(ss, "r-idle").await;
     let task = tokio::spawn(async move { runner::run(&jit, fast_runner()).await });
-    let (ok, st) = ctx.sim.wait_until(DEADLINE, |st| st.scale_set(ss).is_some_and(|s| s.statistics.total_running_jobs == 1)).await;
+    let (ok, st) = ctx
+        .sim
+        .wait_until(DEADLINE, |st| {
+            st.scale_set(ss)
+                .is_some_and(|s| s.statistics.total_running_jobs == 1)
+        })
+        .await;
     assert!(ok);
     let stats = st.scale_set(ss).expect("ss").statistics;
     assert_eq!(stats.total_assigned_jobs, 2);
@@ -100,7 +167,10 @@ async fn redelivery_until_deleted_and_across_sessions() {
     let ctx = Ctx::start(fast_cfg()).await;
     let ss = ctx.create_scale_set("redeliver", &[]).await;
     let s = ctx.create_session(ss).await;
-    ctx.sim.enqueue_jobs(job("redeliver", 1, 0)).await.expect("enqueue");
+    ctx.sim
+        .enqueue_jobs(job("redeliver", 1, 0))
+        .await
+        .expect("enqueue");
     let r = ctx.poll(&s, 0, 10).await;
     assert_eq!(r.status, 200);
     let m1 = r.json()["messageId"].as_i64().expect("id");
@@ -108,12 +178,23 @@ async fn redelivery_until_deleted_and_across_sessions() {
     assert_eq!(ctx.poll(&s, 0, 10).await.json()["messageId"], m1);
     assert_eq!(ctx.poll(&s, m1, 10).await.json()["messageId"], m1);
     // A newer message is preferred over the unacknowledged older one when lastMessageId = m1.
-    ctx.sim.enqueue_jobs(job("redeliver", 1, 0)).await.expect("enqueue");
-    let m2 = ctx.poll(&s, m1, 10).await.json()["messageId"].as_i64().expect("id");
+    ctx.sim
+        .enqueue_jobs(job("redeliver", 1, 0))
+        .await
+        .expect("enqueue");
+    let m2 = ctx.poll(&s, m1, 10).await.json()["messageId"]
+        .as_i64()
+        .expect("id");
     assert!(m2 > m1);
     assert_eq!(ctx.poll(&s, 0, 10).await.json()["messageId"], m1);
     // The session goes away; a new session still receives the unacknowledged messages.
-    let r = ctx.tenant(Method::DELETE, &format!("_apis/runtime/runnerscalesets/{ss}/sessions/{}", s.id), None).await;
+    let r = ctx
+        .tenant(
+            Method::DELETE,
+            &format!("_apis/runtime/runnerscalesets/{ss}/sessions/{}", s.id),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 204);
     let s2 = ctx.create_session(ss).await;
     assert_eq!(ctx.poll(&s2, 0, 10).await.json()["messageId"], m1);
@@ -130,7 +211,10 @@ async fn more_than_fifty_events_are_batched() {
     let s = ctx.create_session(ss).await;
     // First poll sets the capacity (nothing pending yet).
     assert_eq!(ctx.poll(&s, 0, 500).await.status, 202);
-    ctx.sim.enqueue_jobs(job("batch", 120, 0)).await.expect("enqueue");
+    ctx.sim
+        .enqueue_jobs(job("batch", 120, 0))
+        .await
+        .expect("enqueue");
     let mut sizes = Vec::new();
     let mut last = 0;
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -141,7 +225,8 @@ async fn more_than_fifty_events_are_batched() {
             continue;
         }
         let env = r.json();
-        let body: Vec<Value> = serde_json::from_str(env["body"].as_str().expect("body")).expect("array");
+        let body: Vec<Value> =
+            serde_json::from_str(env["body"].as_str().expect("body")).expect("array");
         assert!(body.len() <= 50);
         sizes.push(body.len());
         last = env["messageId"].as_i64().expect("id");
@@ -155,22 +240,40 @@ async fn capacity_limits_assignment() {
     let ctx = Ctx::start(fast_cfg()).await;
     let ss = ctx.create_scale_set("cap", &[]).await;
     let s = ctx.create_session(ss).await;
-    ctx.sim.enqueue_jobs(job("cap", 5, 0)).await.expect("enqueue");
+    ctx.sim
+        .enqueue_jobs(job("cap", 5, 0))
+        .await
+        .expect("enqueue");
     // Before any poll the capacity is 0: nothing assigned.
     let st = ctx.sim.state();
     assert_eq!(st.jobs_in("queued"), 5);
-    let msgs = ctx.collect(&s, 2, |m| of_type(m, "JobAssigned").len() >= 2).await;
+    let msgs = ctx
+        .collect(&s, 2, |m| of_type(m, "JobAssigned").len() >= 2)
+        .await;
     assert_eq!(of_type(&msgs, "JobAssigned").len(), 2);
     let st = ctx.sim.state();
-    assert_eq!(st.scale_set(ss).expect("ss").statistics.total_assigned_jobs, 2);
+    assert_eq!(
+        st.scale_set(ss).expect("ss").statistics.total_assigned_jobs,
+        2
+    );
     assert_eq!(st.jobs_in("queued"), 3);
     // Capacity 0 assigns nothing more.
     assert_eq!(ctx.poll(&s, 0, 0).await.status, 202);
     assert_eq!(ctx.sim.state().jobs_in("queued"), 3);
     // Raising it assigns the rest.
-    let msgs = ctx.collect(&s, 10, |m| of_type(m, "JobAssigned").len() >= 3).await;
+    let msgs = ctx
+        .collect(&s, 10, |m| of_type(m, "JobAssigned").len() >= 3)
+        .await;
     assert_eq!(of_type(&msgs, "JobAssigned").len(), 3);
-    assert_eq!(ctx.sim.state().scale_set(ss).expect("ss").statistics.total_assigned_jobs, 5);
+    assert_eq!(
+        ctx.sim
+            .state()
+            .scale_set(ss)
+            .expect("ss")
+            .statistics
+            .total_assigned_jobs,
+        5
+    );
 }
 
 #[tokio::test]
@@ -179,37 +282,75 @@ async fn unmatched_jobs_wait_for_a_matching_scale_set() {
     let other = ctx.create_scale_set("other", &["windows"]).await;
     let so = ctx.create_session(other).await;
     assert_eq!(ctx.poll(&so, 0, 10).await.status, 202);
-    let ids = ctx.sim.enqueue_jobs(EnqueueJobs { labels: vec!["linux".into(), "gpu".into()], ..Default::default() }).await.expect("enqueue");
+    let ids = ctx
+        .sim
+        .enqueue_jobs(EnqueueJobs {
+            labels: vec!["linux".into(), "gpu".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue");
     assert_eq!(ctx.sim.state().jobs_in("queued"), 1);
     let partial = ctx.create_scale_set("partial", &["linux"]).await;
     let sp = ctx.create_session(partial).await;
     assert_eq!(ctx.poll(&sp, 0, 10).await.status, 202);
     let full = ctx.create_scale_set("full", &["linux", "gpu", "x64"]).await;
     let sf = ctx.create_session(full).await;
-    let msgs = ctx.collect(&sf, 10, |m| !of_type(m, "JobAssigned").is_empty()).await;
+    let msgs = ctx
+        .collect(&sf, 10, |m| !of_type(m, "JobAssigned").is_empty())
+        .await;
     assert_eq!(msgs[0]["runnerRequestId"], ids[0]);
 }
 
 #[tokio::test]
 async fn unstarted_job_is_canceled_and_requeued() {
-    let ctx = Ctx::start(SimConfig { assignment_timeout: Duration::from_millis(150), max_requeues: 1, ..fast_cfg() }).await;
+    let ctx = Ctx::start(SimConfig {
+        assignment_timeout: Duration::from_millis(150),
+        max_requeues: 1,
+        ..fast_cfg()
+    })
+    .await;
     let ss = ctx.create_scale_set("requeue", &[]).await;
     let s = ctx.create_session(ss).await;
-    let id = ctx.sim.enqueue_jobs(job("requeue", 1, 0)).await.expect("enqueue")[0];
+    let id = ctx
+        .sim
+        .enqueue_jobs(job("requeue", 1, 0))
+        .await
+        .expect("enqueue")[0];
     let msgs = ctx
-        .collect(&s, 1, |m| of_type(m, "JobCompleted").iter().filter(|c| c["runnerRequestId"] == id).count() == 2)
+        .collect(&s, 1, |m| {
+            of_type(m, "JobCompleted")
+                .iter()
+                .filter(|c| c["runnerRequestId"] == id)
+                .count()
+                == 2
+        })
         .await;
-    let kinds: Vec<&str> = msgs.iter().map(|m| m["messageType"].as_str().expect("type")).collect();
-    assert_eq!(kinds, vec!["JobAssigned", "JobCompleted", "JobAssigned", "JobCompleted"]);
+    let kinds: Vec<&str> = msgs
+        .iter()
+        .map(|m| m["messageType"].as_str().expect("type"))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["JobAssigned", "JobCompleted", "JobAssigned", "JobCompleted"]
+    );
     for c in of_type(&msgs, "JobCompleted") {
         assert_eq!(c["result"], "canceled");
     }
-    let (ok, st) = ctx.sim.wait_until(DEADLINE, |st| st.job(id).is_some_and(|j| j.status == "completed")).await;
+    let (ok, st) = ctx
+        .sim
+        .wait_until(DEADLINE, |st| {
+            st.job(id).is_some_and(|j| j.status == "completed")
+        })
+        .await;
     assert!(ok);
     let j = st.job(id).expect("job");
     assert_eq!(j.result.as_deref(), Some("canceled"));
     assert_eq!(j.requeues, 2);
-    assert_eq!(st.scale_set(ss).expect("ss").statistics.total_assigned_jobs, 0);
+    assert_eq!(
+        st.scale_set(ss).expect("ss").statistics.total_assigned_jobs,
+        0
+    );
 }
 
 #[tokio::test]
@@ -228,10 +369,24 @@ async fn removed_runner_stops_waiting() {
     let ss = ctx.create_scale_set("rm", &[]).await;
     let (rid, jit) = ctx.jit(ss, "r-rm").await;
     let task = tokio::spawn(async move { runner::run(&jit, fast_runner()).await });
-    let (ok, _) = ctx.sim.wait_until(DEADLINE, |st| st.runners.iter().any(|r| r.id == rid && r.online)).await;
+    let (ok, _) = ctx
+        .sim
+        .wait_until(DEADLINE, |st| {
+            st.runners.iter().any(|r| r.id == rid && r.online)
+        })
+        .await;
     assert!(ok);
-    let r = ctx.tenant(Method::DELETE, &format!("_apis/distributedtask/pools/0/agents/{rid}"), None).await;
+    let r = ctx
+        .tenant(
+            Method::DELETE,
+            &format!("_apis/distributedtask/pools/0/agents/{rid}"),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 204);
-    let res = tokio::time::timeout(DEADLINE, task).await.expect("runner ends").expect("join");
+    let res = tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("runner ends")
+        .expect("join");
     assert!(matches!(res, Err(RunnerError::Removed)), "{res:?}");
 }

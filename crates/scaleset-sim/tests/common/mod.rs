@@ -18,11 +18,18 @@ pub struct Resp {
 
 impl Resp {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     }
 }
 
@@ -44,7 +51,11 @@ pub fn fast_cfg() -> SimConfig {
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("client")
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
 }
 
 pub async fn send(
@@ -54,18 +65,27 @@ pub async fn send(
     auth: Option<&str>,
     body: Option<Value>,
 ) -> Resp {
-    let mut req = http.request(method, url).header("Content-Type", "application/json");
+    let mut req = http
+        .request(method, url)
+        .header("Content-Type", "application/json");
     if let Some(a) = auth {
         req = req.header("Authorization", a);
     }
     if let Some(b) = body {
         req = req.body(serde_json::to_vec(&b).expect("json"));
     }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.bytes().await.expect("body").to_vec();
-    Resp { status, headers, body }
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// PAT -> registration token -> runner-registration: (tenant URL, admin token).
@@ -89,9 +109,16 @@ pub async fn admin_connection(http: &reqwest::Client, sim: &Simulator) -> (Strin
         Some(json!({"url": sim.config_url(), "runner_event": "register"})),
     )
     .await;
-    assert!((200..300).contains(&r.status), "runner-registration {}", r.status);
+    assert!(
+        (200..300).contains(&r.status),
+        "runner-registration {}",
+        r.status
+    );
     let v = r.json();
-    (v["url"].as_str().expect("url").to_owned(), v["token"].as_str().expect("token").to_owned())
+    (
+        v["url"].as_str().expect("url").to_owned(),
+        v["token"].as_str().expect("token").to_owned(),
+    )
 }
 
 impl Ctx {
@@ -99,7 +126,12 @@ impl Ctx {
         let sim = Simulator::start(cfg).await.expect("start");
         let http = client();
         let (tenant, admin) = admin_connection(&http, &sim).await;
-        Ctx { sim, http, tenant, admin }
+        Ctx {
+            sim,
+            http,
+            tenant,
+            admin,
+        }
     }
 
     pub fn t(&self, path: &str) -> String {
@@ -110,11 +142,21 @@ impl Ctx {
         let url = self.t(path);
         let sep = if url.contains('?') { '&' } else { '?' };
         let url = format!("{url}{sep}api-version=6.0-preview");
-        send(&self.http, method, &url, Some(&format!("Bearer {}", self.admin)), body).await
+        send(
+            &self.http,
+            method,
+            &url,
+            Some(&format!("Bearer {}", self.admin)),
+            body,
+        )
+        .await
     }
 
     pub async fn create_scale_set(&self, name: &str, labels: &[&str]) -> i64 {
-        let labels: Vec<Value> = labels.iter().map(|l| json!({"name": l, "type": "System"})).collect();
+        let labels: Vec<Value> = labels
+            .iter()
+            .map(|l| json!({"name": l, "type": "System"}))
+            .collect();
         let r = self
             .tenant(
                 Method::POST,
@@ -123,7 +165,12 @@ impl Ctx {
                     "RunnerSetting": {"disableUpdate": true}, "createdOn": "0001-01-01T00:00:00Z"})),
             )
             .await;
-        assert_eq!(r.status, 200, "create scale set: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            200,
+            "create scale set: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         r.json()["id"].as_i64().expect("id")
     }
 
@@ -135,7 +182,12 @@ impl Ctx {
                 Some(json!({"sessionId": "00000000-0000-0000-0000-000000000000", "ownerName": "test"})),
             )
             .await;
-        assert_eq!(r.status, 200, "create session: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            200,
+            "create session: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         Session::from(r.json(), ss)
     }
 
@@ -149,7 +201,10 @@ impl Ctx {
             .await;
         assert_eq!(r.status, 200, "jit: {}", String::from_utf8_lossy(&r.body));
         let v = r.json();
-        (v["runner"]["id"].as_i64().expect("id"), v["encodedJITConfig"].as_str().expect("jit").to_owned())
+        (
+            v["runner"]["id"].as_i64().expect("id"),
+            v["encodedJITConfig"].as_str().expect("jit").to_owned(),
+        )
     }
 
     pub async fn poll(&self, s: &Session, last: i64, cap: u32) -> Resp {
@@ -168,27 +223,57 @@ impl Ctx {
             .expect("poll");
         let status = r.status().as_u16();
         let headers = r.headers().clone();
-        Resp { status, headers, body: r.bytes().await.expect("body").to_vec() }
+        Resp {
+            status,
+            headers,
+            body: r.bytes().await.expect("body").to_vec(),
+        }
     }
 
     pub async fn delete_message(&self, s: &Session, id: i64) -> u16 {
         let (path, query) = s.mq_url.split_once('?').expect("mq url has a query");
         let url = format!("{path}/{id}?{query}");
-        send(&self.http, Method::DELETE, &url, Some(&format!("Bearer {}", s.token)), None).await.status
+        send(
+            &self.http,
+            Method::DELETE,
+            &url,
+            Some(&format!("Bearer {}", s.token)),
+            None,
+        )
+        .await
+        .status
     }
 
     pub async fn acquire(&self, s: &Session, ids: &[i64]) -> Resp {
-        let url = self.t(&format!("_apis/runtime/runnerscalesets/{}/acquirejobs?api-version=6.0-preview", s.ss));
-        send(&self.http, Method::POST, &url, Some(&format!("Bearer {}", s.token)), Some(json!(ids))).await
+        let url = self.t(&format!(
+            "_apis/runtime/runnerscalesets/{}/acquirejobs?api-version=6.0-preview",
+            s.ss
+        ));
+        send(
+            &self.http,
+            Method::POST,
+            &url,
+            Some(&format!("Bearer {}", s.token)),
+            Some(json!(ids)),
+        )
+        .await
     }
 
     /// Poll (and acknowledge) until `want` job messages have been collected or the deadline.
-    pub async fn collect(&self, s: &Session, cap: u32, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub async fn collect(
+        &self,
+        s: &Session,
+        cap: u32,
+        want: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + DEADLINE;
         let mut out = Vec::new();
         let mut last = 0;
         while !want(&out) {
-            assert!(Instant::now() < deadline, "deadline waiting for messages; got {out:?}");
+            assert!(
+                Instant::now() < deadline,
+                "deadline waiting for messages; got {out:?}"
+            );
             let r = self.poll(s, last, cap).await;
             match r.status {
                 202 => continue,
@@ -196,12 +281,16 @@ impl Ctx {
                     let env = r.json();
                     let id = env["messageId"].as_i64().expect("messageId");
                     let body: Vec<Value> =
-                        serde_json::from_str(env["body"].as_str().expect("body string")).expect("body array");
+                        serde_json::from_str(env["body"].as_str().expect("body string"))
+                            .expect("body array");
                     out.extend(body);
                     last = id;
                     assert_eq!(self.delete_message(s, id).await, 204);
                 }
-                other => panic!("poll answered {other}: {}", String::from_utf8_lossy(&r.body)),
+                other => panic!(
+                    "poll answered {other}: {}",
+                    String::from_utf8_lossy(&r.body)
+                ),
             }
         }
         out
@@ -226,7 +315,10 @@ impl Session {
         Session {
             ss,
             id: v["sessionId"].as_str().expect("sessionId").to_owned(),
-            token: v["messageQueueAccessToken"].as_str().expect("token").to_owned(),
+            token: v["messageQueueAccessToken"]
+                .as_str()
+                .expect("token")
+                .to_owned(),
             mq_url: v["messageQueueUrl"].as_str().expect("url").to_owned(),
             raw: v,
         }
