@@ -589,7 +589,8 @@ fn at_most_one<T>(list: ListResponse<T>, resp: &Incoming, what: &str) -> Result<
         1 => Ok(items.pop()),
         n => Err(Error::Protocol {
             response: Some(Box::new(resp.api_error())),
-            message: format!("multiple ({n}) {what}"),
+            // "multiple runner scale sets found with name ..." as in the reference's text.
+            message: format!("multiple {what} ({n} of them)"),
         }),
     }
 }
