@@ -256,20 +256,31 @@ async fn b67_b68_b74_b79_get_message_request_and_minimal_answer() {
     .await;
     let session = open(&server, 0).await;
 
-    let m = session.get_message(0, 0).await.expect("ok").expect("a message");
+    let m = session
+        .get_message(0, 0)
+        .await
+        .expect("ok")
+        .expect("a message");
     assert_eq!(m.message_id, 1);
     assert!(m.jobs.is_empty());
     assert!(m.statistics.is_none());
     assert!(m.problems.is_empty());
 
-    session.get_message(5, 10).await.expect("ok").expect("a message");
+    session
+        .get_message(5, 10)
+        .await
+        .expect("ok")
+        .expect("a message");
 
     let polls = server.polls();
     assert_eq!(polls.len(), 2);
     // 68: lastMessageId absent when 0 (the URL is used unchanged) ...
     assert_eq!(polls[0].query.as_deref(), Some("sessionId=abc"));
     // ... and merged into the existing query (keys sorted) when > 0.
-    assert_eq!(polls[1].query.as_deref(), Some("lastMessageId=5&sessionId=abc"));
+    assert_eq!(
+        polls[1].query.as_deref(),
+        Some("lastMessageId=5&sessionId=abc")
+    );
     for (p, cap) in polls.iter().zip(["0", "10"]) {
         // 74
         assert_eq!(p.header("x-scalesetmaxcapacity"), Some(cap));
@@ -370,7 +381,11 @@ async fn b71_get_message_401_refresh_then_message() {
     })
     .await;
     let session = open(&server, 0).await;
-    let m = session.get_message(0, 1).await.expect("ok").expect("message");
+    let m = session
+        .get_message(0, 1)
+        .await
+        .expect("ok")
+        .expect("message");
     assert_eq!(m.message_id, 3);
     let reqs = server.requests();
     let lines: Vec<String> = reqs.iter().map(Recorded::line).collect();
@@ -392,10 +407,7 @@ async fn b71_get_message_401_refresh_then_message() {
     assert_eq!(reqs[1].header("authorization"), Some("Bearer qtoken-1"));
     assert_eq!(reqs[3].header("authorization"), Some("Bearer qtoken-2"));
     assert_eq!(
-        session
-            .session()
-            .message_queue_access_token
-            .expose_secret(),
+        session.session().message_queue_access_token.expose_secret(),
         "qtoken-2"
     );
 }
@@ -407,9 +419,12 @@ async fn refresh_404_is_session_not_found() {
         if is_create(&rec) {
             created(&rec)
         } else if is_refresh(&rec) {
-            json(404, serde_json::json!({
+            json(
+                404,
+                serde_json::json!({
                 "typeName": "GitHub.DistributedTask.WebApi.RunnerAdminException",
-                "message": "runner referenced a session ID that doesn't exist in redis"}))
+                "message": "runner referenced a session ID that doesn't exist in redis"}),
+            )
         } else {
             status(401)
         }
@@ -475,7 +490,10 @@ async fn b77_unknown_envelope_type_is_an_error_naming_the_id() {
         if is_create(&rec) {
             created(&rec)
         } else {
-            json(200, serde_json::json!({"messageId": 9, "messageType": "SomethingElse", "body": ""}))
+            json(
+                200,
+                serde_json::json!({"messageId": 9, "messageType": "SomethingElse", "body": ""}),
+            )
         }
     })
     .await;
@@ -513,7 +531,11 @@ async fn b78_all_job_types_decode_unknown_skipped_statistics_kept() {
     })
     .await;
     let session = open(&server, 0).await;
-    let m = session.get_message(0, 1).await.expect("ok").expect("message");
+    let m = session
+        .get_message(0, 1)
+        .await
+        .expect("ok")
+        .expect("message");
     assert_eq!(m.message_id, 42);
     assert_eq!(m.statistics.map(|s| s.total_assigned_jobs), Some(5));
     assert!(m.problems.is_empty(), "{:?}", m.problems);
@@ -600,7 +622,10 @@ async fn delete_message_with_trailing_slash_queue_url() {
     .await;
     let session = open(&server, 0).await;
     session.delete_message(7).await.expect("204");
-    assert_eq!(server.requests().pop().expect("req").path, "/queue/message/7");
+    assert_eq!(
+        server.requests().pop().expect("req").path,
+        "/queue/message/7"
+    );
 }
 
 // Behaviour 81
@@ -731,7 +756,10 @@ async fn b87_b91_b92_b93_acquire_jobs_bodies_answers_and_token() {
     .await;
     let session = open(&server, 0).await;
     assert_eq!(session.acquire_jobs(&[1, 2]).await.expect("ok"), vec![1, 2]);
-    assert_eq!(session.acquire_jobs(&[]).await.expect("ok"), Vec::<i64>::new());
+    assert_eq!(
+        session.acquire_jobs(&[]).await.expect("ok"),
+        Vec::<i64>::new()
+    );
     assert_eq!(session.acquire_jobs(&[1]).await.expect("ok"), vec![1]);
 
     let reqs: Vec<_> = server
@@ -833,7 +861,11 @@ async fn b90_acquire_jobs_500_fails() {
     let session = open(&server, 1).await;
     let err = session.acquire_jobs(&[1]).await.expect_err("500");
     assert_eq!(err.status(), Some(500), "{err}");
-    let n = server.requests().iter().filter(|r| r.path == ACQUIRE).count();
+    let n = server
+        .requests()
+        .iter()
+        .filter(|r| r.path == ACQUIRE)
+        .count();
     assert_eq!(n, 2);
 }
 
@@ -867,7 +899,9 @@ async fn delete_message_proceeds_while_a_poll_is_in_flight() {
     let poller = session.clone();
     let poll = tokio::spawn(async move { poller.get_message(0, 1).await });
     server
-        .wait_for("the poll to arrive", |log| log.iter().any(Recorded::is_poll))
+        .wait_for("the poll to arrive", |log| {
+            log.iter().any(Recorded::is_poll)
+        })
         .await;
     tokio::time::timeout(Duration::from_secs(30), session.delete_message(1))
         .await

@@ -59,7 +59,8 @@ impl Recorded {
     }
 }
 
-type Handler = Arc<dyn Fn(Recorded) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
+type Handler =
+    Arc<dyn Fn(Recorded) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
 
 /// A scripted server. Auth calls under `/api/v3` are answered automatically and not logged.
 pub struct Scripted {
@@ -173,7 +174,10 @@ impl Scripted {
     }
 
     pub fn polls(&self) -> Vec<Recorded> {
-        self.requests().into_iter().filter(Recorded::is_poll).collect()
+        self.requests()
+            .into_iter()
+            .filter(Recorded::is_poll)
+            .collect()
     }
 
     /// Waits until `pred` holds for the request log (panics after [`DEADLINE`]).
@@ -312,6 +316,8 @@ pub struct RecScaler {
     pub desired_script: Mutex<VecDeque<bool>>,
     /// How many of the next `handle_job_started` calls fail.
     pub fail_started: AtomicU32,
+    /// Cancelled by the first `handle_desired_runner_count` call, when set.
+    pub cancel_on_desired: Mutex<Option<actions_scaleset::CancellationToken>>,
 }
 
 impl RecScaler {
@@ -372,6 +378,9 @@ impl Scaler for RecScaler {
             .pop_front()
             .unwrap_or(true);
         self.push(Event::Desired(count));
+        if let Some(token) = self.cancel_on_desired.lock().expect("lock").take() {
+            token.cancel();
+        }
         if ok {
             Ok(count)
         } else {
