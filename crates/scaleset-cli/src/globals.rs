@@ -1,0 +1,420 @@
+//! The global options and the [`Client`] built from them.
+//!
+//! [`client_from_globals`] is the one place that turns options and environment variables into
+//! credentials and a client; every command that talks to the service (including `run`) uses it,
+//! so they all accept the same configuration and fail the same way (exit 2, before any request)
+//! when it is incomplete.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use actions_scaleset::{Client, Credentials, SystemInfo};
+use clap::{Args, ValueEnum};
+
+use crate::error::CliError;
+
+/// Environment variable holding a GitHub App private key in PEM (instead of a key file).
+pub(crate) const ENV_APP_PRIVATE_KEY: &str = "SCALESET_APP_PRIVATE_KEY";
+/// Fallback token variable, read when neither `--token` nor `SCALESET_TOKEN` is set.
+pub(crate) const ENV_GITHUB_TOKEN: &str = "GITHUB_TOKEN";
+
+/// Log verbosity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub(crate) enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings (the default).
+    Warn,
+    /// Progress information.
+    Info,
+    /// Details for debugging.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+/// Log line format on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options every command accepts, before or after the subcommand.
+#[derive(Args, Clone)]
+pub(crate) struct GlobalArgs {
+    /// The GitHub config URL: a repository, organization or enterprise
+    /// (https://github.com/ORG/REPO, https://github.com/ORG, https://github.com/enterprises/ENT).
+    #[arg(long, global = true, env = "SCALESET_URL", value_name = "URL")]
+    pub(crate) url: Option<String>,
+
+    /// A personal access token (falls back to GITHUB_TOKEN when SCALESET_TOKEN is unset).
+    #[arg(
+        long,
+        global = true,
+        env = "SCALESET_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub(crate) token: Option<String>,
+
+    /// GitHub App client id (or numeric app id).
+    #[arg(long, global = true, env = "SCALESET_APP_CLIENT_ID", value_name = "ID")]
+    pub(crate) app_client_id: Option<String>,
+
+    /// GitHub App installation id (non-zero).
+    #[arg(
+        long,
+        global = true,
+        env = "SCALESET_APP_INSTALLATION_ID",
+        value_name = "N"
+    )]
+    pub(crate) app_installation_id: Option<u64>,
+
+    /// File holding the GitHub App private key in PEM (or put the PEM itself in
+    /// SCALESET_APP_PRIVATE_KEY).
+    #[arg(
+        long,
+        global = true,
+        env = "SCALESET_APP_PRIVATE_KEY_FILE",
+        value_name = "PATH"
+    )]
+    pub(crate) app_private_key_file: Option<PathBuf>,
+
+    /// Extra root CA certificates in PEM to trust (repeatable).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub(crate) ca_cert: Vec<PathBuf>,
+
+    /// Do not verify TLS certificates (testing only).
+    #[arg(long, global = true)]
+    pub(crate) insecure_skip_tls_verify: bool,
+
+    /// Retries after the first attempt of a request [default: 4].
+    #[arg(long, global = true, value_name = "N")]
+    pub(crate) retry_max: Option<u32>,
+
+    /// Longest wait between retries, in seconds [default: 30].
+    #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
+    pub(crate) retry_wait_max: Option<Duration>,
+
+    /// Timeout of each request attempt, in seconds [default: 300].
+    #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
+    pub(crate) timeout: Option<Duration>,
+
+    /// Log level on stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "SCALESET_LOG",
+        value_enum,
+        default_value_t = LogLevel::Warn,
+        value_name = "LEVEL"
+    )]
+    pub(crate) log_level: LogLevel,
+
+    /// Log format on stderr (json also makes the final error line a JSON object).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    pub(crate) log_format: LogFormat,
+}
+
+impl fmt::Debug for GlobalArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GlobalArgs")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
+            .field("app_client_id", &self.app_client_id)
+            .field("app_installation_id", &self.app_installation_id)
+            .field("app_private_key_file", &self.app_private_key_file)
+            .field("ca_cert", &self.ca_cert)
+            .field("insecure_skip_tls_verify", &self.insecure_skip_tls_verify)
+            .field("retry_max", &self.retry_max)
+            .field("retry_wait_max", &self.retry_wait_max)
+            .field("timeout", &self.timeout)
+            .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+/// Parses a duration given in plain seconds (`30`, `0.5`).
+pub(crate) fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 30 or 0.5)"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{s:?} is not a valid number of seconds (finite, not negative)"))
+}
+
+/// The system info every request of the CLI carries in its `User-Agent`.
+pub(crate) fn system_info() -> SystemInfo {
+    SystemInfo {
+        system: "scaleset-cli".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        commit_sha: option_env!("SCALESET_BUILD_COMMIT")
+            .unwrap_or("unknown")
+            .to_string(),
+        scale_set_id: 0,
+        subsystem: "cli".to_string(),
+    }
+}
+
+/// Builds a client from the global options and the environment. Sends no request.
+///
+/// Credentials, in order: `--token`/`SCALESET_TOKEN`; complete GitHub App credentials (client
+/// id, non-zero installation id, and a key from `--app-private-key-file`/
+/// `SCALESET_APP_PRIVATE_KEY_FILE` or `SCALESET_APP_PRIVATE_KEY`); `GITHUB_TOKEN`.
+///
+/// # Errors
+/// Exit code 2 for a missing or invalid URL, missing or malformed credentials, an unreadable
+/// file, or a bad CA bundle.
+pub(crate) fn client_from_globals(g: &GlobalArgs) -> Result<Client, CliError> {
+    client_with_env(g, &|name| std::env::var(name).ok())
+}
+
+fn client_with_env(
+    g: &GlobalArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Client, CliError> {
+    let url = non_empty(g.url.clone()).ok_or_else(|| {
+        CliError::config(
+            "InvalidConfigUrl",
+            "missing the config URL: give --url or set SCALESET_URL \
+             (e.g. https://github.com/my-org/my-repo)",
+        )
+    })?;
+    let credentials = credentials(g, env)?;
+    let mut builder = Client::builder(url, credentials)
+        .system_info(system_info())
+        .insecure_skip_tls_verify(g.insecure_skip_tls_verify);
+    if let Some(n) = g.retry_max {
+        builder = builder.retry_max(n);
+    }
+    if let Some(d) = g.retry_wait_max {
+        builder = builder.retry_wait_max(d);
+    }
+    if let Some(d) = g.timeout {
+        if d.is_zero() {
+            return Err(CliError::config(
+                "InvalidArgument",
+                "--timeout must be greater than 0",
+            ));
+        }
+        builder = builder.timeout(d);
+    }
+    for path in &g.ca_cert {
+        let pem = read_file(path, "--ca-cert", "InvalidClientConfig")?;
+        builder = builder.root_ca_pem(pem);
+    }
+    builder
+        .build()
+        .map_err(|e| CliError::api("configuration", e))
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.trim().is_empty())
+}
+
+/// Picks the credentials (see [`client_from_globals`] for the order).
+fn credentials(
+    g: &GlobalArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Credentials, CliError> {
+    let invalid = |e| CliError::api("credentials", e);
+    if let Some(token) = non_empty(g.token.clone()) {
+        return Credentials::token(token).map_err(invalid);
+    }
+    let client_id = non_empty(g.app_client_id.clone());
+    let installation_id = g.app_installation_id;
+    let key = match &g.app_private_key_file {
+        Some(path) => Some(
+            String::from_utf8(read_file(
+                path,
+                "--app-private-key-file",
+                "InvalidCredentials",
+            )?)
+            .map_err(|_| {
+                CliError::config(
+                    "InvalidCredentials",
+                    format!(
+                        "--app-private-key-file {}: the file is not UTF-8 PEM text",
+                        path.display()
+                    ),
+                )
+            })?,
+        ),
+        None => non_empty(env(ENV_APP_PRIVATE_KEY)),
+    };
+    let any_app = client_id.is_some() || installation_id.is_some() || key.is_some();
+    if let (Some(id), Some(inst), Some(key)) = (&client_id, installation_id, &key) {
+        return Credentials::github_app(id.clone(), inst, key).map_err(invalid);
+    }
+    let mut missing = Vec::new();
+    if client_id.is_none() {
+        missing.push("--app-client-id (SCALESET_APP_CLIENT_ID)");
+    }
+    if installation_id.is_none() {
+        missing.push("--app-installation-id (SCALESET_APP_INSTALLATION_ID)");
+    }
+    if key.is_none() {
+        missing.push(
+            "--app-private-key-file (SCALESET_APP_PRIVATE_KEY_FILE) or SCALESET_APP_PRIVATE_KEY",
+        );
+    }
+    if let Some(token) = non_empty(env(ENV_GITHUB_TOKEN)) {
+        if any_app {
+            tracing::warn!(
+                missing = missing.join(", "),
+                "incomplete GitHub App credentials are ignored; using GITHUB_TOKEN"
+            );
+        }
+        return Credentials::token(token).map_err(invalid);
+    }
+    if any_app {
+        return Err(CliError::config(
+            "InvalidCredentials",
+            format!(
+                "missing credentials: incomplete GitHub App credentials, also give {}",
+                missing.join(", ")
+            ),
+        ));
+    }
+    Err(CliError::config(
+        "InvalidCredentials",
+        "missing credentials: give --token (or SCALESET_TOKEN or GITHUB_TOKEN), or GitHub App \
+         credentials (--app-client-id, --app-installation-id and --app-private-key-file)",
+    ))
+}
+
+fn read_file(path: &Path, flag: &str, kind: &'static str) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path)
+        .map_err(|e| CliError::config(kind, format!("{flag} {}: cannot read: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        g: GlobalArgs,
+    }
+
+    fn globals(args: &[&str]) -> GlobalArgs {
+        let mut all = vec!["t"];
+        all.extend_from_slice(args);
+        T::try_parse_from(all).expect("valid arguments").g
+    }
+
+    const URL: &str = "https://github.com/org/repo";
+
+    #[test]
+    fn durations_are_plain_seconds() {
+        assert_eq!(parse_secs("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_secs("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("1s").is_err());
+        assert!(parse_secs("NaN").is_err());
+    }
+
+    #[test]
+    fn a_token_is_enough() {
+        let g = globals(&["--url", URL, "--token", "ghp_x"]);
+        assert!(client_with_env(&g, &|_| None).is_ok());
+    }
+
+    #[test]
+    fn github_token_is_the_fallback() {
+        let g = globals(&["--url", URL]);
+        let env = |name: &str| (name == ENV_GITHUB_TOKEN).then(|| "ghp_y".to_string());
+        assert!(client_with_env(&g, &env).is_ok());
+    }
+
+    #[test]
+    fn nothing_is_a_missing_credential() {
+        let g = globals(&["--url", URL]);
+        let e = client_with_env(&g, &|_| None).expect_err("no credentials");
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.message().contains("missing credentials"),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
+    fn an_incomplete_app_names_what_is_missing() {
+        let g = globals(&["--url", URL, "--app-client-id", "Iv1.x"]);
+        let e = client_with_env(&g, &|_| None).expect_err("incomplete app");
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.message().contains("--app-installation-id"),
+            "{}",
+            e.message()
+        );
+        assert!(
+            e.message().contains("SCALESET_APP_PRIVATE_KEY"),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
+    fn a_zero_installation_id_is_refused() {
+        let g = globals(&[
+            "--url",
+            URL,
+            "--app-client-id",
+            "Iv1.x",
+            "--app-installation-id",
+            "0",
+        ]);
+        let env = |name: &str| {
+            (name == ENV_APP_PRIVATE_KEY).then(|| scaleset_sim::APP_PRIVATE_KEY_PEM.to_string())
+        };
+        let e = client_with_env(&g, &env).expect_err("zero installation id");
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.message().contains("non-zero"), "{}", e.message());
+    }
+
+    #[test]
+    fn app_credentials_from_the_environment_key() {
+        let g = globals(&[
+            "--url",
+            URL,
+            "--app-client-id",
+            "Iv1.x",
+            "--app-installation-id",
+            "7",
+        ]);
+        let env = |name: &str| {
+            (name == ENV_APP_PRIVATE_KEY).then(|| scaleset_sim::APP_PRIVATE_KEY_PEM.to_string())
+        };
+        assert!(client_with_env(&g, &env).is_ok());
+    }
+
+    #[test]
+    fn a_missing_url_is_a_configuration_error() {
+        let g = globals(&["--token", "ghp_x"]);
+        let e = client_with_env(&g, &|_| None).expect_err("no url");
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.message().contains("--url"));
+    }
+
+    #[test]
+    fn debug_output_hides_the_token() {
+        let g = globals(&["--url", URL, "--token", "ghp_secret_value"]);
+        assert!(!format!("{g:?}").contains("ghp_secret_value"));
+    }
+}
