@@ -16,7 +16,7 @@
 use std::io::Write;
 
 use actions_scaleset::Error;
-use serde_json::json;
+use serde::Serialize;
 
 use crate::globals::LogFormat;
 
@@ -100,15 +100,20 @@ impl CliError {
         let message = self.message.replace(['\r', '\n'], " ");
         match format {
             LogFormat::Text => format!("error: {message}"),
-            LogFormat::Json => json!({
-                "level": "error",
-                "kind": self.kind,
-                "status": self.status,
-                "message": message,
-                "activityId": self.activity_id,
-                "githubRequestId": self.github_request_id,
-            })
-            .to_string(),
+            LogFormat::Json => {
+                let line = JsonLine {
+                    level: "error",
+                    kind: &self.kind,
+                    status: self.status,
+                    message: &message,
+                    activity_id: self.activity_id.as_deref(),
+                    github_request_id: self.github_request_id.as_deref(),
+                };
+                // A struct of strings and numbers always serializes; the fallback keeps the
+                // line JSON anyway.
+                serde_json::to_string(&line)
+                    .unwrap_or_else(|_| format!(r#"{{"level":"error","message":{message:?}}}"#))
+            }
         }
     }
 
@@ -119,6 +124,18 @@ impl CliError {
         let _ = writeln!(stderr, "{}", self.line(format));
         let _ = stderr.flush();
     }
+}
+
+/// The JSON error line, fields in the documented order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonLine<'a> {
+    level: &'static str,
+    kind: &'a str,
+    status: Option<u16>,
+    message: &'a str,
+    activity_id: Option<&'a str>,
+    github_request_id: Option<&'a str>,
 }
 
 /// Where a library error lands among the exit codes.
@@ -189,6 +206,7 @@ mod tests {
         let e = CliError::not_found("ScaleSetNotFound", "scale-set get: no scale set\nwith id 3");
         let line = e.line(LogFormat::Json);
         assert!(!line.contains('\n'));
+        assert!(line.starts_with(r#"{"level":"error","kind":"ScaleSetNotFound","status":null,"#));
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
         assert_eq!(v["level"], "error");
         assert_eq!(v["kind"], "ScaleSetNotFound");
