@@ -310,7 +310,7 @@ impl Listener {
                     }
                     Err(e) => {
                         tracing::warn!(scale_set_id, error = %e, "the scaler failed on the initial statistics");
-                        self.failed(&mut failures, shutdown).await?;
+                        self.failed(&mut failures, &e, shutdown).await?;
                         continue;
                     }
                 }
@@ -337,7 +337,7 @@ impl Listener {
                         Ok(n) => self.metrics.record_desired_runners(n),
                         Err(e) => {
                             tracing::warn!(scale_set_id, error = %e, "the scaler failed on an empty poll");
-                            self.failed(&mut failures, shutdown).await?;
+                            self.failed(&mut failures, &e, shutdown).await?;
                         }
                     }
                 }
@@ -356,7 +356,7 @@ impl Listener {
                         }
                         Err(e) => {
                             tracing::warn!(scale_set_id, message_id = id, error = %e, "handling a message failed; it will be delivered again");
-                            self.failed(&mut failures, shutdown).await?;
+                            self.failed(&mut failures, &e, shutdown).await?;
                         }
                     }
                 }
@@ -383,14 +383,14 @@ impl Listener {
                         Err(e) if is_fatal(&e) => return Err(e),
                         Err(e) => {
                             tracing::warn!(scale_set_id, error = %e, "could not create a new session");
-                            self.failed(&mut failures, shutdown).await?;
+                            self.failed(&mut failures, &e, shutdown).await?;
                         }
                     }
                 }
                 Err(e) if is_fatal(&e) => return Err(e),
                 Err(e) => {
                     tracing::warn!(scale_set_id, error = %e, "polling the message queue failed");
-                    self.failed(&mut failures, shutdown).await?;
+                    self.failed(&mut failures, &e, shutdown).await?;
                 }
             }
         }
@@ -482,18 +482,23 @@ impl Listener {
 
     /// Counts a failure and waits out the backoff; errors when the streak limit is reached.
     /// Returns early (Ok) when shutdown fires during the wait.
-    async fn failed(&self, failures: &mut u32, shutdown: &CancellationToken) -> Result<()> {
+    async fn failed(
+        &self,
+        failures: &mut u32,
+        cause: &(dyn std::fmt::Display + Sync),
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
         *failures += 1;
         let n = *failures;
         self.metrics.record_consecutive_failures(n);
         self.update_health(|h| h.consecutive_failures = n);
-        if let Some(max) = self.config.max_consecutive_failures {
-            if n >= max {
-                return Err(Error::Protocol {
-                    response: None,
-                    message: format!("giving up after {n} consecutive failures"),
-                });
-            }
+        if let Some(max) = self.config.max_consecutive_failures
+            && n >= max
+        {
+            return Err(Error::Protocol {
+                response: None,
+                message: format!("giving up after {n} consecutive failures; the last: {cause}"),
+            });
         }
         let delay = backoff(self.config.backoff_min, self.config.backoff_max, n - 1);
         tracing::info!(

@@ -423,16 +423,16 @@ impl MessageSessionClient {
             ));
         }
         let list: ListResponse<i64> = resp.json()?;
-        if let Some(count) = list.count {
-            if count != list.value.len() as i64 {
-                return Err(Error::Protocol {
-                    response: Some(Box::new(resp.api_error())),
-                    message: format!(
-                        "acquire answer says count {count} but holds {} id(s)",
-                        list.value.len()
-                    ),
-                });
-            }
+        if let Some(count) = list.count
+            && count != list.value.len() as i64
+        {
+            return Err(Error::Protocol {
+                response: Some(Box::new(resp.api_error())),
+                message: format!(
+                    "acquire answer says count {count} but holds {} id(s)",
+                    list.value.len()
+                ),
+            });
         }
         Ok(list.value)
     }

@@ -703,6 +703,10 @@ async fn s5_max_consecutive_failures_ends_the_run() {
         .await
         .expect_err("gives up");
     assert!(err.to_string().contains("3 consecutive failures"), "{err}");
+    assert!(
+        err.to_string().contains("500"),
+        "the last cause is kept: {err}"
+    );
     assert_eq!(server.polls().len(), 3);
     assert_eq!(count(&server.requests(), is_delete_session), 1);
 }
