@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex};
 use actions_scaleset::listener::BoxError;
 use actions_scaleset::{
     CancellationToken, ConflictPolicy, Error, JobCompleted, JobStarted, Listener, ListenerConfig,
-    MetricsRecorder, RunnerScaleSetStatistic, Scaler,
+    MetricsRecorder, RunnerScaleSetStatistic, Scaler, SystemInfo,
 };
 use clap::Args;
 use serde::Serialize;
 
 use crate::error::{CliError, OrCli};
-use crate::globals::{GlobalArgs, client_from_globals};
+use crate::globals::{GlobalArgs, client_from_globals, system_info};
 use crate::output::print_line;
 use crate::signal::shutdown_token;
 
@@ -61,6 +61,11 @@ const OP: &str = "listen";
 /// Runs `listen`.
 pub(crate) async fn run(g: &GlobalArgs, args: ListenArgs) -> Result<(), CliError> {
     let client = client_from_globals(g)?;
+    client.set_system_info(SystemInfo {
+        scale_set_id: args.scale_set_id,
+        subsystem: "listen".to_string(),
+        ..system_info()
+    });
     let shutdown = shutdown_token()?;
     let policy = if args.wait_for_session {
         ConflictPolicy::Wait(None)

@@ -149,8 +149,16 @@ async fn a_second_listener_exits_4_or_waits_for_the_session() {
     // A standby takes over when the first one ends.
     let mut standby = Streaming::start(
         &sim,
-        &["listen", "--scale-set-id", &id, "--wait-for-session"],
+        &[
+            "listen",
+            "--scale-set-id",
+            &id,
+            "--wait-for-session",
+            "--log-level",
+            "info",
+        ],
     );
+    standby.wait_stderr("waiting").await;
     first.sigterm();
     first.finish().await.expect_code(0);
     assert_eq!(kind(&standby.next_json().await), "statistics");
@@ -192,7 +200,7 @@ async fn a_waiting_listener_stops_on_sigterm_and_a_missing_scale_set_exits_3() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sim_serves_until_sigterm_and_sim_runner_rejects_bad_configs() {
+async fn sim_serves_until_sigint_and_sim_runner_rejects_bad_configs() {
     let mut c = cmd();
     c.args(["sim", "--port", "0", "--long-poll", "0.5", "--mode", "ghes"]);
     let mut served = Streaming::spawn(c);
@@ -220,7 +228,7 @@ async fn sim_serves_until_sigterm_and_sim_runner_rejects_bad_configs() {
     let r = bare(&["scale-set", "list", "--url", &url, "--token", &token]).await;
     r.expect_code(0);
     assert_eq!(r.json().as_array().map(Vec::len), Some(1));
-    served.sigterm();
+    served.signal(nix::sys::signal::Signal::SIGINT);
     served.finish().await.expect_code(0);
 
     let r = bare(&["sim-runner"]).await;

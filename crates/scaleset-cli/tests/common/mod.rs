@@ -217,13 +217,15 @@ impl Streaming {
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = self.child.id().expect("the child is running");
         let pid = i32::try_from(pid).expect("pids fit in i32");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("SIGTERM is delivered");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+            .expect("the signal is delivered");
     }
 
     /// Waits for the exit (under [`DEADLINE`]); returns the code, the rest of stdout, stderr.
