@@ -208,10 +208,11 @@ impl Authenticator {
     ) -> Result<Arc<AdminConnection>, Error> {
         let refresh = {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(cur) = &st.current {
-                if cur.is_fresh(Timestamp::now()) && Some(cur.generation) != stale {
-                    return Ok(cur.clone());
-                }
+            if let Some(cur) = &st.current
+                && cur.is_fresh(Timestamp::now())
+                && Some(cur.generation) != stale
+            {
+                return Ok(cur.clone());
             }
             match &st.inflight {
                 Some(fut) => fut.clone(),

@@ -568,16 +568,16 @@ fn expect_scale_set(resp: Incoming, expected: StatusCode) -> Result<Incoming> {
 }
 
 fn checked_list<T>(list: ListResponse<T>, resp: &Incoming) -> Result<Vec<T>> {
-    if let Some(count) = list.count {
-        if count != list.value.len() as i64 {
-            return Err(Error::Protocol {
-                response: Some(Box::new(resp.api_error())),
-                message: format!(
-                    "the list answer says count {count} but holds {} item(s)",
-                    list.value.len()
-                ),
-            });
-        }
+    if let Some(count) = list.count
+        && count != list.value.len() as i64
+    {
+        return Err(Error::Protocol {
+            response: Some(Box::new(resp.api_error())),
+            message: format!(
+                "the list answer says count {count} but holds {} item(s)",
+                list.value.len()
+            ),
+        });
     }
     Ok(list.value)
 }

@@ -58,6 +58,7 @@ impl RetryPolicy {
 }
 
 /// Authorization of one request.
+#[allow(clippy::enum_variant_names)] // `RemoteAuth` is the scheme's name on the wire.
 pub(crate) enum Auth<'a> {
     /// `Bearer <token>`.
     Bearer(&'a SecretString),

@@ -346,24 +346,22 @@ struct AppClaims {
     exp: i64,
 }
 
-fn app_server() -> impl std::future::Future<Output = TestServer> {
-    async {
-        let s = TestServer::with_auth().await;
-        s.on(
-            "POST",
-            "/api/v3/app/installations/4242/access_tokens",
-            |_, _| {
-                Reply::json(
-                    201,
-                    &format!(
-                        r#"{{"token":"{INSTALLATION_TOKEN}","expires_at":"2030-01-01T00:00:00Z"}}"#
-                    ),
-                )
-            },
-        );
-        runner_ok(&s);
-        s
-    }
+async fn app_server() -> TestServer {
+    let s = TestServer::with_auth().await;
+    s.on(
+        "POST",
+        "/api/v3/app/installations/4242/access_tokens",
+        |_, _| {
+            Reply::json(
+                201,
+                &format!(
+                    r#"{{"token":"{INSTALLATION_TOKEN}","expires_at":"2030-01-01T00:00:00Z"}}"#
+                ),
+            )
+        },
+    );
+    runner_ok(&s);
+    s
 }
 
 // Behaviour 21 with a PKCS#1 and a PKCS#8 key: the App JWT is RS256, verifies with the public

@@ -290,14 +290,15 @@ impl TestServer {
         self.inner.inflight.load(Ordering::SeqCst)
     }
 
-    /// Waits until at least `n` requests are in flight, or the deadline passes; returns
-    /// whether they were.
+    /// Waits until at least `n` requests have been in flight at the same time (now or
+    /// earlier: the first to be answered lowers the current count), or the deadline passes;
+    /// returns whether they were.
     pub async fn wait_inflight(&self, n: usize, deadline: Duration) -> bool {
         let inner = self.inner.clone();
         tokio::time::timeout(deadline, async move {
             loop {
                 let notified = inner.changed.notified();
-                if inner.inflight.load(Ordering::SeqCst) >= n {
+                if inner.max_inflight.load(Ordering::SeqCst) >= n {
                     return;
                 }
                 notified.await;
@@ -432,15 +433,23 @@ impl std::io::Write for LogBuffer {
     }
 }
 
-/// Installs a TRACE-level subscriber writing to a buffer for the current thread (use it in a
-/// current-thread runtime so that every task logs through it).
-pub fn capture_logs() -> (tracing::subscriber::DefaultGuard, LogBuffer) {
-    let buf = LogBuffer::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    (tracing::subscriber::set_default(subscriber), buf)
+/// The log buffer of this test binary: a TRACE-level `fmt` subscriber is installed as the
+/// global default on first use (a thread-local default misses callsites whose interest was
+/// cached by tests running in parallel without it). Tests running in parallel share it, so
+/// assertions filter by something unique to the test (e.g. its server's port).
+pub fn capture_logs() -> LogBuffer {
+    static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = LogBuffer::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in the test binary");
+        buf
+    })
+    .clone()
 }
