@@ -109,8 +109,10 @@ pub fn parse_github_config_from_url(input: &str) -> Result<GitHubConfig, Error> 
             ));
         }
     };
+    // Percent-decoding of a path segment: a literal `+` stays a `+` (form decoding alone would
+    // turn it into a space).
     let decode = |s: &str| {
-        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
             .next()
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default()
@@ -431,6 +433,8 @@ mod tests {
         let c = parse("https://ghes.example.com/my%20org/re%26po");
         assert_eq!(c.organization, "my org");
         assert_eq!(c.repository, "re&po");
+        let plus = parse("https://ghes.example.com/a+b");
+        assert_eq!(plus.organization, "a+b");
         assert_eq!(
             c.registration_token_path(),
             "/repos/my%20org/re%26po/actions/runners/registration-token"
