@@ -10,6 +10,9 @@
 //! family. A new command is a module with an `Args` type and an async `run` function, one
 //! variant in [`cli::Command`] and one arm in [`dispatch`].
 
+// Doc comments on clap types double as `--help` text, read in a terminal: URLs stay bare.
+#![allow(rustdoc::bare_urls)]
+
 mod cli;
 mod config;
 mod error;
