@@ -229,8 +229,16 @@ impl Authenticator {
                         st.current = Some(conn.clone());
                         Ok(conn)
                     });
+                    let owner = self.clone();
                     let fut: RefreshFuture = async move {
                         task.await.unwrap_or_else(|join| {
+                            // The task died (panic, runtime shutdown) before clearing the
+                            // slot: clear it here so the next call starts a new refresh.
+                            owner
+                                .state
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .inflight = None;
                             Err(Error::Protocol {
                                 response: None,
                                 message: format!("the admin token refresh task failed: {join}"),
@@ -266,6 +274,7 @@ impl Authenticator {
         let mut req = Outgoing::new(Method::POST, url);
         req.auth = Some(Auth::BearerOwned(app.jwt(Timestamp::now())?));
         req.content_type = Some("application/vnd.github+json");
+        req.sensitive_response = true;
         let resp = self.transport.send(req).await?;
         let resp = expect_github(
             resp,
@@ -282,6 +291,7 @@ impl Authenticator {
         let mut req = Outgoing::new(Method::POST, url);
         req.auth = Some(Auth::Bearer(github_token));
         req.content_type = Some("application/vnd.github.v3+json");
+        req.sensitive_response = true;
         let resp = self.transport.send(req).await?;
         let resp = expect_github(
             resp,
@@ -318,13 +328,17 @@ impl Authenticator {
         req.auth = Some(Auth::RemoteAuth(registration));
         req.content_type = Some("application/json");
         req.body = Some(body);
+        // The reference retries 401 and 403 here; a 403 is a permission error that retrying
+        // does not fix (PROTOCOL.md 10.24), so only 401 (a registration token not yet
+        // propagated) is retried.
         req.retry_unauthorized = true;
+        req.sensitive_response = true;
         let resp = self.transport.send(req).await?;
         if !resp.status.is_success() {
             let api = resp
                 .api_error()
                 .with_detail("failed to get Actions service admin connection");
-            return Err(Error::from_response(api));
+            return Err(github_error(api));
         }
         let answer: Answer = resp.json()?;
         let protocol = |message: &str| Error::Protocol {
@@ -376,7 +390,19 @@ fn expect_github(resp: Incoming, expected: StatusCode, what: &str) -> Result<Inc
         return Ok(resp);
     }
     let reason = format!("{what} ({})", resp.status);
-    Err(Error::from_response(resp.api_error().with_detail(reason)))
+    Err(github_error(resp.api_error().with_detail(reason)))
+}
+
+/// A failed GitHub credential call: 401 and 403 mean the credentials were refused.
+fn github_error(api: crate::error::ApiError) -> Error {
+    if matches!(
+        api.status(),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+    ) {
+        Error::Unauthorized(Box::new(api))
+    } else {
+        Error::from_response(api)
+    }
 }
 
 fn token_from(resp: &Incoming, what: &str) -> Result<SecretString, Error> {

@@ -9,7 +9,7 @@ use url::Url;
 
 use crate::auth::{AdminConnection, Authenticator, Credentials};
 use crate::config::{GitHubConfig, parse_github_config_from_url};
-use crate::error::{Error, Result};
+use crate::error::{ApiError, Error, Result};
 use crate::transport::{Auth, Incoming, Outgoing, RetryPolicy, Transport, tenant_url};
 use crate::types::{
     JitRunnerConfig, JitRunnerSetting, Label, ListResponse, RunnerGroup, RunnerReference,
@@ -124,7 +124,10 @@ impl ClientBuilder {
         let http = match self.http {
             Some(http) => http,
             None => {
+                // No default `Accept: */*`: the reference sends no Accept header, and the
+                // message poll sets its own.
                 let mut b = reqwest::Client::builder()
+                    .default_headers(http::HeaderMap::new())
                     .connect_timeout(Duration::from_secs(30))
                     .pool_idle_timeout(Duration::from_secs(90))
                     .tcp_keepalive(Duration::from_secs(30));
@@ -282,6 +285,19 @@ impl Client {
         query: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Result<Incoming> {
+        self.tenant_call(method, path, query, body, false).await
+    }
+
+    /// [`tenant`](Self::tenant) for calls whose success answer carries credentials (JIT
+    /// configs, session tokens): errors built from it keep no body excerpt.
+    pub(crate) async fn tenant_call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+        sensitive: bool,
+    ) -> Result<Incoming> {
         let mut conn = self.admin(None).await?;
         let mut refreshed = false;
         loop {
@@ -290,7 +306,11 @@ impl Client {
             req.auth = Some(Auth::Bearer(&conn.token));
             req.content_type = Some("application/json");
             req.body = body.clone();
+            req.sensitive_response = sensitive;
             let resp = self.inner.transport.send(req).await?;
+            if resp.status == StatusCode::UNAUTHORIZED && refreshed {
+                return Err(Error::Unauthorized(Box::new(resp.api_error())));
+            }
             if resp.status == StatusCode::UNAUTHORIZED && !refreshed {
                 tracing::warn!(
                     method = %method,
@@ -397,13 +417,22 @@ impl Client {
         let resp = self
             .tenant(
                 Method::POST,
-                "_apis/runtime/runnerscalesets",
+                "/_apis/runtime/runnerscalesets",
                 &[],
                 Some(to_json(&body)),
             )
-            .await?
-            .expect(StatusCode::OK)?;
-        resp.json()
+            .await?;
+        if resp.status == StatusCode::CONFLICT && resp.attempts > 1 && !body.name.is_empty() {
+            // An earlier attempt may have created it before its answer was lost.
+            if let Some(existing) = self
+                .get_runner_scale_set(body.runner_group_id.max(1), &body.name)
+                .await?
+            {
+                tracing::warn!(name = %body.name, id = existing.id, "a retried create met a conflict; the scale set exists, returning it");
+                return Ok(existing);
+            }
+        }
+        resp.expect(StatusCode::OK)?.json()
     }
 
     /// Updates the given fields of a scale set.
@@ -419,7 +448,7 @@ impl Client {
         let resp = self
             .tenant(
                 Method::PATCH,
-                &format!("_apis/runtime/runnerscalesets/{id}"),
+                &format!("/_apis/runtime/runnerscalesets/{id}"),
                 &[],
                 Some(to_json(&body)),
             )
@@ -478,14 +507,25 @@ impl Client {
         scale_set_id: i64,
         setting: &JitRunnerSetting,
     ) -> Result<JitRunnerConfig> {
+        let path = format!("/_apis/runtime/runnerscalesets/{scale_set_id}/generatejitconfig");
+        let body = to_json(setting);
         let resp = self
-            .tenant(
-                Method::POST,
-                &format!("/_apis/runtime/runnerscalesets/{scale_set_id}/generatejitconfig"),
-                &[],
-                Some(to_json(setting)),
-            )
+            .tenant_call(Method::POST, &path, &[], Some(body.clone()), true)
             .await?;
+        if resp.status == StatusCode::CONFLICT
+            && resp.attempts > 1
+            && let Some(orphan) = self.get_runner_by_name(&setting.name).await?
+            && orphan.runner_scale_set_id == scale_set_id
+        {
+            // An earlier attempt registered the runner before its answer was lost: nobody
+            // holds that runner's config, so remove it and mint a fresh one.
+            tracing::warn!(runner = %setting.name, "a retried JIT request met its own runner; removing it and minting again");
+            self.remove_runner(orphan.id).await?;
+            let again = self
+                .tenant_call(Method::POST, &path, &[], Some(body), true)
+                .await?;
+            return expect_scale_set(again, StatusCode::OK)?.json();
+        }
         expect_scale_set(resp, StatusCode::OK)?.json()
     }
 
@@ -503,11 +543,7 @@ impl Client {
             )
             .await?;
         if resp.status == StatusCode::NOT_FOUND {
-            let err = resp.into_error();
-            return Err(match err {
-                Error::UnexpectedStatus(api) | Error::Service(api) => Error::RunnerNotFound(api),
-                other => other,
-            });
+            return Err(not_found_as(resp, Error::RunnerNotFound));
         }
         resp.expect(StatusCode::OK)?.json()
     }
@@ -527,20 +563,24 @@ impl Client {
         at_most_one(list, &resp, &format!("runners found with name {name:?}"))
     }
 
-    /// Removes a runner. Succeeds when the service no longer has it.
+    /// Removes a runner. Succeeds when the service no longer has it (it answers 204, or 404
+    /// `AgentNotFoundException`).
     ///
     /// # Errors
     /// [`Error::JobStillRunning`] when the runner is running a job (try again later).
     pub async fn remove_runner(&self, runner_id: i64) -> Result<()> {
-        self.tenant(
-            Method::DELETE,
-            &format!("/_apis/distributedtask/pools/0/agents/{runner_id}"),
-            &[],
-            None,
-        )
-        .await?
-        .expect(StatusCode::NO_CONTENT)
-        .map(drop)
+        let resp = self
+            .tenant(
+                Method::DELETE,
+                &format!("/_apis/distributedtask/pools/0/agents/{runner_id}"),
+                &[],
+                None,
+            )
+            .await?;
+        match resp.expect(StatusCode::NO_CONTENT) {
+            Ok(_) | Err(Error::RunnerNotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -559,15 +599,21 @@ fn default_label_types(labels: &mut [Label]) {
 /// Like [`Incoming::expect`], but a bare 404 on a scale-set path means the scale set is gone.
 fn expect_scale_set(resp: Incoming, expected: StatusCode) -> Result<Incoming> {
     if resp.status == StatusCode::NOT_FOUND {
-        return Err(match resp.into_error() {
-            Error::UnexpectedStatus(api) => Error::ScaleSetNotFound(api),
-            other => other,
-        });
+        return Err(not_found_as(resp, Error::ScaleSetNotFound));
     }
     resp.expect(expected)
 }
 
-fn checked_list<T>(list: ListResponse<T>, resp: &Incoming) -> Result<Vec<T>> {
+/// The error of a 404 answer: a known exception keeps its own kind, anything else becomes
+/// `kind` (the thing the path names is gone).
+pub(crate) fn not_found_as(resp: Incoming, kind: fn(Box<ApiError>) -> Error) -> Error {
+    match resp.into_error() {
+        Error::UnexpectedStatus(api) | Error::Service(api) => kind(api),
+        other => other,
+    }
+}
+
+pub(crate) fn checked_list<T>(list: ListResponse<T>, resp: &Incoming) -> Result<Vec<T>> {
     if let Some(count) = list.count
         && count != list.value.len() as i64
     {

@@ -73,7 +73,7 @@ pub struct GitHubConfig {
 /// path does not name an enterprise, an organization or a repository.
 pub fn parse_github_config_from_url(input: &str) -> Result<GitHubConfig, Error> {
     let invalid = |reason: &str| Error::InvalidConfigUrl {
-        url: input.to_string(),
+        url: redact_user_info(input),
         reason: reason.to_string(),
     };
     let trimmed = input.trim().trim_matches('/');
@@ -83,6 +83,11 @@ pub fn parse_github_config_from_url(input: &str) -> Result<GitHubConfig, Error> 
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("the URL has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "the URL must not carry a user name or password; pass credentials separately",
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(invalid(
@@ -124,6 +129,20 @@ pub fn parse_github_config_from_url(input: &str) -> Result<GitHubConfig, Error> 
         organization: decode(organization),
         repository: decode(repository),
     })
+}
+
+/// The input with anything between `://` and an `@` in its authority replaced, so that a
+/// credential typed into a URL never reaches an error message.
+fn redact_user_info(input: &str) -> String {
+    let Some(scheme_end) = input.find("://") else {
+        return input.to_string();
+    };
+    let rest = &input[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}://[REDACTED]@{}", &input[..scheme_end], &rest[at + 1..]),
+        None => input.to_string(),
+    }
 }
 
 impl GitHubConfig {
@@ -334,6 +353,8 @@ mod tests {
             "github.com/org",
             "ftp://github.com/org",
             "https://github.com/org?x=1",
+            "https://x:ghp_secret@github.com/org",
+            "https://ghp_secret@github.com/org",
             "",
         ] {
             let err = parse_github_config_from_url(u).expect_err(u);
@@ -342,6 +363,7 @@ mod tests {
                 "{u}: {err:?}"
             );
             assert_eq!(err.kind(), crate::ErrorKind::InvalidConfigUrl);
+            assert!(!err.to_string().contains("ghp_secret"), "{err}");
         }
     }
 

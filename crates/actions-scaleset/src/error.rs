@@ -3,7 +3,8 @@
 //! Every failure that came from an HTTP answer keeps the request method, the URL (with any
 //! user-info removed), the status, the `ActivityId` and `X-GitHub-Request-Id` headers, the
 //! service exception (`typeName` and `message`) when there was one, and a short excerpt of the
-//! body. Nothing here ever holds a token, a key or a JIT config.
+//! body. Nothing here holds a token, a key or a JIT config: the body excerpt of a success
+//! answer that carries credentials (tokens, sessions, JIT configs) is withheld.
 
 use std::fmt;
 use std::sync::Arc;
@@ -244,6 +245,15 @@ pub enum Error {
     /// The scale set does not exist (`RunnerScaleSetNotFoundException`, or 404 on a scale-set path).
     #[error("{0}: scale set not found: {tail}", tail = .0.tail())]
     ScaleSetNotFound(Box<ApiError>),
+    /// GitHub refused the credentials (401 or 403 from the installation-token,
+    /// registration-token or runner-registration call, or a tenant 401 even with a fresh
+    /// admin token): the token was revoked, lacks a scope, or the App was uninstalled.
+    #[error("{0}: credentials refused: {tail}", tail = .0.tail())]
+    Unauthorized(Box<ApiError>),
+    /// The service returned a session that cannot be used (no id, no message queue URL or
+    /// token); replace it with a new one.
+    #[error("{0}: invalid session: {tail}", tail = .0.tail())]
+    InvalidSession(Box<ApiError>),
     /// The service answered 429 (after every retry); [`ApiError::retry_after`] has its delay.
     #[error("{0}: rate limited: {tail}", tail = .0.tail())]
     RateLimited(Box<ApiError>),
@@ -339,6 +349,10 @@ pub enum ErrorKind {
     SessionNotFound,
     /// See [`Error::ScaleSetNotFound`].
     ScaleSetNotFound,
+    /// See [`Error::Unauthorized`].
+    Unauthorized,
+    /// See [`Error::InvalidSession`].
+    InvalidSession,
     /// See [`Error::RateLimited`].
     RateLimited,
     /// See [`Error::Service`].
@@ -379,6 +393,8 @@ impl ErrorKind {
             ErrorKind::SessionConflict => "SessionConflict",
             ErrorKind::SessionNotFound => "SessionNotFound",
             ErrorKind::ScaleSetNotFound => "ScaleSetNotFound",
+            ErrorKind::Unauthorized => "Unauthorized",
+            ErrorKind::InvalidSession => "InvalidSession",
             ErrorKind::RateLimited => "RateLimited",
             ErrorKind::Service => "Service",
             ErrorKind::UnexpectedStatus => "UnexpectedStatus",
@@ -414,6 +430,8 @@ impl Error {
             Error::SessionConflict(_) => ErrorKind::SessionConflict,
             Error::SessionNotFound(_) => ErrorKind::SessionNotFound,
             Error::ScaleSetNotFound(_) => ErrorKind::ScaleSetNotFound,
+            Error::Unauthorized(_) => ErrorKind::Unauthorized,
+            Error::InvalidSession(_) => ErrorKind::InvalidSession,
             Error::RateLimited(_) => ErrorKind::RateLimited,
             Error::Service(_) => ErrorKind::Service,
             Error::UnexpectedStatus(_) => ErrorKind::UnexpectedStatus,
@@ -441,6 +459,8 @@ impl Error {
             | Error::SessionConflict(e)
             | Error::SessionNotFound(e)
             | Error::ScaleSetNotFound(e)
+            | Error::Unauthorized(e)
+            | Error::InvalidSession(e)
             | Error::RateLimited(e)
             | Error::Service(e)
             | Error::UnexpectedStatus(e) => Some(e),

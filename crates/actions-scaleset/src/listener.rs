@@ -17,10 +17,16 @@
 //!    deadline or forever, which makes a second instance a hot standby that takes over when the
 //!    first one's session ends.
 //! 4. **Lost session.** A session the service evicted or expired (404 on refresh or poll, a
-//!    second 401, a session without a queue URL) is replaced in place and the loop goes on.
+//!    second 401, a session without a queue URL or token: [`Error::InvalidSession`]) is
+//!    replaced in place and the loop goes on; a new session without statistics keeps the last
+//!    known demand.
 //! 5. **Transient failures** (5xx after retries, dropped connections, a 200 with an empty or
 //!    truncated body, a failing scaler): backoff from 1 s to 60 s with jitter, then continue;
-//!    [`ListenerConfig::max_consecutive_failures`] (default: unlimited) bounds the streak.
+//!    [`ListenerConfig::max_consecutive_failures`] (default: unlimited) bounds the streak. The
+//!    streak ends only when a whole iteration succeeds, so a poll that works followed by a
+//!    scaler that fails keeps growing it. Failures waiting cannot heal end the run at once:
+//!    the scale set was deleted ([`Error::ScaleSetNotFound`]) or GitHub refused the
+//!    credentials ([`Error::Unauthorized`]).
 //!    [`Listener::health`] reports the last successful poll, the session id and the streak.
 //! 6. **Shutdown.** When the token fires, a poll in flight is abandoned at once; a message being
 //!    handled is finished first (a scaler call is never cut in the middle); then the session is
@@ -82,8 +88,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::transport::jittered_backoff;
 use jiff::Timestamp;
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -274,8 +280,9 @@ impl Listener {
     }
 
     /// Runs the loop until `shutdown` fires (then returns `Ok`) or a failure it cannot heal
-    /// (the scale set was deleted, credentials are refused, the failure streak reached its
-    /// limit). Deletes the session before returning, in every case.
+    /// (the scale set was deleted, GitHub refused the credentials, a session conflict under
+    /// [`ConflictPolicy::Fail`], the failure streak reached its limit). Deletes the session
+    /// before returning, in every case.
     pub async fn run<S: Scaler>(&self, scaler: &S, shutdown: &CancellationToken) -> Result<()> {
         self.update_health(|h| h.running = true);
         let result = self.run_loop(scaler, shutdown).await;
@@ -320,6 +327,7 @@ impl Listener {
             }
 
             let capacity = i64::from(self.max_runners());
+            let generation = self.session.generation();
             let started = tokio::time::Instant::now();
             let polled = tokio::select! {
                 biased;
@@ -329,12 +337,15 @@ impl Listener {
             match polled {
                 Ok(None) => {
                     self.metrics.record_poll_latency(started.elapsed());
-                    self.poll_succeeded(&mut failures);
+                    self.poll_succeeded();
                     match scaler
                         .handle_desired_runner_count(latest.total_assigned_jobs)
                         .await
                     {
-                        Ok(n) => self.metrics.record_desired_runners(n),
+                        Ok(n) => {
+                            self.metrics.record_desired_runners(n);
+                            self.iteration_succeeded(&mut failures);
+                        }
                         Err(e) => {
                             tracing::warn!(scale_set_id, error = %e, "the scaler failed on an empty poll");
                             self.failed(&mut failures, &e, shutdown).await?;
@@ -343,10 +354,11 @@ impl Listener {
                 }
                 Ok(Some(message)) => {
                     self.metrics.record_poll_latency(started.elapsed());
-                    self.poll_succeeded(&mut failures);
+                    self.poll_succeeded();
                     let id = message.message_id;
                     match self.handle_message(scaler, &message, &mut latest).await {
                         Ok(()) => {
+                            self.iteration_succeeded(&mut failures);
                             last_message_id = id;
                             if let Err(e) = self.session.delete_message(id).await {
                                 // Handled but not acknowledged: it comes back and the
@@ -364,7 +376,9 @@ impl Listener {
                     message_id,
                     message_type,
                 }) => {
-                    self.poll_succeeded(&mut failures);
+                    self.metrics.record_poll_latency(started.elapsed());
+                    self.poll_succeeded();
+                    self.iteration_succeeded(&mut failures);
                     tracing::warn!(scale_set_id, message_id, %message_type, "acknowledging a message of an unsupported type");
                     last_message_id = message_id;
                     if let Err(e) = self.session.delete_message(message_id).await {
@@ -373,9 +387,13 @@ impl Listener {
                 }
                 Err(e) if is_lost_session(&e) => {
                     tracing::warn!(scale_set_id, error = %e, "the message session was lost; creating a new one");
-                    match self.recreate(shutdown).await {
+                    match self.recreate(generation, shutdown).await {
                         Ok(Some(stats)) => {
-                            latest = stats;
+                            // A new session without statistics keeps the last known demand
+                            // rather than telling the scaler there is none.
+                            if let Some(stats) = stats {
+                                latest = stats;
+                            }
                             last_message_id = 0;
                             synced = false;
                         }
@@ -467,17 +485,23 @@ impl Listener {
         Ok(())
     }
 
-    fn poll_succeeded(&self, failures: &mut u32) {
+    /// A poll answered (a message or a 202): the queue is reachable.
+    fn poll_succeeded(&self) {
+        let session_id = self.session.session_id();
+        self.update_health(|h| {
+            h.last_successful_poll = Some(Timestamp::now());
+            h.session_id = Some(session_id);
+        });
+    }
+
+    /// A whole iteration succeeded (the message, or the empty poll, was handled): the failure
+    /// streak ends. A poll that succeeds followed by a scaler that fails does not end it.
+    fn iteration_succeeded(&self, failures: &mut u32) {
         if *failures > 0 {
             self.metrics.record_consecutive_failures(0);
         }
         *failures = 0;
-        let session_id = self.session.session_id();
-        self.update_health(|h| {
-            h.last_successful_poll = Some(Timestamp::now());
-            h.consecutive_failures = 0;
-            h.session_id = Some(session_id);
-        });
+        self.update_health(|h| h.consecutive_failures = 0);
     }
 
     /// Counts a failure and waits out the backoff; errors when the streak limit is reached.
@@ -500,7 +524,7 @@ impl Listener {
                 message: format!("giving up after {n} consecutive failures; the last: {cause}"),
             });
         }
-        let delay = backoff(self.config.backoff_min, self.config.backoff_max, n - 1);
+        let delay = jittered_backoff(self.config.backoff_min, self.config.backoff_max, n - 1);
         tracing::info!(
             scale_set_id = self.config.scale_set_id,
             failures = n,
@@ -514,49 +538,77 @@ impl Listener {
         Ok(())
     }
 
-    /// Replaces the session, waiting out conflicts per the policy. `Ok(None)` on shutdown.
+    /// Replaces the session (unless another task already did since `generation`), waiting out
+    /// conflicts per the policy. `Ok(None)` on shutdown; `Ok(Some(statistics))` otherwise.
     async fn recreate(
         &self,
+        generation: u64,
         shutdown: &CancellationToken,
-    ) -> Result<Option<RunnerScaleSetStatistic>> {
-        let deadline = match self.config.conflict {
-            ConflictPolicy::Wait(Some(d)) => Some(tokio::time::Instant::now() + d),
-            _ => None,
-        };
-        let mut attempt = 0u32;
-        loop {
-            match self.session.recreate().await {
-                Ok(()) => {
-                    self.metrics.record_session_recreated();
-                    let id = self.session.session_id();
-                    self.update_health(|h| {
-                        h.session_recreations += 1;
-                        h.session_id = Some(id);
-                    });
-                    let stats = self.session.session().statistics.unwrap_or_default();
-                    return Ok(Some(stats));
+    ) -> Result<Option<Option<RunnerScaleSetStatistic>>> {
+        let replaced = retry_conflicts(
+            self.config.scale_set_id,
+            self.config.conflict,
+            (self.config.backoff_min, self.config.backoff_max),
+            shutdown,
+            || self.session.recreate_if_current(generation),
+        )
+        .await?;
+        if replaced.is_none() {
+            return Ok(None);
+        }
+        self.metrics.record_session_recreated();
+        let session = self.session.session();
+        self.update_health(|h| {
+            h.session_recreations += 1;
+            h.session_id = Some(session.session_id);
+        });
+        Ok(Some(session.statistics))
+    }
+}
+
+/// Runs `attempt` until it ends with anything but a session conflict, waiting between
+/// attempts per `policy` with jittered backoff. `Ok(None)` when `cancel` fires during a wait;
+/// an attempt in flight is never abandoned (dropping a create could leave a session behind).
+async fn retry_conflicts<T, F, Fut>(
+    scale_set_id: i64,
+    policy: ConflictPolicy,
+    (min, max): (Duration, Duration),
+    cancel: &CancellationToken,
+    mut attempt: F,
+) -> Result<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let deadline = match policy {
+        // A deadline too far away to represent is no deadline.
+        ConflictPolicy::Wait(Some(d)) => tokio::time::Instant::now().checked_add(d),
+        _ => None,
+    };
+    let mut waits = 0u32;
+    loop {
+        match attempt().await {
+            Err(e @ Error::SessionConflict(_)) => {
+                if policy == ConflictPolicy::Fail {
+                    return Err(e);
                 }
-                Err(e @ Error::SessionConflict(_)) => {
-                    if self.config.conflict == ConflictPolicy::Fail {
-                        return Err(e);
-                    }
-                    let delay = backoff(self.config.backoff_min, self.config.backoff_max, attempt);
-                    attempt += 1;
-                    if deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d) {
-                        return Err(e);
-                    }
-                    tracing::info!(
-                        scale_set_id = self.config.scale_set_id,
-                        delay_ms = delay.as_millis() as u64,
-                        "another client holds the session; waiting"
-                    );
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(None),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
+                let delay = jittered_backoff(min, max, waits);
+                waits += 1;
+                if deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d) {
+                    return Err(e);
                 }
-                Err(e) => return Err(e),
+                tracing::info!(
+                    scale_set_id,
+                    waits,
+                    delay_ms = delay.as_millis() as u64,
+                    "another client holds the scale set's session; waiting for it to end"
+                );
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
             }
+            other => return other.map(Some),
         }
     }
 }
@@ -601,8 +653,8 @@ fn validate(config: &ListenerConfig) -> Result<()> {
 fn is_lost_session(e: &Error) -> bool {
     matches!(
         e,
-        Error::SessionNotFound(_) | Error::MessageQueueTokenExpired(_)
-    ) || matches!(e, Error::Protocol { message, .. } if message.contains("session"))
+        Error::SessionNotFound(_) | Error::MessageQueueTokenExpired(_) | Error::InvalidSession(_)
+    )
 }
 
 /// Failures the loop cannot heal by waiting.
@@ -611,6 +663,7 @@ fn is_fatal(e: &Error) -> bool {
         e,
         Error::ScaleSetNotFound(_)
             | Error::SessionConflict(_)
+            | Error::Unauthorized(_)
             | Error::InvalidArgument(_)
             | Error::InvalidCredentials(_)
             | Error::InvalidConfigUrl { .. }
@@ -618,19 +671,10 @@ fn is_fatal(e: &Error) -> bool {
     )
 }
 
-/// `min * 2^attempt` capped at `max`, drawn from its upper half.
-pub(crate) fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
-    let exp = min
-        .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
-        .min(max);
-    let half = exp / 2;
-    let jitter = rand::rng().random_range(0..=half.as_millis().min(u64::MAX as u128) as u64);
-    half + Duration::from_millis(jitter)
-}
-
 impl Client {
     /// Creates a message session, waiting out conflicts per `policy` with jittered backoff
-    /// (1 s doubling to 30 s). Returns [`Error::Cancelled`] when `cancel` fires first.
+    /// (1 s doubling to 30 s). Returns [`Error::Cancelled`] when `cancel` fires first; a create
+    /// already sent is let finish and its session deleted, so none is left behind.
     ///
     /// # Errors
     /// As [`Client::create_message_session_client`]; [`Error::SessionConflict`] when the
@@ -642,39 +686,24 @@ impl Client {
         policy: ConflictPolicy,
         cancel: &CancellationToken,
     ) -> Result<MessageSessionClient> {
-        let deadline = match policy {
-            ConflictPolicy::Wait(Some(d)) => Some(tokio::time::Instant::now() + d),
-            _ => None,
-        };
-        let mut attempt = 0u32;
-        loop {
-            let created = tokio::select! {
-                _ = cancel.cancelled() => return Err(Error::Cancelled),
-                r = self.create_message_session_client(scale_set_id, owner) => r,
-            };
-            match created {
-                Err(e @ Error::SessionConflict(_)) => {
-                    if policy == ConflictPolicy::Fail {
-                        return Err(e);
-                    }
-                    let delay = backoff(Duration::from_secs(1), Duration::from_secs(30), attempt);
-                    attempt += 1;
-                    if deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d) {
-                        return Err(e);
-                    }
-                    tracing::info!(
-                        scale_set_id,
-                        attempt,
-                        delay_ms = delay.as_millis() as u64,
-                        "another client holds the scale set's session; waiting for it to end"
-                    );
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Err(Error::Cancelled),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
+        let created = retry_conflicts(
+            scale_set_id,
+            policy,
+            (Duration::from_secs(1), Duration::from_secs(30)),
+            cancel,
+            || self.create_message_session_client(scale_set_id, owner),
+        )
+        .await?;
+        match created {
+            Some(session) if !cancel.is_cancelled() => Ok(session),
+            Some(session) => {
+                // Cancelled while the create was in flight: do not leave the session behind.
+                if let Err(e) = session.close().await {
+                    tracing::warn!(scale_set_id, error = %e, "could not delete a session created during shutdown");
                 }
-                other => return other,
+                Err(Error::Cancelled)
             }
+            None => Err(Error::Cancelled),
         }
     }
 }
@@ -695,7 +724,7 @@ mod tests {
     #[test]
     fn backoff_bounds() {
         for attempt in 0..10 {
-            let d = backoff(Duration::from_secs(1), Duration::from_secs(60), attempt);
+            let d = jittered_backoff(Duration::from_secs(1), Duration::from_secs(60), attempt);
             let full = Duration::from_secs(1u64 << attempt).min(Duration::from_secs(60));
             assert!(d >= full / 2 && d <= full, "{attempt}: {d:?}");
         }

@@ -8,9 +8,7 @@
 
 use serde::Deserialize;
 
-use crate::types::{
-    JobAssigned, JobAvailable, JobCompleted, JobStarted, RunnerScaleSetStatistic, nullable,
-};
+use crate::types::{JobAssigned, JobAvailable, JobCompleted, JobStarted, RunnerScaleSetStatistic};
 
 /// The only envelope type the queue is known to send.
 pub const JOB_MESSAGES_TYPE: &str = "RunnerScaleSetJobMessages";
@@ -77,18 +75,103 @@ impl RunnerScaleSetMessage {
     }
 }
 
-/// The envelope as sent.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Envelope {
-    #[serde(default, deserialize_with = "nullable")]
-    pub(crate) message_id: i64,
-    #[serde(default, deserialize_with = "nullable")]
-    pub(crate) message_type: String,
-    #[serde(default, deserialize_with = "nullable")]
-    pub(crate) body: String,
-    #[serde(default)]
-    pub(crate) statistics: Option<RunnerScaleSetStatistic>,
+/// What a 200 answer of the queue holds.
+#[derive(Debug)]
+pub(crate) enum Envelope {
+    /// A job-messages envelope (possibly with problems recorded).
+    Message(RunnerScaleSetMessage),
+    /// An envelope of another type, to acknowledge by id.
+    Unsupported {
+        message_id: i64,
+        message_type: String,
+    },
+}
+
+/// Decodes an envelope in two steps, so that one bad field costs only that field: the id and
+/// type first (without them the message cannot even be acknowledged, which is the only
+/// error), then statistics and body, whose failures are recorded as problems.
+pub(crate) fn parse_envelope(raw: &[u8]) -> Result<Envelope, (String, String)> {
+    let value: serde_json::Value = serde_json::from_slice(raw)
+        .map_err(|e| (".".to_string(), format!("the message is not JSON: {e}")))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err((
+            ".".to_string(),
+            "the message is not a JSON object".to_string(),
+        ));
+    };
+    let field = |name: &str| {
+        map.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+            .filter(|v| !v.is_null())
+    };
+    let message_id = field("messageId")
+        .and_then(serde_json::Value::as_i64)
+        .ok_or_else(|| {
+            (
+                "messageId".to_string(),
+                "missing or not an integer".to_string(),
+            )
+        })?;
+    let message_type = field("messageType")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if message_type != JOB_MESSAGES_TYPE {
+        return Ok(Envelope::Unsupported {
+            message_id,
+            message_type,
+        });
+    }
+    let mut problems = Vec::new();
+    let statistics = match field("statistics") {
+        None => None,
+        Some(v) => match RunnerScaleSetStatistic::deserialize(v) {
+            Ok(stats) => Some(stats),
+            Err(e) => {
+                problems.push(format!("statistics: {e}"));
+                None
+            }
+        },
+    };
+    let jobs = match field("body") {
+        None => Vec::new(),
+        Some(serde_json::Value::String(body)) => match parse_body(body) {
+            Ok((jobs, element_problems)) => {
+                problems.extend(element_problems);
+                jobs
+            }
+            Err(problem) => {
+                problems.push(problem);
+                Vec::new()
+            }
+        },
+        Some(other) => {
+            problems.push(format!(
+                "body: expected a string holding a JSON array, found {}",
+                kind_of(other)
+            ));
+            Vec::new()
+        }
+    };
+    Ok(Envelope::Message(RunnerScaleSetMessage {
+        message_id,
+        message_type,
+        statistics,
+        jobs,
+        problems,
+    }))
+}
+
+fn kind_of(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 /// Decodes the job messages of an envelope body.
@@ -166,6 +249,27 @@ mod tests {
         assert!(
             matches!(&jobs[3], JobMessage::Completed(c) if c.result == "succeeded" && c.runner_name == "r-4")
         );
+    }
+
+    #[test]
+    fn envelope_survives_bad_fields() {
+        let raw = br#"{"messageId":7,"messageType":"RunnerScaleSetJobMessages","statistics":{"totalAssignedJobs":"three"},"body":"[{\"messageType\":\"JobAssigned\",\"runnerRequestId\":1}]"}"#;
+        match parse_envelope(raw) {
+            Ok(Envelope::Message(m)) => {
+                assert_eq!(m.message_id, 7);
+                assert_eq!(m.statistics, None);
+                assert_eq!(m.jobs.len(), 1);
+                assert_eq!(m.problems.len(), 1, "{:?}", m.problems);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            parse_envelope(br#"{"messageId":8,"messageType":"Other"}"#),
+            Ok(Envelope::Unsupported { message_id: 8, .. })
+        ));
+        assert!(parse_envelope(br#"{"messageType":"RunnerScaleSetJobMessages"}"#).is_err());
+        assert!(parse_envelope(b"").is_err());
+        assert!(parse_envelope(br#"{"messageId":1,"#).is_err());
     }
 
     #[test]

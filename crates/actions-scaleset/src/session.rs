@@ -15,14 +15,17 @@ use secrecy::ExposeSecret;
 use url::Url;
 use uuid::Uuid;
 
-use crate::client::{Client, to_json};
+use crate::client::{Client, checked_list, not_found_as, to_json};
 use crate::error::{Error, Result};
-use crate::message::{Envelope, JOB_MESSAGES_TYPE, RunnerScaleSetMessage, parse_body};
+use crate::message::{Envelope, RunnerScaleSetMessage, parse_envelope};
 use crate::transport::{Auth, Incoming, Outgoing, set_sorted_query};
 use crate::types::{ListResponse, RunnerScaleSetSession};
 
 /// How long [`MessageSessionClient::close`] waits for the service, whatever the caller's state.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shortest per-attempt timeout of a long poll.
+const MIN_POLL_TIMEOUT: Duration = Duration::from_secs(90);
 
 const MAX_CAPACITY_HEADER: HeaderName = HeaderName::from_static("x-scalesetmaxcapacity");
 
@@ -111,18 +114,16 @@ async fn create_session(
         owner_name: owner,
     };
     let resp = client
-        .tenant(
+        .tenant_call(
             Method::POST,
             &format!("/_apis/runtime/runnerscalesets/{scale_set_id}/sessions"),
             &[],
             Some(to_json(&body)),
+            true,
         )
         .await?;
     if resp.status == StatusCode::NOT_FOUND {
-        return Err(match resp.into_error() {
-            Error::UnexpectedStatus(api) | Error::Service(api) => Error::ScaleSetNotFound(api),
-            other => other,
-        });
+        return Err(not_found_as(resp, Error::ScaleSetNotFound));
     }
     let resp = resp.expect(StatusCode::OK)?;
     validated(&resp, resp.json()?, generation)
@@ -133,10 +134,8 @@ fn validated(
     session: RunnerScaleSetSession,
     generation: u64,
 ) -> Result<SessionState> {
-    let protocol = |message: String| Error::Protocol {
-        response: Some(Box::new(resp.api_error())),
-        message,
-    };
+    let protocol =
+        |message: String| Error::InvalidSession(Box::new(resp.api_error().with_detail(message)));
     if session.session_id.is_nil() {
         return Err(protocol(
             "the service returned a session without an id".into(),
@@ -217,7 +216,7 @@ impl MessageSessionClient {
         let resp = self
             .inner
             .client
-            .tenant(
+            .tenant_call(
                 Method::PATCH,
                 &format!(
                     "/_apis/runtime/runnerscalesets/{}/sessions/{id}",
@@ -225,6 +224,7 @@ impl MessageSessionClient {
                 ),
                 &[],
                 None,
+                true,
             )
             .await?;
         if resp.status == StatusCode::NOT_FOUND {
@@ -251,8 +251,23 @@ impl MessageSessionClient {
     /// # Errors
     /// As [`Client::create_message_session_client`].
     pub async fn recreate(&self) -> Result<()> {
+        let seen = self.generation();
+        self.recreate_if_current(seen).await
+    }
+
+    /// The generation of the current session state (bumped by every refresh or re-creation).
+    pub(crate) fn generation(&self) -> u64 {
+        self.state().generation
+    }
+
+    /// [`recreate`](Self::recreate) unless another task already replaced or refreshed the
+    /// session since the caller saw `seen_generation` fail.
+    pub(crate) async fn recreate_if_current(&self, seen_generation: u64) -> Result<()> {
         let _guard = self.inner.refresh.lock().await;
         let old = self.state();
+        if old.generation != seen_generation {
+            return Ok(());
+        }
         if let Err(e) = self.delete_session(old.session.session_id).await {
             tracing::debug!(error = %e, "could not delete the old session before re-creating it");
         }
@@ -323,6 +338,14 @@ impl MessageSessionClient {
                 i32::MAX
             )));
         }
+        // A long poll holds the request about 50 s: never shorter than that, whatever the
+        // client's per-attempt timeout.
+        let poll_timeout = self
+            .inner
+            .client
+            .transport()
+            .timeout()
+            .max(MIN_POLL_TIMEOUT);
         let resp = self
             .with_queue_token(
                 |_, mut url| {
@@ -336,6 +359,7 @@ impl MessageSessionClient {
                         set_sorted_query(&mut url, pairs);
                     }
                     let mut req = Outgoing::new(Method::GET, url);
+                    req.timeout = Some(poll_timeout);
                     req.accept = Some("application/json; api-version=6.0-preview");
                     req.headers
                         .push((MAX_CAPACITY_HEADER, max_capacity.to_string()));
@@ -346,26 +370,17 @@ impl MessageSessionClient {
             .await?;
         match resp.status {
             StatusCode::ACCEPTED => Ok(None),
-            StatusCode::OK => {
-                let envelope: Envelope = resp.json()?;
-                if envelope.message_type != JOB_MESSAGES_TYPE {
-                    return Err(Error::UnsupportedMessage {
-                        message_id: envelope.message_id,
-                        message_type: envelope.message_type,
-                    });
-                }
-                let (jobs, problems) = match parse_body(&envelope.body) {
-                    Ok(parsed) => parsed,
-                    Err(problem) => (Vec::new(), vec![problem]),
-                };
-                Ok(Some(RunnerScaleSetMessage {
-                    message_id: envelope.message_id,
-                    message_type: envelope.message_type,
-                    statistics: envelope.statistics,
-                    jobs,
-                    problems,
-                }))
-            }
+            StatusCode::OK => match parse_envelope(&resp.body) {
+                Ok(Envelope::Message(message)) => Ok(Some(message)),
+                Ok(Envelope::Unsupported {
+                    message_id,
+                    message_type,
+                }) => Err(Error::UnsupportedMessage {
+                    message_id,
+                    message_type,
+                }),
+                Err((path, message)) => Err(resp.decode_error(path, message)),
+            },
             StatusCode::NOT_FOUND => Err(Error::SessionNotFound(Box::new(
                 resp.api_error().with_detail("failed to get next message"),
             ))),
@@ -423,18 +438,7 @@ impl MessageSessionClient {
             ));
         }
         let list: ListResponse<i64> = resp.json()?;
-        if let Some(count) = list.count
-            && count != list.value.len() as i64
-        {
-            return Err(Error::Protocol {
-                response: Some(Box::new(resp.api_error())),
-                message: format!(
-                    "acquire answer says count {count} but holds {} id(s)",
-                    list.value.len()
-                ),
-            });
-        }
-        Ok(list.value)
+        checked_list(list, &resp)
     }
 
     async fn delete_session(&self, session_id: Uuid) -> Result<()> {
@@ -467,15 +471,24 @@ impl MessageSessionClient {
     /// Call it from a context that is not already cancelled (the [`Listener`](crate::Listener)
     /// does this for you on shutdown).
     pub async fn close(&self) -> Result<()> {
-        let id = self.session_id();
-        match tokio::time::timeout(CLOSE_TIMEOUT, self.delete_session(id)).await {
-            Ok(result) => {
+        let closing = async {
+            // Under the refresh lock, so that a re-creation in flight cannot leave a session
+            // behind: the one deleted is the one current after it.
+            let _guard = self.inner.refresh.lock().await;
+            let id = self.session_id();
+            (id, self.delete_session(id).await)
+        };
+        match tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+            Ok((id, result)) => {
                 if result.is_ok() {
                     tracing::info!(scale_set_id = self.inner.scale_set_id, session_id = %id, "deleted the message session");
                 }
                 result
             }
-            Err(_) => Err(Error::Timeout(format!("deleting message session {id}"))),
+            Err(_) => Err(Error::Timeout(format!(
+                "deleting message session {}",
+                self.session_id()
+            ))),
         }
     }
 }

@@ -46,15 +46,18 @@ impl RetryPolicy {
         if let Some(after) = retry_after {
             return after.min(self.wait_max);
         }
-        let exp = self
-            .wait_min
-            .saturating_mul(1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX));
-        let capped = exp.min(self.wait_max);
-        let half = capped / 2;
-        let jitter_nanos =
-            rand::rng().random_range(0..=half.as_nanos().min(u64::MAX as u128) as u64);
-        half + Duration::from_nanos(jitter_nanos)
+        jittered_backoff(self.wait_min, self.wait_max, retry)
     }
+}
+
+/// `min * 2^attempt` capped at `max`, then drawn uniformly from its upper half, so that many
+/// clients failing together do not retry in lockstep.
+pub(crate) fn jittered_backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
+    let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
+    let capped = min.saturating_mul(factor).min(max);
+    let half = capped / 2;
+    let span = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+    half + Duration::from_nanos(rand::rng().random_range(0..=span))
 }
 
 /// Authorization of one request.
@@ -79,6 +82,11 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) body: Option<Vec<u8>>,
     /// Also retry 401 answers (runner registration only).
     pub(crate) retry_unauthorized: bool,
+    /// A success answer carries credentials (tokens, JIT configs): errors built from it keep
+    /// no excerpt of its body.
+    pub(crate) sensitive_response: bool,
+    /// Per-attempt timeout replacing the client's (long polls).
+    pub(crate) timeout: Option<Duration>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -92,12 +100,13 @@ impl<'a> Outgoing<'a> {
             headers: Vec::new(),
             body: None,
             retry_unauthorized: false,
+            sensitive_response: false,
+            timeout: None,
         }
     }
 }
 
 /// The final answer to a request.
-#[derive(Debug)]
 pub(crate) struct Incoming {
     pub(crate) method: Method,
     pub(crate) url: Url,
@@ -106,20 +115,37 @@ pub(crate) struct Incoming {
     /// The body with one leading UTF-8 byte-order mark removed.
     pub(crate) body: Vec<u8>,
     pub(crate) attempts: u32,
+    /// See [`Outgoing::sensitive_response`].
+    pub(crate) sensitive: bool,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("method", &self.method)
+            .field("url", &redact_url(&self.url))
+            .field("status", &self.status)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Incoming {
+    /// Whether the body may hold credentials (a success answer of a sensitive call).
+    fn body_is_secret(&self) -> bool {
+        self.sensitive && self.status.is_success()
+    }
+
     /// The error context of this answer.
     pub(crate) fn api_error(&self) -> ApiError {
         let retry_after = retry_after(&self.headers);
-        let mut e = ApiError::new(
-            &self.method,
-            &self.url,
-            self.status,
-            &self.headers,
-            &self.body,
-        )
-        .with_retry_after(retry_after);
+        let body: &[u8] = if self.body_is_secret() {
+            b"[body withheld: this answer carries credentials]"
+        } else {
+            &self.body
+        };
+        let mut e = ApiError::new(&self.method, &self.url, self.status, &self.headers, body)
+            .with_retry_after(retry_after);
         if self.attempts > 1 && is_retryable_status(self.status) {
             e = e.with_detail(format!("giving up after {} attempt(s)", self.attempts));
         }
@@ -140,19 +166,18 @@ impl Incoming {
         }
     }
 
-    /// Decodes the body, naming the failing field.
-    pub(crate) fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
-        let decode_error = |path: String, message: String| Error::Decode {
-            response: Box::new(ApiError::new(
-                &self.method,
-                &self.url,
-                self.status,
-                &self.headers,
-                &self.body,
-            )),
+    /// A decode failure of this answer's body at `path`.
+    pub(crate) fn decode_error(&self, path: String, message: String) -> Error {
+        Error::Decode {
+            response: Box::new(self.api_error()),
             path,
             message,
-        };
+        }
+    }
+
+    /// Decodes the body, naming the failing field.
+    pub(crate) fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        let decode_error = |path: String, message: String| self.decode_error(path, message);
         if self.body.iter().all(u8::is_ascii_whitespace) {
             return Err(decode_error(
                 ".".to_string(),
@@ -162,7 +187,13 @@ impl Incoming {
         let de = &mut serde_json::Deserializer::from_slice(&self.body);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            decode_error(path, e.into_inner().to_string())
+            let message = if self.body_is_secret() {
+                // serde's text can quote the offending value, which may be a credential.
+                "the value has an unexpected type or shape".to_string()
+            } else {
+                e.into_inner().to_string()
+            };
+            decode_error(path, message)
         })
     }
 }
@@ -206,6 +237,11 @@ impl Transport {
         }
     }
 
+    /// The per-attempt timeout.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub(crate) fn set_user_agent(&self, ua: String) {
         *self.user_agent.write().unwrap_or_else(|e| e.into_inner()) = ua.into();
     }
@@ -221,7 +257,7 @@ impl Transport {
         let mut builder = self
             .http
             .request(req.method.clone(), req.url.clone())
-            .timeout(self.timeout)
+            .timeout(req.timeout.unwrap_or(self.timeout))
             .header(USER_AGENT, ua);
         if let Some(ct) = req.content_type {
             builder = builder.header(CONTENT_TYPE, ct);
@@ -280,6 +316,7 @@ impl Transport {
                                     headers,
                                     body: strip_bom(body.to_vec()),
                                     attempts: attempt,
+                                    sensitive: req.sensitive_response,
                                 });
                             }
                             let after = if matches!(status.as_u16(), 429 | 503) {

@@ -242,8 +242,9 @@ pub struct RunnerScaleSet {
         deserialize_with = "nullable"
     )]
     pub runner_setting: RunnerSetting,
-    /// Creation time.
-    #[serde(default, with = "timestamp", skip_serializing_if = "Option::is_none")]
+    /// Creation time (sent as the zero time `0001-01-01T00:00:00Z` when unset, as the
+    /// reference does).
+    #[serde(default, with = "timestamp")]
     pub created_on: Option<Timestamp>,
     /// URL of the JIT endpoint.
     #[serde(
@@ -583,7 +584,7 @@ mod tests {
         };
         let got: serde_json::Value = serde_json::to_value(&s).expect("serializes");
         let want: serde_json::Value = serde_json::from_str(
-            r#"{"name":"my-set","runnerGroupId":1,"labels":[{"type":"System","name":"my-set"}],"RunnerSetting":{"disableUpdate":true}}"#,
+            r#"{"name":"my-set","runnerGroupId":1,"labels":[{"type":"System","name":"my-set"}],"RunnerSetting":{"disableUpdate":true},"createdOn":"0001-01-01T00:00:00Z"}"#,
         )
         .expect("fixture");
         assert_eq!(got, want);

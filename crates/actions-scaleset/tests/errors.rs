@@ -199,7 +199,9 @@ async fn b102_b103_b104_known_exceptions_map_to_kinds() {
         ),
     ];
     let s = TestServer::with_auth().await;
-    s.on_tenant("DELETE", AGENT_1, move |_, n| {
+    // GET, not DELETE: removing a runner the service no longer has is a success (see
+    // `remove_runner_that_is_gone_is_ok`), so the kinds are read through get-runner.
+    s.on_tenant("GET", AGENT_1, move |_, n| {
         let (status, name, _) = cases[n];
         Reply::json(
             status,
@@ -208,12 +210,28 @@ async fn b102_b103_b104_known_exceptions_map_to_kinds() {
     });
     let c = client(&s);
     for (n, (status, name, kind)) in cases.iter().enumerate() {
-        let e = within(c.remove_runner(1)).await.expect_err("error");
+        let e = within(c.get_runner(1)).await.expect_err("error");
         assert_eq!(e.kind(), *kind, "{name}");
         assert_eq!(e.status(), Some(*status));
         assert!(e.to_string().contains(&format!("message {n}")), "{e}");
         assert_eq!(e.exception().map(|x| x.type_name.as_str()), Some(*name));
     }
+}
+
+// Removing a runner the service answers 404 `AgentNotFoundException` for is a success: the
+// runner is gone, which is what the caller wanted (the service usually answers 204 then).
+#[tokio::test]
+async fn remove_runner_that_is_gone_is_ok() {
+    let s = TestServer::with_auth().await;
+    s.on_tenant("DELETE", AGENT_1, |_, _| {
+        Reply::json(
+            404,
+            r#"{"typeName":"GitHub.DistributedTask.WebApi.AgentNotFoundException","message":"gone"}"#,
+        )
+    });
+    within(client(&s).remove_runner(1))
+        .await
+        .expect("a runner that is gone is removed");
 }
 
 // Behaviour 105: a non-JSON body with a JSON content type says so and includes the body.

@@ -280,7 +280,7 @@ async fn b110_nil_session_or_missing_statistics_fail_before_polling() {
         .create_message_session_client(7, None)
         .await
         .expect_err("nil session id");
-    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert_eq!(err.kind(), ErrorKind::InvalidSession, "{err}");
     assert!(server.polls().is_empty());
 }
 
@@ -784,4 +784,70 @@ async fn unknown_envelope_acked_malformed_element_skipped_missing_statistics_kep
         polls[1].query.as_deref(),
         Some("lastMessageId=9&sessionId=abc")
     );
+}
+
+// S5: a scaler that fails on every message keeps the failure streak growing even though every
+// poll succeeds, so `max_consecutive_failures` ends the run (a poll that works is not a
+// healthy iteration), and the message is never acknowledged.
+#[tokio::test(start_paused = true)]
+async fn s5_scaler_failing_on_every_message_ends_the_run() {
+    let msg = message(5, serde_json::json!([]), Some(2));
+    let broker = Broker::with_polls((0..10).map(|_| Poll::Json(msg.clone())));
+    let server = start(&broker).await;
+    let mut cfg = config(10);
+    cfg.max_consecutive_failures = Some(3);
+    let listener = Listener::new(session(&server, 0).await, cfg).expect("valid");
+    let scaler = RecScaler::new();
+    // The initial count succeeds; every later one fails.
+    scaler
+        .desired_script
+        .lock()
+        .expect("lock")
+        .extend([true, false, false, false, false, false]);
+    let err = listener
+        .run(&*scaler, &CancellationToken::new())
+        .await
+        .expect_err("the streak limit ends the run");
+    assert!(err.to_string().contains("3 consecutive failures"), "{err}");
+    assert_eq!(listener.health().consecutive_failures, 3);
+    assert!(listener.health().last_successful_poll.is_some());
+    let log = server.requests();
+    assert_eq!(count(&log, |r| is_ack(r, 5)), 0, "never acknowledged");
+    assert_eq!(count(&log, Recorded::is_poll), 3);
+}
+
+// S4: a re-created session that carries no statistics keeps the last known demand: the scaler
+// is not told that there are 0 jobs.
+#[tokio::test(start_paused = true)]
+async fn s4_new_session_without_statistics_keeps_the_last_demand() {
+    let broker = Broker::with_polls([
+        Poll::Json(message(1, serde_json::json!([]), Some(4))),
+        Poll::Status(404),
+    ]);
+    let server = start(&broker).await;
+    let first = session(&server, 0).await;
+    let mut no_stats = session_json(&server.queue_url(), "qtoken-2", 0);
+    no_stats
+        .as_object_mut()
+        .expect("a session is an object")
+        .remove("statistics");
+    broker
+        .creates
+        .lock()
+        .expect("lock")
+        .push_back(Some(json(200, no_stats)));
+    let listener = Arc::new(Listener::new(first, config(10)).expect("valid"));
+    let scaler = RecScaler::new();
+    let token = CancellationToken::new();
+    let task = spawn_run(&listener, &scaler, &token);
+    scaler
+        .wait_for("the re-sync after the re-creation", DEADLINE, |e| {
+            e.iter().filter(|e| matches!(e, Event::Desired(_))).count() >= 3
+        })
+        .await;
+    token.cancel();
+    finish(task).await.expect("clean shutdown");
+    // The session's 2, the message's 4, then the re-sync after the lost session keeps 4.
+    assert_eq!(&scaler.desired()[..3], &[2, 4, 4], "{:?}", scaler.desired());
+    assert_eq!(listener.health().session_recreations, 1);
 }

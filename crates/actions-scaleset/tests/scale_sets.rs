@@ -260,7 +260,8 @@ async fn b34_b37_create_sends_defaulted_labels_and_returns_the_created_set() {
         json(
             r#"{"name":"my-set","runnerGroupId":1,
                 "labels":[{"name":"my-set","type":"System"}],
-                "RunnerSetting":{"disableUpdate":true}}"#
+                "RunnerSetting":{"disableUpdate":true},
+                "createdOn":"0001-01-01T00:00:00Z"}"#
         )
     );
 }

@@ -148,14 +148,14 @@ async fn create_session_conflict_and_missing_scale_set_are_typed() {
 
 // PROTOCOL 3.4 #14 (issue 4370): a session without a queue URL is refused at once.
 #[tokio::test]
-async fn create_session_without_queue_url_is_a_protocol_error() {
+async fn create_session_without_queue_url_is_an_invalid_session() {
     let server = Scripted::start(|_| async { json(200, session_json("", "qtoken-1", 0)) }).await;
     let err = server
         .client(0)
         .create_message_session_client(7, Some("o"))
         .await
         .expect_err("empty queue URL");
-    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert_eq!(err.kind(), ErrorKind::InvalidSession, "{err}");
 }
 
 // Behaviour 66 (refresh half): refresh answering 500 forever is tried retry_max+1 times.
