@@ -4,7 +4,9 @@ use actions_scaleset::CancellationToken;
 
 use crate::error::CliError;
 
-/// A token that fires on the first SIGINT or SIGTERM.
+/// A token that fires on the first SIGINT or SIGTERM. A second signal while the graceful
+/// shutdown runs (deleting the session, draining) exits at once with status 130, as an
+/// operator pressing Ctrl-C twice expects.
 ///
 /// The handlers are installed before this returns, so a signal sent right after cannot kill
 /// the process the default way.
@@ -27,6 +29,12 @@ pub(crate) fn shutdown_token() -> Result<CancellationToken, CliError> {
                 _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
             }
             fire.cancel();
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!("second signal received; exiting without finishing the shutdown");
+            std::process::exit(130);
         });
     }
     #[cfg(not(unix))]

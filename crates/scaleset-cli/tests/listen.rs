@@ -241,3 +241,30 @@ async fn sim_serves_until_sigint_and_sim_runner_rejects_bad_configs() {
     );
     assert!(r.last_err_line().contains("JIT config"), "{r:?}");
 }
+
+// A second signal while the graceful shutdown is stuck (here: deleting the session hangs)
+// exits at once with 130 instead of making the operator wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let sim = sim().await;
+    let id = create_scale_set(&sim, "twice").await;
+    let id_s = id.to_string();
+    let mut listen = Streaming::start(
+        &sim,
+        &["listen", "--scale-set-id", &id_s, "--log-level", "info"],
+    );
+    read_until(&mut listen, |e| kind(e) == "desiredRunners").await;
+    sim.faults()
+        .inject(
+            serde_json::from_value(serde_json::json!({
+                "kind": "latency", "class": "session", "method": "DELETE", "delayMs": 60_000
+            }))
+            .expect("a valid fault"),
+        )
+        .expect("fault accepted");
+    listen.sigterm();
+    listen.wait_stderr("SIGTERM received").await;
+    listen.signal(nix::sys::signal::Signal::SIGINT);
+    let done = listen.finish().await;
+    done.expect_code(130);
+}
