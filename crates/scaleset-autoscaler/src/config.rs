@@ -1,0 +1,473 @@
+//! The autoscaler's configuration file (TOML), validated up front.
+//!
+//! ```toml
+//! [connection]
+//! url = "https://github.com/my-org"        # default config URL of every scale set
+//! # Credentials never live in this file: a token is read from the environment variable
+//! # named by `token_env` (default GITHUB_TOKEN) or from `token_file`; a GitHub App from
+//! # `app_client_id`, `app_installation_id` and `app_private_key_file`.
+//!
+//! [metrics]
+//! addr = "127.0.0.1:9090"                  # /metrics, /healthz, /readyz (optional)
+//! poll_window_secs = 50                    # readiness: a poll succeeded within 2x this
+//!
+//! [[scale_set]]
+//! name = "linux-x64"
+//! labels = ["linux", "x64"]                # default: [name]
+//! runner_group = "default"
+//! min_runners = 0
+//! max_runners = 10
+//! idle_headroom = 0                        # extra idle runners kept above demand
+//! idle_delay_secs = 60                     # an idle runner above target waits this long
+//! registration_timeout_secs = 300          # idle while jobs wait this long = broken runner
+//! max_concurrent_starts = 16
+//! shutdown = "keep"                        # keep | drain | delete
+//! drain_timeout_secs = 600
+//! provisioner = "process"
+//! command = "/opt/runner/run.sh"
+//! args = []                                # `{name}` and `{jitconfig}` are substituted
+//! workdir = "/var/lib/scaleset/linux-x64"  # runner N works in workdir/N
+//! ```
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Connection settings shared by the scale sets.
+    #[serde(default)]
+    pub connection: Connection,
+    /// Metrics and health endpoints.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// The scale sets, one `[[scale_set]]` table each.
+    #[serde(default, rename = "scale_set")]
+    pub scale_sets: Vec<ScaleSetConfig>,
+}
+
+/// How to reach GitHub. Credentials are never read from the file itself.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connection {
+    /// Default config URL (enterprise, organization or repository).
+    pub url: Option<String>,
+    /// Environment variable holding a token (default `GITHUB_TOKEN`).
+    pub token_env: Option<String>,
+    /// File holding a token.
+    pub token_file: Option<PathBuf>,
+    /// GitHub App client id (or app id).
+    pub app_client_id: Option<String>,
+    /// GitHub App installation id.
+    pub app_installation_id: Option<u64>,
+    /// File holding the GitHub App private key (PEM).
+    pub app_private_key_file: Option<PathBuf>,
+}
+
+/// Metrics and health endpoints.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `HOST:PORT` to serve `/metrics`, `/healthz` and `/readyz` on; none when absent.
+    pub addr: Option<String>,
+    /// The long-poll window; `/readyz` wants a successful poll within twice this.
+    #[serde(default = "default_poll_window")]
+    pub poll_window_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            addr: None,
+            poll_window_secs: default_poll_window(),
+        }
+    }
+}
+
+fn default_poll_window() -> u64 {
+    50
+}
+
+/// What happens to runners when the autoscaler is told to stop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShutdownPolicy {
+    /// Keep the scale set; stop idle runners and remove their registrations; busy runners
+    /// finish their job on their own.
+    #[default]
+    Keep,
+    /// Stop taking work, wait for busy runners (up to the drain timeout), then stop them all.
+    Drain,
+    /// Drain, then delete the scale set.
+    Delete,
+}
+
+impl std::str::FromStr for ShutdownPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "keep" => Ok(ShutdownPolicy::Keep),
+            "drain" => Ok(ShutdownPolicy::Drain),
+            "delete" => Ok(ShutdownPolicy::Delete),
+            other => Err(format!(
+                "unknown shutdown policy {other:?} (expected keep, drain or delete)"
+            )),
+        }
+    }
+}
+
+/// Which provisioner starts the runners.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProvisionerKind {
+    /// A local process per runner.
+    #[default]
+    Process,
+}
+
+/// One scale set.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleSetConfig {
+    /// Scale set name (unique in its runner group).
+    pub name: String,
+    /// Config URL; defaults to `connection.url`.
+    pub url: Option<String>,
+    /// Labels (`runs-on:`); default: the name.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Runner group name (default `default`).
+    #[serde(default = "default_group")]
+    pub runner_group: String,
+    /// Runners kept even without demand.
+    #[serde(default)]
+    pub min_runners: u32,
+    /// Most runners at once.
+    #[serde(default = "default_max")]
+    pub max_runners: u32,
+    /// Extra idle runners kept above demand (still capped by `max_runners`).
+    #[serde(default)]
+    pub idle_headroom: u32,
+    /// How long an idle runner above the target stays before it is stopped.
+    #[serde(default = "default_idle_delay")]
+    pub idle_delay_secs: u64,
+    /// An idle runner that takes no job this long while jobs wait is treated as broken.
+    #[serde(default = "default_registration_timeout")]
+    pub registration_timeout_secs: u64,
+    /// JIT mints and runner starts in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrent_starts: usize,
+    /// Runner names are `<prefix><8 hex digits>`; default `<name>-`.
+    pub runner_name_prefix: Option<String>,
+    /// Shutdown policy.
+    #[serde(default)]
+    pub shutdown: ShutdownPolicy,
+    /// How long `drain`/`delete` wait for busy runners.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_secs: u64,
+    /// The provisioner.
+    #[serde(default)]
+    pub provisioner: ProvisionerKind,
+    /// Program run per runner (process provisioner).
+    pub command: Option<String>,
+    /// Its arguments; `{name}` and `{jitconfig}` are substituted.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Base work directory; each runner gets `workdir/<runner name>`. Default:
+    /// `<temp dir>/scaleset-runners/<name>`.
+    pub workdir: Option<PathBuf>,
+}
+
+fn default_group() -> String {
+    actions_scaleset::DEFAULT_RUNNER_GROUP.to_string()
+}
+fn default_max() -> u32 {
+    10
+}
+fn default_idle_delay() -> u64 {
+    60
+}
+fn default_registration_timeout() -> u64 {
+    300
+}
+fn default_concurrency() -> usize {
+    16
+}
+fn default_drain_timeout() -> u64 {
+    600
+}
+
+impl ScaleSetConfig {
+    /// A scale set with defaults for everything but the name.
+    pub fn new(name: impl Into<String>) -> ScaleSetConfig {
+        ScaleSetConfig {
+            name: name.into(),
+            url: None,
+            labels: Vec::new(),
+            runner_group: default_group(),
+            min_runners: 0,
+            max_runners: default_max(),
+            idle_headroom: 0,
+            idle_delay_secs: default_idle_delay(),
+            registration_timeout_secs: default_registration_timeout(),
+            max_concurrent_starts: default_concurrency(),
+            runner_name_prefix: None,
+            shutdown: ShutdownPolicy::Keep,
+            drain_timeout_secs: default_drain_timeout(),
+            provisioner: ProvisionerKind::Process,
+            command: None,
+            args: Vec::new(),
+            workdir: None,
+        }
+    }
+
+    /// The labels to register: the configured ones, or the name.
+    pub fn effective_labels(&self) -> Vec<String> {
+        if self.labels.is_empty() {
+            vec![self.name.clone()]
+        } else {
+            self.labels.clone()
+        }
+    }
+
+    /// The runner name prefix.
+    pub fn name_prefix(&self) -> String {
+        self.runner_name_prefix
+            .clone()
+            .unwrap_or_else(|| format!("{}-", self.name))
+    }
+
+    /// The base work directory.
+    pub fn effective_workdir(&self) -> PathBuf {
+        self.workdir.clone().unwrap_or_else(|| {
+            std::env::temp_dir()
+                .join("scaleset-runners")
+                .join(&self.name)
+        })
+    }
+
+    /// The idle delay.
+    pub fn idle_delay(&self) -> Duration {
+        Duration::from_secs(self.idle_delay_secs)
+    }
+
+    /// The drain timeout.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+}
+
+impl Config {
+    /// Parses and validates a TOML document.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the key that is missing, unknown or invalid.
+    pub fn from_toml_str(text: &str) -> Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let span = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "config".to_string());
+            Error::config(span, e.message().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a file.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the file cannot be read or is invalid.
+    pub fn from_file(path: &std::path::Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(path.display().to_string(), e.to_string()))?;
+        Config::from_toml_str(&text).map_err(|e| match e {
+            Error::Config { key, message } => {
+                Error::config(format!("{}: {key}", path.display()), message)
+            }
+            other => other,
+        })
+    }
+
+    /// The config URL of scale set `index`.
+    pub fn url_of(&self, index: usize) -> Option<&str> {
+        self.scale_sets
+            .get(index)
+            .and_then(|s| s.url.as_deref())
+            .or(self.connection.url.as_deref())
+    }
+
+    /// Checks every setting; the error names the first offending key.
+    ///
+    /// # Errors
+    /// [`Error::Config`].
+    pub fn validate(&self) -> Result<()> {
+        if self.scale_sets.is_empty() {
+            return Err(Error::config(
+                "scale_set",
+                "at least one [[scale_set]] is required",
+            ));
+        }
+        if let Some(addr) = &self.metrics.addr {
+            addr.parse::<std::net::SocketAddr>().map_err(|e| {
+                Error::config("metrics.addr", format!("{addr:?} is not HOST:PORT ({e})"))
+            })?;
+        }
+        if self.metrics.poll_window_secs == 0 {
+            return Err(Error::config("metrics.poll_window_secs", "must be > 0"));
+        }
+        if let Some(url) = &self.connection.url {
+            actions_scaleset::parse_github_config_from_url(url)
+                .map_err(|e| Error::config("connection.url", e.to_string()))?;
+        }
+        if self.connection.app_client_id.is_some() != self.connection.app_private_key_file.is_some()
+            || self.connection.app_client_id.is_some()
+                != self.connection.app_installation_id.is_some()
+        {
+            return Err(Error::config(
+                "connection.app_client_id",
+                "a GitHub App needs app_client_id, app_installation_id and app_private_key_file",
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, s) in self.scale_sets.iter().enumerate() {
+            let key = |field: &str| format!("scale_set[{i}].{field}");
+            if s.name.trim().is_empty() {
+                return Err(Error::config(key("name"), "must not be empty"));
+            }
+            if !names.insert((s.url.clone(), s.runner_group.clone(), s.name.clone())) {
+                return Err(Error::config(
+                    key("name"),
+                    format!("{:?} is configured twice", s.name),
+                ));
+            }
+            match self.url_of(i) {
+                None => {
+                    return Err(Error::config(
+                        key("url"),
+                        "no config URL (set connection.url or scale_set.url)",
+                    ));
+                }
+                Some(url) => {
+                    actions_scaleset::parse_github_config_from_url(url)
+                        .map_err(|e| Error::config(key("url"), e.to_string()))?;
+                }
+            }
+            if s.labels.iter().any(|l| l.trim().is_empty()) {
+                return Err(Error::config(key("labels"), "labels must not be empty"));
+            }
+            if s.runner_group.trim().is_empty() {
+                return Err(Error::config(key("runner_group"), "must not be empty"));
+            }
+            if s.max_runners > i32::MAX as u32 {
+                return Err(Error::config(
+                    key("max_runners"),
+                    format!("must be at most {}", i32::MAX),
+                ));
+            }
+            if s.max_runners < s.min_runners {
+                return Err(Error::config(key("max_runners"), "must be >= min_runners"));
+            }
+            if s.max_concurrent_starts == 0 {
+                return Err(Error::config(key("max_concurrent_starts"), "must be > 0"));
+            }
+            if s.registration_timeout_secs == 0 {
+                return Err(Error::config(
+                    key("registration_timeout_secs"),
+                    "must be > 0",
+                ));
+            }
+            let prefix = s.name_prefix();
+            if prefix.is_empty()
+                || !prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                return Err(Error::config(
+                    key("runner_name_prefix"),
+                    format!("{prefix:?}: use letters, digits, '-', '_' or '.'"),
+                ));
+            }
+            match s.provisioner {
+                ProvisionerKind::Process => match &s.command {
+                    None => {
+                        return Err(Error::config(
+                            key("command"),
+                            "required by the process provisioner",
+                        ));
+                    }
+                    Some(c) if c.trim().is_empty() => {
+                        return Err(Error::config(key("command"), "must not be empty"));
+                    }
+                    Some(_) => {}
+                },
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [connection]
+        url = "https://github.com/org"
+        [[scale_set]]
+        name = "a"
+        max_runners = 5
+        command = "/bin/true"
+        [[scale_set]]
+        name = "b"
+        labels = ["linux", "x64"]
+        min_runners = 1
+        max_runners = 2
+        shutdown = "drain"
+        command = "/bin/true"
+        args = ["--name", "{name}"]
+    "#;
+
+    #[test]
+    fn parses_a_good_file() {
+        let c = Config::from_toml_str(GOOD).expect("valid");
+        assert_eq!(c.scale_sets.len(), 2);
+        assert_eq!(c.scale_sets[0].effective_labels(), vec!["a".to_string()]);
+        assert_eq!(c.scale_sets[1].shutdown, ShutdownPolicy::Drain);
+        assert_eq!(c.scale_sets[1].name_prefix(), "b-");
+        assert_eq!(c.scale_sets[0].max_concurrent_starts, 16);
+    }
+
+    fn err(text: &str) -> String {
+        Config::from_toml_str(text)
+            .expect_err("invalid")
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = err(&GOOD.replace("min_runners = 1", "min_runners = 3"));
+        assert_eq!(e, "scale_set[1].max_runners: must be >= min_runners");
+        let e = err(&GOOD.replace("command = \"/bin/true\"\n        [[", "[["));
+        assert!(e.starts_with("scale_set[0].command:"), "{e}");
+        let e = err(&GOOD.replace("https://github.com/org", "https://github.com/"));
+        assert!(e.starts_with("connection.url:"), "{e}");
+        let e = err(&GOOD.replace("shutdown = \"drain\"", "shutdown = \"later\""));
+        assert!(e.contains("later"), "{e}");
+        let e = err(&GOOD.replace("max_runners = 5", "max_runnerz = 5"));
+        assert!(e.contains("max_runnerz"), "{e}");
+        let e = err("[connection]\nurl = \"https://github.com/org\"\n");
+        assert!(e.starts_with("scale_set:"), "{e}");
+        let e = err(&GOOD.replace("[connection]\n        url = \"https://github.com/org\"", ""));
+        assert!(e.starts_with("scale_set[0].url:"), "{e}");
+    }
+}

@@ -1,0 +1,555 @@
+//! Engine tests: the fake provisioner, the simulator for GitHub's side (JIT, remove runner),
+//! a paused clock. The Scaler methods are driven directly, as the listener would.
+
+use std::time::Duration;
+
+use actions_scaleset::{
+    Client, Credentials, DEFAULT_RUNNER_GROUP_ID, JobCompleted, JobMessageBase, JobStarted,
+    RunnerScaleSet, Scaler,
+};
+use scaleset_autoscaler::config::ShutdownPolicy;
+use scaleset_autoscaler::engine::{Engine, EngineSettings, Phase};
+use scaleset_autoscaler::metrics::ScaleSetMetrics;
+use scaleset_autoscaler::provisioner::OwnedRunner;
+use scaleset_autoscaler::provisioner::fake::FakeProvisioner;
+use scaleset_sim::{SimConfig, Simulator};
+
+const WAIT: Duration = Duration::from_secs(600);
+
+struct Env {
+    sim: Simulator,
+    engine: Engine<FakeProvisioner>,
+    fake: FakeProvisioner,
+    client: Client,
+}
+
+async fn env(create_delay: Duration, tune: impl FnOnce(&mut EngineSettings)) -> Env {
+    let sim = Simulator::start(SimConfig::default())
+        .await
+        .expect("sim starts");
+    let client = Client::builder(
+        sim.config_url(),
+        Credentials::token(sim.token()).expect("token"),
+    )
+    .build()
+    .expect("client");
+    let set = client
+        .create_runner_scale_set(&RunnerScaleSet {
+            name: "eng".into(),
+            runner_group_id: DEFAULT_RUNNER_GROUP_ID,
+            ..Default::default()
+        })
+        .await
+        .expect("scale set");
+    let mut settings = EngineSettings::new(set.id, "eng");
+    settings.max_runners = 100;
+    settings.idle_delay = Duration::from_secs(30);
+    tune(&mut settings);
+    let fake = FakeProvisioner::new(create_delay);
+    let engine = Engine::new(
+        settings,
+        client.clone(),
+        fake.clone(),
+        ScaleSetMetrics::detached("eng"),
+    );
+    engine.spawn();
+    Env {
+        sim,
+        engine,
+        fake,
+        client,
+    }
+}
+
+fn started(runner: &str, request_id: i64) -> JobStarted {
+    JobStarted {
+        base: JobMessageBase {
+            message_type: "JobStarted".into(),
+            runner_request_id: request_id,
+            job_id: format!("job-{request_id}"),
+            ..Default::default()
+        },
+        runner_id: 0,
+        runner_name: runner.into(),
+    }
+}
+
+fn completed(runner: &str, request_id: i64) -> JobCompleted {
+    JobCompleted {
+        base: JobMessageBase {
+            message_type: "JobCompleted".into(),
+            runner_request_id: request_id,
+            job_id: format!("job-{request_id}"),
+            ..Default::default()
+        },
+        result: "succeeded".into(),
+        runner_id: 0,
+        runner_name: runner.into(),
+    }
+}
+
+async fn running(env: &Env, n: usize) -> Vec<String> {
+    env.fake
+        .wait_until(WAIT, |r| r.len() == n)
+        .await
+        .unwrap_or_else(|r| panic!("expected {n} running runners, got {r:?}"))
+}
+
+async fn idle(env: &Env, n: usize) {
+    env.engine
+        .wait_until(WAIT, |s| s.idle == n && s.starting == 0)
+        .await
+        .unwrap_or_else(|s| panic!("expected {n} idle runners: {s:?}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn burst_of_50_starts_50_runners_with_bounded_concurrency() {
+    let env = env(Duration::from_secs(1), |_| {}).await;
+    let target = env
+        .engine
+        .handle_desired_runner_count(50)
+        .await
+        .expect("ok");
+    assert_eq!(target, 50);
+    running(&env, 50).await;
+    idle(&env, 50).await;
+    assert_eq!(env.fake.created().len(), 50);
+    let max = env.fake.max_in_flight();
+    assert!(max <= 16, "at most 16 starts in flight, saw {max}");
+    assert!(max >= 8, "starts run in parallel, saw {max}");
+    // The GitHub side has the 50 registrations.
+    let state = env.sim.state();
+    assert_eq!(state.runners.len(), 50);
+}
+
+#[tokio::test(start_paused = true)]
+async fn target_is_capped_by_max_runners() {
+    let env = env(Duration::ZERO, |s| s.max_runners = 5).await;
+    assert_eq!(
+        env.engine
+            .handle_desired_runner_count(50)
+            .await
+            .expect("ok"),
+        5
+    );
+    running(&env, 5).await;
+    idle(&env, 5).await;
+    assert_eq!(env.fake.created().len(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn scales_to_zero_after_jobs_and_after_idle_delay() {
+    let env = env(Duration::ZERO, |_| {}).await;
+    env.engine.handle_desired_runner_count(3).await.expect("ok");
+    let names = running(&env, 3).await;
+    idle(&env, 3).await;
+    // Two runners take jobs and finish; the third never gets one.
+    for (i, n) in names.iter().take(2).enumerate() {
+        env.engine
+            .handle_job_started(&started(n, i as i64 + 1))
+            .await
+            .expect("ok");
+    }
+    env.engine.handle_desired_runner_count(3).await.expect("ok");
+    for (i, n) in names.iter().take(2).enumerate() {
+        env.engine
+            .handle_job_completed(&completed(n, i as i64 + 1))
+            .await
+            .expect("ok");
+        env.engine
+            .handle_desired_runner_count(2 - i as i64 - 1)
+            .await
+            .expect("ok");
+        env.fake.exit(n, true);
+    }
+    env.engine
+        .wait_until(WAIT, |s| s.runners.is_empty())
+        .await
+        .unwrap_or_else(|s| panic!("scaled to zero: {s:?}"));
+    assert_eq!(env.fake.created().len(), 3, "no replacement runners");
+    assert_eq!(
+        env.fake.stopped(),
+        vec![names[2].clone()],
+        "the idle one was stopped"
+    );
+    assert!(env.fake.running().is_empty());
+    // Its registration was removed from GitHub.
+    let (ok, state) = env
+        .sim
+        .wait_until(Duration::from_secs(5), |st| {
+            !st.runners.iter().any(|r| r.name == names[2])
+        })
+        .await;
+    assert!(ok, "{:?}", state.runners);
+}
+
+#[tokio::test(start_paused = true)]
+async fn min_runners_stay_warm_under_and_after_load() {
+    let env = env(Duration::ZERO, |s| s.min_runners = 2).await;
+    env.engine.handle_desired_runner_count(0).await.expect("ok");
+    running(&env, 2).await;
+    env.engine.handle_desired_runner_count(3).await.expect("ok");
+    let names = running(&env, 5).await;
+    idle(&env, 5).await;
+    for (i, n) in names.iter().take(3).enumerate() {
+        env.engine
+            .handle_job_started(&started(n, i as i64))
+            .await
+            .expect("ok");
+    }
+    for (i, n) in names.iter().take(3).enumerate() {
+        env.engine
+            .handle_job_completed(&completed(n, i as i64))
+            .await
+            .expect("ok");
+        env.fake.exit(n, true);
+    }
+    env.engine.handle_desired_runner_count(0).await.expect("ok");
+    let snap = env
+        .engine
+        .wait_until(WAIT, |s| s.runners.len() == 2 && s.idle == 2)
+        .await
+        .unwrap_or_else(|s| panic!("two warm runners: {s:?}"));
+    assert_eq!(snap.target, 2);
+    // Long after the idle delay, the warm runners are still there.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(env.engine.snapshot().idle, 2);
+    assert!(env.fake.stopped().is_empty());
+    assert_eq!(env.fake.created().len(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn busy_runners_are_never_stopped() {
+    let env = env(Duration::ZERO, |_| {}).await;
+    env.engine.handle_desired_runner_count(2).await.expect("ok");
+    let names = running(&env, 2).await;
+    idle(&env, 2).await;
+    env.engine
+        .handle_job_started(&started(&names[0], 7))
+        .await
+        .expect("ok");
+    // Demand drops to zero although the job still runs (e.g. a stale count).
+    env.engine.handle_desired_runner_count(0).await.expect("ok");
+    env.fake
+        .wait_until(WAIT, |r| r.len() == 1)
+        .await
+        .unwrap_or_else(|r| panic!("only the idle runner stops: {r:?}"));
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(env.fake.running(), vec![names[0].clone()]);
+    assert_eq!(env.fake.stopped(), vec![names[1].clone()]);
+    let snap = env.engine.snapshot();
+    assert_eq!(snap.busy, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashed_runner_is_removed_and_replaced() {
+    let env = env(Duration::ZERO, |_| {}).await;
+    env.engine.handle_desired_runner_count(1).await.expect("ok");
+    let first = running(&env, 1).await.remove(0);
+    idle(&env, 1).await;
+    assert!(env.sim.state().runners.iter().any(|r| r.name == first));
+    env.fake.exit(&first, false);
+    let now = env
+        .fake
+        .wait_until(WAIT, |r| r.len() == 1 && r[0] != first)
+        .await
+        .unwrap_or_else(|r| panic!("replaced: {r:?}"));
+    assert_ne!(now[0], first);
+    assert_eq!(env.fake.created().len(), 2);
+    let (ok, st) = env
+        .sim
+        .wait_until(Duration::from_secs(5), |st| {
+            !st.runners.iter().any(|r| r.name == first)
+        })
+        .await;
+    assert!(
+        ok,
+        "the crashed runner is removed from GitHub: {:?}",
+        st.runners
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runner_that_never_takes_a_job_is_removed_after_the_grace_period() {
+    let env = env(Duration::ZERO, |s| {
+        s.registration_timeout = Duration::from_secs(120);
+    })
+    .await;
+    env.engine.handle_desired_runner_count(1).await.expect("ok");
+    let first = running(&env, 1).await.remove(0);
+    idle(&env, 1).await;
+    let before = tokio::time::Instant::now();
+    let now = env
+        .fake
+        .wait_until(WAIT, |r| r.len() == 1 && r[0] != first)
+        .await
+        .unwrap_or_else(|r| panic!("replaced: {r:?}"));
+    assert!(
+        before.elapsed() >= Duration::from_secs(120),
+        "not before the grace period"
+    );
+    assert_eq!(env.fake.stopped(), vec![first.clone()]);
+    assert_ne!(now[0], first);
+    assert!(!env.sim.state().runners.iter().any(|r| r.name == first));
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_warm_runners_without_waiting_jobs_are_not_broken() {
+    let env = env(Duration::ZERO, |s| {
+        s.min_runners = 1;
+        s.registration_timeout = Duration::from_secs(10);
+    })
+    .await;
+    env.engine.handle_desired_runner_count(0).await.expect("ok");
+    running(&env, 1).await;
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    assert!(env.fake.stopped().is_empty());
+    assert_eq!(env.fake.created().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn job_completed_for_an_unknown_runner_is_ignored() {
+    let env = env(Duration::ZERO, |_| {}).await;
+    env.engine.handle_desired_runner_count(1).await.expect("ok");
+    running(&env, 1).await;
+    idle(&env, 1).await;
+    let before = env.engine.snapshot();
+    env.engine
+        .handle_job_completed(&completed("someone-else", 9))
+        .await
+        .expect("ok");
+    env.engine
+        .handle_job_completed(&completed("", 0))
+        .await
+        .expect("ok");
+    env.engine
+        .handle_job_started(&started("someone-else", 9))
+        .await
+        .expect("ok");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(env.engine.snapshot(), before);
+    assert_eq!(env.fake.created().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_redelivered_message_causes_no_extra_runner() {
+    let env = env(Duration::ZERO, |_| {}).await;
+    // Message 1: one job assigned.
+    env.engine.handle_desired_runner_count(1).await.expect("ok");
+    let name = running(&env, 1).await.remove(0);
+    idle(&env, 1).await;
+    // Message 2 (delivered twice): the job started.
+    for _ in 0..2 {
+        env.engine
+            .handle_job_started(&started(&name, 1))
+            .await
+            .expect("ok");
+        env.engine.handle_desired_runner_count(1).await.expect("ok");
+    }
+    // Message 3 (delivered twice): the job completed.
+    for _ in 0..2 {
+        env.engine
+            .handle_job_completed(&completed(&name, 1))
+            .await
+            .expect("ok");
+        env.engine.handle_desired_runner_count(0).await.expect("ok");
+    }
+    env.fake.exit(&name, true);
+    env.engine
+        .wait_until(WAIT, |s| s.runners.is_empty())
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(env.fake.created().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_runner_that_exits_counts_until_its_job_completes() {
+    let env = env(Duration::ZERO, |_| {}).await;
+    env.engine.handle_desired_runner_count(1).await.expect("ok");
+    let name = running(&env, 1).await.remove(0);
+    env.engine
+        .handle_job_started(&started(&name, 1))
+        .await
+        .expect("ok");
+    // The process exits before the JobCompleted arrives: no replacement is started.
+    env.fake.exit(&name, true);
+    env.engine
+        .wait_until(WAIT, |s| s.runners.iter().any(|r| r.phase == Phase::Exited))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(env.fake.created().len(), 1);
+    env.engine
+        .handle_job_completed(&completed(&name, 1))
+        .await
+        .expect("ok");
+    env.engine.handle_desired_runner_count(0).await.expect("ok");
+    env.engine
+        .wait_until(WAIT, |s| s.runners.is_empty())
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(env.fake.created().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_starts_back_off_and_recover() {
+    let env = env(Duration::ZERO, |_| {}).await;
+    env.fake.fail_next_creates(3);
+    env.engine.handle_desired_runner_count(2).await.expect("ok");
+    running(&env, 2).await;
+    let snap = env.engine.snapshot();
+    assert_eq!(snap.provisioning_failures, 3);
+    // The failed runners' registrations were removed: only the two live ones remain.
+    let (ok, st) = env
+        .sim
+        .wait_until(Duration::from_secs(5), |st| st.runners.len() == 2)
+        .await;
+    assert!(ok, "{:?}", st.runners);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_keep_stops_idle_runners_and_leaves_busy_ones() {
+    let env = env(Duration::ZERO, |_| {}).await;
+    env.engine.handle_desired_runner_count(3).await.expect("ok");
+    let names = running(&env, 3).await;
+    idle(&env, 3).await;
+    env.engine
+        .handle_job_started(&started(&names[0], 1))
+        .await
+        .expect("ok");
+    let left = env
+        .engine
+        .shutdown(ShutdownPolicy::Keep, Duration::from_secs(60))
+        .await;
+    assert_eq!(left, vec![names[0].clone()]);
+    assert_eq!(env.fake.running(), vec![names[0].clone()]);
+    let st = env.sim.state();
+    assert_eq!(st.runners.len(), 1, "only the busy runner stays registered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_drain_waits_for_busy_runners_then_stops_the_rest() {
+    let env = env(Duration::ZERO, |_| {}).await;
+    env.engine.handle_desired_runner_count(2).await.expect("ok");
+    let names = running(&env, 2).await;
+    idle(&env, 2).await;
+    env.engine
+        .handle_job_started(&started(&names[0], 1))
+        .await
+        .expect("ok");
+    env.engine
+        .handle_job_started(&started(&names[1], 2))
+        .await
+        .expect("ok");
+    let fake = env.fake.clone();
+    let first = names[0].clone();
+    // One busy runner finishes during the drain; the other outlives the deadline.
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        fake.exit(&first, true);
+    });
+    let left = env
+        .engine
+        .shutdown(ShutdownPolicy::Drain, Duration::from_secs(60))
+        .await;
+    assert!(left.is_empty(), "{left:?}");
+    assert!(env.fake.running().is_empty());
+    assert_eq!(env.fake.stopped(), vec![names[1].clone()]);
+    assert!(env.sim.state().runners.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn orphans_are_removed_or_adopted() {
+    let sim = Simulator::start(SimConfig::default()).await.expect("sim");
+    let client = Client::builder(
+        sim.config_url(),
+        Credentials::token(sim.token()).expect("t"),
+    )
+    .build()
+    .expect("client");
+    let set = client
+        .create_runner_scale_set(&RunnerScaleSet {
+            name: "orph".into(),
+            runner_group_id: DEFAULT_RUNNER_GROUP_ID,
+            ..Default::default()
+        })
+        .await
+        .expect("set");
+    // A previous run registered two runners; one process is alive, one died.
+    let mut ids = Vec::new();
+    for name in ["orph-00000001", "orph-00000002"] {
+        let jit = client
+            .generate_jit_runner_config(
+                set.id,
+                &actions_scaleset::JitRunnerSetting {
+                    name: name.into(),
+                    work_folder: String::new(),
+                },
+            )
+            .await
+            .expect("jit");
+        ids.push(jit.runner.id);
+    }
+    let fake = FakeProvisioner::default();
+    fake.add_leftover(OwnedRunner {
+        name: "orph-00000001".into(),
+        runner_id: ids[0],
+        alive: true,
+    });
+    // A reservation whose JIT was minted but never recorded: found by name.
+    fake.add_leftover(OwnedRunner {
+        name: "orph-00000002".into(),
+        runner_id: 0,
+        alive: false,
+    });
+    let engine = Engine::new(
+        EngineSettings::new(set.id, "orph"),
+        client,
+        fake.clone(),
+        ScaleSetMetrics::detached("orph"),
+    );
+    let (removed, adopted) = engine.recover_orphans().await.expect("recover");
+    assert_eq!((removed, adopted), (2, 0));
+    assert!(sim.state().runners.is_empty());
+    assert!(fake.running().is_empty());
+    assert_eq!(fake.stopped(), vec!["orph-00000001".to_string()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_client_is_shared() {
+    // Two engines share one client (one per config URL).
+    let env = env(Duration::ZERO, |_| {}).await;
+    let set2 = env
+        .client
+        .create_runner_scale_set(&RunnerScaleSet {
+            name: "eng2".into(),
+            runner_group_id: DEFAULT_RUNNER_GROUP_ID,
+            ..Default::default()
+        })
+        .await
+        .expect("second set");
+    let fake2 = FakeProvisioner::default();
+    let e2 = Engine::new(
+        EngineSettings::new(set2.id, "eng2"),
+        env.client.clone(),
+        fake2.clone(),
+        ScaleSetMetrics::detached("eng2"),
+    );
+    e2.spawn();
+    env.engine.handle_desired_runner_count(2).await.expect("ok");
+    e2.handle_desired_runner_count(3).await.expect("ok");
+    running(&env, 2).await;
+    fake2
+        .wait_until(WAIT, |r| r.len() == 3)
+        .await
+        .expect("three");
+    let st = env.sim.state();
+    assert_eq!(
+        st.runners
+            .iter()
+            .filter(|r| r.scale_set_id == set2.id)
+            .count(),
+        3
+    );
+}
