@@ -12,12 +12,12 @@
 //!   listener, engine, shutdown policy).
 
 pub mod config;
-// pub mod daemon;
+pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod provisioner;
-// pub mod server;
+pub mod server;
 
 pub use config::{Config, ScaleSetConfig, ShutdownPolicy};
 pub use engine::{Engine, EngineSettings, Phase, Snapshot};
