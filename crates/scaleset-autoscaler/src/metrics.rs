@@ -245,6 +245,9 @@ impl Metrics {
 
     /// A recorder for one scale set, for [`actions_scaleset::Listener::with_metrics`].
     pub fn scale_set(&self, labels: ScaleSetLabels) -> ScaleSetMetrics {
+        // Counters exist (at 0) from the start, so dashboards and rate() see them.
+        drop(self.session_recreations.get_or_create(&labels));
+        drop(self.provisioning_failures.get_or_create(&labels));
         ScaleSetMetrics {
             metrics: self.clone(),
             labels: Arc::new(labels),

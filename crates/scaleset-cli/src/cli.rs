@@ -74,6 +74,8 @@ pub(crate) enum Command {
     Runner(runner::RunnerCommand),
     /// Follow a scale set's demand as newline-delimited JSON events.
     Listen(listen::ListenArgs),
+    /// Run the autoscaler: runners on demand for one or more scale sets.
+    Run(crate::run::RunArgs),
     /// Serve the scale set simulator on 127.0.0.1 until SIGINT/SIGTERM.
     Sim(sim::SimArgs),
     /// Run one simulated runner with a JIT config from the simulator.

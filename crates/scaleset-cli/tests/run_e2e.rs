@@ -1,0 +1,352 @@
+//! End-to-end tests of `scaleset run` against the in-process simulator, with simulated
+//! runners (`scaleset sim-runner`) as the runner command.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Streaming, TOKEN, cmd};
+use scaleset_sim::{EnqueueJobs, Fault, Simulator};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn workdir(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!("scaleset-e2e-{tag}-{}-{nanos}", std::process::id()))
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Processes whose working directory is under `dir` (the runners of this test).
+fn processes_under(dir: &Path) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(e.path().join("cwd"))
+            && cwd.starts_with(dir)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.expect("read");
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Polls an endpoint until it answers `want` (under a deadline).
+async fn wait_status(port: u16, path: &str, want: u16) -> String {
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let got = tokio::time::timeout(Duration::from_secs(5), async {
+            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(_) => Some(http_get(port, path).await),
+                Err(_) => None,
+            }
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some((code, body)) = got
+            && code == want
+        {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never answered {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn run_cmd(sim: &Simulator, dir: &Path, name: &str, extra: &[&str]) -> Streaming {
+    let mut c = cmd();
+    c.args([
+        "run",
+        "--url",
+        &sim.config_url(),
+        "--token",
+        TOKEN,
+        "--name",
+        name,
+        "--label",
+        name,
+        "--runner-command",
+        env!("CARGO_BIN_EXE_scaleset"),
+        "--runner-arg",
+        "sim-runner",
+        "--runner-workdir",
+        &dir.display().to_string(),
+        "--log-level",
+        "info",
+    ])
+    .args(extra);
+    Streaming::spawn(c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_jobs_with_max_20_runners_all_complete_then_drain_leaves_nothing() {
+    let sim = common::sim().await;
+    let dir = workdir("burst");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut run = run_cmd(
+        &sim,
+        &dir,
+        "e2e",
+        &[
+            "--max-runners",
+            "20",
+            "--metrics-addr",
+            &addr,
+            "--shutdown",
+            "drain",
+            "--drain-timeout",
+            "30",
+        ],
+    );
+    run.wait_stderr("listening").await;
+    sim.enqueue_jobs(EnqueueJobs {
+        labels: vec!["e2e".into()],
+        count: 100,
+        duration: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await
+    .expect("enqueue");
+    let peak = Arc::new(AtomicUsize::new(0));
+    let p = peak.clone();
+    let (done, st) = sim
+        .wait_until(LONG, move |st| {
+            p.fetch_max(st.runners.len(), Ordering::SeqCst);
+            st.jobs.len() == 100 && st.jobs.iter().all(|j| j.status == "completed")
+        })
+        .await;
+    assert!(
+        done,
+        "not all jobs completed: {} completed",
+        st.jobs_in("completed")
+    );
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(peak <= 20, "never more than max runners, saw {peak}");
+    assert!(peak >= 2, "runners ran in parallel, saw {peak}");
+    assert!(
+        st.jobs
+            .iter()
+            .all(|j| j.result.as_deref() == Some("succeeded")),
+        "all succeeded"
+    );
+
+    // /metrics: exact metric families, ARC label sets.
+    let body = wait_status(port, "/metrics", 200).await;
+    let mut families: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .collect();
+    families.sort();
+    assert_eq!(
+        families,
+        vec![
+            "gha_assigned_jobs gauge",
+            "gha_busy_runners gauge",
+            "gha_completed_jobs counter",
+            "gha_desired_runners gauge",
+            "gha_idle_runners gauge",
+            "gha_job_execution_duration_seconds histogram",
+            "gha_job_queue_duration_seconds histogram",
+            "gha_job_startup_duration_seconds histogram",
+            "gha_last_successful_poll_timestamp_seconds gauge",
+            "gha_managed_runners gauge",
+            "gha_max_runners gauge",
+            "gha_min_runners gauge",
+            "gha_provisioning_failures counter",
+            "gha_registered_runners gauge",
+            "gha_running_jobs gauge",
+            "gha_session_recreations counter",
+            "gha_started_jobs counter",
+        ]
+    );
+    let set_labels = r#"{name="e2e",repository="sim-repo",organization="sim-org",enterprise=""}"#;
+    assert!(
+        body.contains(&format!("gha_max_runners{set_labels} 20")),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("gha_min_runners{set_labels} 0")),
+        "{body}"
+    );
+    let started: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("gha_started_jobs_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(started, 100.0, "{body}");
+    let completed_line = body
+        .lines()
+        .find(|l| l.starts_with("gha_completed_jobs_total{"))
+        .expect("a completed-jobs series");
+    for label in [
+        "name=\"e2e\"",
+        "repository=",
+        "organization=",
+        "enterprise=",
+        "job_name=",
+        "job_workflow_ref=",
+        "event_name=",
+        "job_result=\"succeeded\"",
+    ] {
+        assert!(completed_line.contains(label), "{completed_line}");
+    }
+    assert_eq!(wait_status(port, "/healthz", 200).await, "ok\n");
+    wait_status(port, "/readyz", 200).await;
+
+    run.sigterm();
+    let out = run.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let st = sim.state();
+    assert!(
+        st.runners.is_empty(),
+        "no runner stays registered: {:?}",
+        st.runners
+    );
+    assert!(st.sessions.is_empty(), "the session is deleted");
+    assert!(
+        processes_under(&dir).is_empty(),
+        "no runner process remains"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_flips_when_polls_fail() {
+    let sim = common::sim().await;
+    let dir = workdir("ready");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut run = run_cmd(
+        &sim,
+        &dir,
+        "ready",
+        &["--metrics-addr", &addr, "--poll-window", "1"],
+    );
+    run.wait_stderr("listening").await;
+    wait_status(port, "/readyz", 200).await;
+    let fault: Fault = serde_json::from_value(serde_json::json!({
+        "kind": "status", "class": "message", "count": 100000, "status": 500
+    }))
+    .expect("fault");
+    sim.faults().inject(fault).expect("inject");
+    let why = wait_status(port, "/readyz", 503).await;
+    assert!(why.contains("ready"), "{why}");
+    sim.faults().clear();
+    wait_status(port, "/readyz", 200).await;
+    run.sigterm();
+    let out = run.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_runner_leaks_after_sigkill_and_restart() {
+    let sim = common::sim().await;
+    let dir = workdir("kill");
+    let mut run = run_cmd(
+        &sim,
+        &dir,
+        "kill",
+        &["--min-runners", "3", "--max-runners", "5"],
+    );
+    run.wait_stderr("listening").await;
+    let (ok, _) = sim
+        .wait_until(LONG, |st| {
+            st.runners.iter().filter(|r| r.online).count() == 3
+        })
+        .await;
+    assert!(ok, "three warm runners");
+    let before: Vec<String> = sim.state().runners.iter().map(|r| r.name.clone()).collect();
+    run.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = run.finish().await;
+    // The runner processes survived the daemon (own process groups).
+    assert!(!processes_under(&dir).is_empty());
+    // The killed daemon's session is still there: a restart waits it out (hot standby), so
+    // free it the way the service would eventually.
+    let ss = sim
+        .state()
+        .scale_set_by_name("kill")
+        .map(|s| s.id)
+        .expect("scale set");
+    let evict: Fault =
+        serde_json::from_value(serde_json::json!({"kind": "evictSession", "scaleSetId": ss}))
+            .expect("fault");
+    sim.faults().inject(evict).expect("evict");
+    let mut again = run_cmd(
+        &sim,
+        &dir,
+        "kill",
+        &[
+            "--min-runners",
+            "3",
+            "--max-runners",
+            "5",
+            "--shutdown",
+            "drain",
+            "--drain-timeout",
+            "10",
+        ],
+    );
+    again.wait_stderr("cleaned up after a previous run").await;
+    again.wait_stderr("listening").await;
+    let (ok, st) = sim
+        .wait_until(LONG, |st| {
+            st.runners.len() == 3 && st.runners.iter().all(|r| !before.contains(&r.name))
+        })
+        .await;
+    assert!(
+        ok,
+        "the old runners were removed and replaced: {:?}",
+        st.runners
+    );
+    again.sigterm();
+    let out = again.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(sim.state().runners.is_empty(), "{:?}", sim.state().runners);
+    assert!(
+        processes_under(&dir).is_empty(),
+        "no runner process remains"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
