@@ -23,10 +23,14 @@ Exit codes:
   2  usage or configuration error, detected before any request is sent
   3  a named thing that must exist does not (runner group, scale set by id, runner by id)
   4  conflict (runner name taken, session held by another client, scale set name taken)
-  5  the runner is still running a job";
+  5  the runner is still running a job
+  130  interrupted (demo; or a second SIGINT/SIGTERM during a shutdown)";
 
 const EXAMPLES: &str = "\
 Examples:
+  # Everything on this machine: simulator, autoscaler, runners and a workload (about 30 s)
+  scaleset demo
+
   # Serve a local simulator and point the CLI at it
   scaleset sim --port 0 &            # prints {\"configUrl\":...,\"token\":...,\"controlUrl\":...}
   export SCALESET_URL=http://127.0.0.1:PORT/sim-org/sim-repo SCALESET_TOKEN=...
@@ -76,6 +80,8 @@ pub(crate) enum Command {
     Listen(listen::ListenArgs),
     /// Run the autoscaler: runners on demand for one or more scale sets.
     Run(crate::run::RunArgs),
+    /// Try everything locally: simulator, autoscaler and simulated runners under a workload.
+    Demo(crate::demo::DemoArgs),
     /// Serve the scale set simulator on 127.0.0.1 until SIGINT/SIGTERM.
     Sim(sim::SimArgs),
     /// Run one simulated runner with a JIT config from the simulator.

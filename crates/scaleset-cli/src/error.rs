@@ -8,6 +8,7 @@
 //! | 3 | a named thing that must exist does not (runner group, scale set by id, runner by id) |
 //! | 4 | conflict (`RunnerExists`, `SessionConflict`, a 409, a scale set name taken) |
 //! | 5 | the runner is still running a job |
+//! | 130 | interrupted by SIGINT/SIGTERM (`demo`; a second signal during any shutdown) |
 //!
 //! The last line on stderr is `error: <message>` in text mode, or one JSON object
 //! `{"level":"error","kind",...}` in JSON mode. Messages come from the library's errors, which
@@ -32,6 +33,8 @@ pub(crate) const EXIT_NOT_FOUND: u8 = 3;
 pub(crate) const EXIT_CONFLICT: u8 = 4;
 /// The runner is still running a job.
 pub(crate) const EXIT_JOB_STILL_RUNNING: u8 = 5;
+/// Interrupted by SIGINT/SIGTERM (128 + SIGINT, as shells report it).
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 
 /// A failure of a command, with its exit code and what the error line shows.
 #[derive(Debug)]
@@ -82,6 +85,11 @@ impl CliError {
     /// Any other failure (exit 1).
     pub(crate) fn other(kind: &str, message: impl Into<String>) -> CliError {
         CliError::new(EXIT_FAILURE, kind, message)
+    }
+
+    /// Interrupted by a signal before the work was done (exit 130).
+    pub(crate) fn interrupted(message: impl Into<String>) -> CliError {
+        CliError::new(EXIT_INTERRUPTED, "Interrupted", message)
     }
 
     /// The process exit code.

@@ -15,6 +15,7 @@
 
 mod cli;
 mod config;
+mod demo;
 mod error;
 mod globals;
 mod listen;
@@ -62,6 +63,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Runner(cmd) => runner::run(g, cmd).await,
         Command::Listen(args) => listen::run(g, args).await,
         Command::Run(args) => run::run(g, args).await,
+        Command::Demo(args) => demo::run(g, args).await,
         Command::Sim(args) => sim::run_sim(args).await,
         Command::SimRunner(args) => sim::run_sim_runner(args).await,
     }

@@ -137,6 +137,15 @@ pub struct JobState {
     pub result: Option<String>,
     /// How many times the job was canceled and requeued.
     pub requeues: u32,
+    /// When the job was first enqueued (kept across requeues).
+    #[serde(default)]
+    pub queued_at: jiff::Timestamp,
+    /// When a runner took the job (`JobStarted`); `None` until then.
+    #[serde(default)]
+    pub started_at: Option<jiff::Timestamp>,
+    /// When the job completed; `None` until then.
+    #[serde(default)]
+    pub finished_at: Option<jiff::Timestamp>,
 }
 
 /// One entry of the request log (`GET /_sim/requests`).
@@ -233,6 +242,13 @@ pub(crate) fn snapshot(st: &State) -> SimState {
                 None
             },
             requeues: j.requeues,
+            queued_at: j.queue_time,
+            started_at: j.runner_assign_time,
+            finished_at: if j.phase == JobPhase::Completed {
+                j.finish_time
+            } else {
+                None
+            },
         })
         .collect();
     SimState {

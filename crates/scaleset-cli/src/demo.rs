@@ -1,0 +1,822 @@
+//! `scaleset demo`: the whole system on one machine, no account and no network needed.
+//!
+//! One process runs the scale set simulator on 127.0.0.1, the autoscaler daemon (exactly as
+//! `scaleset run` does, with the process provisioner starting `scaleset sim-runner` per
+//! runner) and a workload generator that enqueues jobs at a steady arrival rate. It shows the
+//! progress while the jobs flow, then a summary taken from the simulator's job records: how
+//! many jobs succeeded, how long they waited from queued to started (p50, p95), the peak
+//! number of runners and the total time.
+//!
+//! Why one loop and no tasks: the workload, the progress display and the peak sampling all
+//! read the simulator, and [`Simulator::wait_until`] wakes on every state change. Sampling
+//! inside its predicate sees every change, so the peak is exact, not a periodic guess.
+
+use std::cell::Cell;
+use std::io::{IsTerminal, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use actions_scaleset::{CancellationToken, Client, Credentials};
+use clap::Args;
+use scaleset_autoscaler::config::{Config, ProvisionerKind, ScaleSetConfig, ShutdownPolicy};
+use scaleset_sim::{AssignmentMode, EnqueueJobs, SimConfig, SimState, Simulator};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::error::CliError;
+use crate::globals::{GlobalArgs, LogLevel, parse_secs, system_info};
+use crate::output::print_json;
+
+/// The scale set the demo creates (and the label its jobs ask for).
+const SCALE_SET: &str = "demo-runners";
+/// Most jobs one demo may enqueue (the progress sampling copies the job list per change).
+const MAX_JOBS: u32 = 1_000;
+/// Most runners: each is a process on this machine.
+const MAX_RUNNERS: u32 = 100;
+/// How often the display refreshes (and the longest the loop sleeps).
+const TICK: Duration = Duration::from_millis(100);
+/// Plain (non-terminal) progress lines are at most this frequent.
+const PLAIN_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the autoscaler may take to open its session before the demo gives up.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound of the drain after the workload ends or an interrupt.
+const MAX_DRAIN_SECS: u64 = 60;
+
+/// Options of `demo`.
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Starts the scale set simulator on 127.0.0.1, creates the scale set demo-runners, runs the
+autoscaler with `scaleset sim-runner` as the runner command (each runner a child process in a
+temporary work directory), and enqueues --jobs jobs at --arrival-rate jobs per second. Needs no
+network and no credentials; the defaults take about 30 seconds.
+
+Progress goes to stderr: one updating line on a terminal, otherwise a plain line at most once a
+second. The summary goes to stdout (text, or one JSON object with --json): jobs done, failed
+and canceled, the wait from queued to started (p50, p95, max), the peak number of runners and
+the total time.
+
+SIGINT/SIGTERM (Ctrl-C) stops the workload; running jobs may finish (drain, at most the job
+duration plus 10 s, capped at 60 s), then the runners, the autoscaler and the simulator stop,
+the work directory is removed and the summary is printed. A second Ctrl-C exits at once.
+
+Exit status: 0 when every job succeeded, 1 when a job failed or was canceled (or the
+autoscaler failed), 2 for invalid options, 130 after an interrupt.
+
+Examples:
+  scaleset demo
+  scaleset demo --jobs 100 --arrival-rate 10 --job-duration 5 --max-runners 20 --min-runners 0
+  scaleset demo --jobs 12 --job-duration 0.5 --json | jq .waitP95Secs
+  scaleset demo --log-level info      # also show the autoscaler's logs")]
+pub(crate) struct DemoArgs {
+    /// How many jobs to run (1 to 1000).
+    #[arg(long, default_value_t = 40, value_name = "N")]
+    jobs: u32,
+    /// How long each job runs, in seconds.
+    #[arg(long, default_value = "3", value_parser = parse_secs, value_name = "SECS")]
+    job_duration: Duration,
+    /// Jobs enqueued per second (a steady rate; fractions allowed).
+    #[arg(long, default_value_t = 4.0, value_name = "JOBS_PER_SEC")]
+    arrival_rate: f64,
+    /// Most runners at once (1 to 100).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    max_runners: u32,
+    /// Runners kept even without demand.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    min_runners: u32,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+impl DemoArgs {
+    /// Checks the options before anything starts; errors name the flag (exit 2).
+    fn validate(&self) -> Result<(), CliError> {
+        let bad = |msg: String| Err(CliError::config("InvalidArgument", format!("demo: {msg}")));
+        if self.jobs == 0 || self.jobs > MAX_JOBS {
+            return bad(format!(
+                "--jobs must be between 1 and {MAX_JOBS} (got {})",
+                self.jobs
+            ));
+        }
+        if !self.arrival_rate.is_finite() || self.arrival_rate <= 0.0 {
+            return bad(format!(
+                "--arrival-rate must be a positive number of jobs per second (got {})",
+                self.arrival_rate
+            ));
+        }
+        if self.max_runners == 0 || self.max_runners > MAX_RUNNERS {
+            return bad(format!(
+                "--max-runners must be between 1 and {MAX_RUNNERS} (got {})",
+                self.max_runners
+            ));
+        }
+        if self.min_runners > self.max_runners {
+            return bad(format!(
+                "--min-runners ({}) must not exceed --max-runners ({})",
+                self.min_runners, self.max_runners
+            ));
+        }
+        Ok(())
+    }
+
+    /// How long the drain may wait for busy runners.
+    fn drain_timeout_secs(&self) -> u64 {
+        self.job_duration
+            .as_secs()
+            .saturating_add(10)
+            .min(MAX_DRAIN_SECS)
+    }
+
+    /// How many jobs should have been enqueued `elapsed` after the workload started: the
+    /// first at once, then one every `1 / rate` seconds.
+    fn jobs_due(&self, elapsed: Duration) -> u32 {
+        let due = (elapsed.as_secs_f64() * self.arrival_rate).floor() + 1.0;
+        if due >= f64::from(self.jobs) {
+            self.jobs
+        } else {
+            // 0 < due < jobs <= MAX_JOBS: the conversion is exact.
+            due as u32
+        }
+    }
+
+    /// When job number `n` (0-based) is due, relative to the workload start.
+    fn due_at(&self, n: u32) -> Duration {
+        Duration::from_secs_f64(f64::from(n) / self.arrival_rate)
+    }
+}
+
+/// A temporary work directory, removed when dropped (and explicitly by [`WorkDir::remove`]).
+struct WorkDir {
+    path: PathBuf,
+    removed: bool,
+}
+
+impl WorkDir {
+    fn create() -> Result<WorkDir, CliError> {
+        let path = std::env::temp_dir().join(format!(
+            "scaleset-demo-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&path).map_err(|e| {
+            CliError::other(
+                "Demo",
+                format!(
+                    "demo: cannot create the work directory {}: {e}",
+                    path.display()
+                ),
+            )
+        })?;
+        Ok(WorkDir {
+            path,
+            removed: false,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn remove(&mut self) {
+        self.removed = true;
+        if let Err(e) = std::fs::remove_dir_all(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.path.display(), error = %e, "could not remove the demo's work directory");
+        }
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if !self.removed {
+            self.remove();
+        }
+    }
+}
+
+/// What the simulator says about the demo's jobs and runners at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Progress {
+    enqueued: usize,
+    queued: usize,
+    running: usize,
+    done: usize,
+    not_succeeded: usize,
+    idle: usize,
+    busy: usize,
+}
+
+impl Progress {
+    fn of(state: &SimState) -> Progress {
+        let mut p = Progress::default();
+        for j in &state.jobs {
+            p.enqueued += 1;
+            match j.status.as_str() {
+                "running" => p.running += 1,
+                "completed" => {
+                    p.done += 1;
+                    if j.result.as_deref() != Some("succeeded") {
+                        p.not_succeeded += 1;
+                    }
+                }
+                // queued, available, assigned: waiting for a runner.
+                _ => p.queued += 1,
+            }
+        }
+        for r in &state.runners {
+            if r.job_request_id.is_some() {
+                p.busy += 1;
+            } else {
+                p.idle += 1;
+            }
+        }
+        p
+    }
+
+    fn line(&self, total: u32, elapsed: Duration) -> String {
+        let failed = if self.not_succeeded > 0 {
+            format!(" ({} failed or canceled)", self.not_succeeded)
+        } else {
+            String::new()
+        };
+        format!(
+            "{:6.1}s  jobs: {} queued, {} running, {}/{total} done{failed}  runners: {} busy, {} idle",
+            elapsed.as_secs_f64(),
+            self.queued,
+            self.running,
+            self.done,
+            self.busy,
+            self.idle,
+        )
+    }
+}
+
+/// Writes the progress to stderr: one line rewritten in place on a terminal, otherwise a
+/// plain line when something changed, at most once per [`PLAIN_INTERVAL`].
+struct Reporter {
+    live: bool,
+    total: u32,
+    last: Option<(Progress, Instant)>,
+    live_line_open: bool,
+}
+
+impl Reporter {
+    fn new(live: bool, total: u32) -> Reporter {
+        Reporter {
+            live,
+            total,
+            last: None,
+            live_line_open: false,
+        }
+    }
+
+    /// A one-off message on its own line.
+    fn note(&mut self, text: &str) {
+        self.close_live_line();
+        write_stderr(&format!("{text}\n"));
+    }
+
+    fn update(&mut self, p: Progress, elapsed: Duration) {
+        let now = Instant::now();
+        if self.live {
+            write_stderr(&format!("\r\x1b[2K{}", p.line(self.total, elapsed)));
+            self.live_line_open = true;
+            self.last = Some((p, now));
+            return;
+        }
+        let due = match self.last {
+            None => true,
+            Some((last, at)) => last != p && now.duration_since(at) >= PLAIN_INTERVAL,
+        };
+        if due {
+            write_stderr(&format!("{}\n", p.line(self.total, elapsed)));
+            self.last = Some((p, now));
+        }
+    }
+
+    /// The final state, printed whatever the rate limit says (unless already shown).
+    fn finish(&mut self, p: Progress, elapsed: Duration) {
+        if self.live {
+            self.update(p, elapsed);
+            self.close_live_line();
+        } else if self.last.map(|(last, _)| last) != Some(p) {
+            write_stderr(&format!("{}\n", p.line(self.total, elapsed)));
+            self.last = Some((p, Instant::now()));
+        }
+    }
+
+    fn close_live_line(&mut self) {
+        if self.live_line_open {
+            write_stderr("\n");
+            self.live_line_open = false;
+        }
+    }
+}
+
+fn write_stderr(text: &str) {
+    let mut err = std::io::stderr().lock();
+    // Progress is best effort: a closed stderr must not stop the demo.
+    let _ = err.write_all(text.as_bytes()).and_then(|()| err.flush());
+}
+
+/// The demo's result, printed on stdout.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Summary {
+    scale_set: &'static str,
+    jobs_total: u32,
+    jobs_enqueued: usize,
+    /// Completed, whatever the result.
+    jobs_done: usize,
+    jobs_succeeded: usize,
+    jobs_failed: usize,
+    jobs_canceled: usize,
+    /// Queued to started, over the jobs that started.
+    wait_p50_secs: Option<f64>,
+    wait_p95_secs: Option<f64>,
+    wait_max_secs: Option<f64>,
+    peak_runners: usize,
+    min_runners: u32,
+    max_runners: u32,
+    /// First enqueue to the end of the drain.
+    workload_secs: f64,
+    /// The whole command, start-up and shutdown included.
+    total_secs: f64,
+    interrupted: bool,
+}
+
+impl Summary {
+    fn all_succeeded(&self) -> bool {
+        !self.interrupted && self.jobs_succeeded == self.jobs_total as usize
+    }
+
+    fn text(&self) -> String {
+        let secs = |s: Option<f64>| s.map_or_else(|| "-".to_string(), |s| format!("{s:.2} s"));
+        let mut out = format!(
+            "scaleset demo: {}/{} jobs done{}\n",
+            self.jobs_done,
+            self.jobs_total,
+            if self.interrupted {
+                " (interrupted)"
+            } else {
+                ""
+            }
+        );
+        out.push_str(&format!(
+            "  jobs      {} succeeded, {} failed, {} canceled, {} never finished\n",
+            self.jobs_succeeded,
+            self.jobs_failed,
+            self.jobs_canceled,
+            self.jobs_total as usize - self.jobs_done.min(self.jobs_total as usize),
+        ));
+        out.push_str(&format!(
+            "  wait      p50 {}, p95 {}, max {} (queued to started)\n",
+            secs(self.wait_p50_secs),
+            secs(self.wait_p95_secs),
+            secs(self.wait_max_secs),
+        ));
+        out.push_str(&format!(
+            "  runners   peak {} (min {}, max {})\n",
+            self.peak_runners, self.min_runners, self.max_runners
+        ));
+        out.push_str(&format!(
+            "  time      {:.1} s of workload, {:.1} s in total\n",
+            self.workload_secs, self.total_secs
+        ));
+        out
+    }
+}
+
+/// The `p`-th percentile (nearest rank) of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+fn round_ms(secs: f64) -> f64 {
+    (secs * 1000.0).round() / 1000.0
+}
+
+fn summarize(
+    args: &DemoArgs,
+    state: &SimState,
+    peak_runners: usize,
+    workload: Duration,
+    total: Duration,
+    interrupted: bool,
+) -> Summary {
+    let mut waits: Vec<f64> = state
+        .jobs
+        .iter()
+        .filter_map(|j| {
+            j.started_at
+                .map(|s| s.duration_since(j.queued_at).as_secs_f64().max(0.0))
+        })
+        .collect();
+    waits.sort_by(f64::total_cmp);
+    let done: Vec<&str> = state
+        .jobs
+        .iter()
+        .filter(|j| j.status == "completed")
+        .map(|j| j.result.as_deref().unwrap_or(""))
+        .collect();
+    let succeeded = done.iter().filter(|r| **r == "succeeded").count();
+    let canceled = done.iter().filter(|r| **r == "canceled").count();
+    Summary {
+        scale_set: SCALE_SET,
+        jobs_total: args.jobs,
+        jobs_enqueued: state.jobs.len(),
+        jobs_done: done.len(),
+        jobs_succeeded: succeeded,
+        jobs_failed: done.len() - succeeded - canceled,
+        jobs_canceled: canceled,
+        wait_p50_secs: percentile(&waits, 50.0).map(round_ms),
+        wait_p95_secs: percentile(&waits, 95.0).map(round_ms),
+        wait_max_secs: waits.last().copied().map(round_ms),
+        peak_runners,
+        min_runners: args.min_runners,
+        max_runners: args.max_runners,
+        workload_secs: round_ms(workload.as_secs_f64()),
+        total_secs: round_ms(total.as_secs_f64()),
+        interrupted,
+    }
+}
+
+/// The autoscaler configuration: what `scaleset run --name demo-runners
+/// --runner-command <this binary> --runner-arg sim-runner --shutdown drain` builds.
+fn autoscaler_config(args: &DemoArgs, url: String, workdir: &Path) -> Result<Config, CliError> {
+    let exe = std::env::current_exe().map_err(|e| {
+        CliError::other(
+            "Demo",
+            format!("demo: cannot find this program's path to start runners with: {e}"),
+        )
+    })?;
+    let mut s = ScaleSetConfig::new(SCALE_SET);
+    s.min_runners = args.min_runners;
+    s.max_runners = args.max_runners;
+    s.idle_delay_secs = 5;
+    s.provisioner = ProvisionerKind::Process;
+    s.command = Some(exe.to_string_lossy().into_owned());
+    s.args = vec!["sim-runner".to_string()];
+    s.workdir = Some(workdir.join("runners"));
+    s.shutdown = ShutdownPolicy::Drain;
+    s.drain_timeout_secs = args.drain_timeout_secs();
+    let mut config = Config::default();
+    config.connection.url = Some(url);
+    config.scale_sets.push(s);
+    config
+        .validate()
+        .map_err(|e| CliError::config("InvalidConfig", format!("demo: {e}")))?;
+    Ok(config)
+}
+
+fn daemon_error(e: scaleset_autoscaler::Error) -> CliError {
+    match e {
+        scaleset_autoscaler::Error::Api(e) => CliError::api("demo: autoscaler", e),
+        e => CliError::other("Run", format!("demo: the autoscaler failed: {e}")),
+    }
+}
+
+/// Why the workload loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    AllDone,
+    Interrupted,
+    AutoscalerStopped,
+}
+
+/// Runs `demo`.
+pub(crate) async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<(), CliError> {
+    args.validate()?;
+    let started = Instant::now();
+    let shutdown = crate::signal::shutdown_token()?;
+    let mut workdir = WorkDir::create()?;
+    let sim = Simulator::start(SimConfig {
+        mode: AssignmentMode::Hosted,
+        long_poll: Duration::from_secs(5),
+        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        ..SimConfig::default()
+    })
+    .await
+    .map_err(|e| CliError::other("Sim", format!("demo: cannot start the simulator: {e}")))?;
+    let outcome = drive(g, &args, &sim, &workdir, &shutdown, started).await;
+    sim.shutdown().await;
+    workdir.remove();
+    let summary = outcome?;
+    if args.json {
+        print_json(&summary)?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(summary.text().as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| CliError::other("Output", format!("cannot write to stdout: {e}")))?;
+    }
+    if summary.interrupted {
+        return Err(CliError::interrupted(format!(
+            "demo: interrupted after {} of {} jobs",
+            summary.jobs_done, summary.jobs_total
+        )));
+    }
+    if !summary.all_succeeded() {
+        return Err(CliError::other(
+            "DemoFailed",
+            format!(
+                "demo: {} of {} jobs did not succeed",
+                summary.jobs_total as usize
+                    - summary.jobs_succeeded.min(summary.jobs_total as usize),
+                summary.jobs_total
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the autoscaler and the workload against a started simulator; always stops the
+/// autoscaler (and so its runners) before returning.
+async fn drive(
+    g: &GlobalArgs,
+    args: &DemoArgs,
+    sim: &Simulator,
+    workdir: &WorkDir,
+    shutdown: &CancellationToken,
+    started: Instant,
+) -> Result<Summary, CliError> {
+    let config = autoscaler_config(args, sim.config_url(), workdir.path())?;
+    let credentials = Credentials::token(sim.token())
+        .map_err(|e| CliError::api("demo: simulator credentials", e))?;
+    let client = Client::builder(sim.config_url(), credentials)
+        .system_info(system_info())
+        .build()
+        .map_err(|e| CliError::api("demo: client", e))?;
+    let live = std::io::stderr().is_terminal() && g.log_level <= LogLevel::Warn;
+    let mut reporter = Reporter::new(live, args.jobs);
+    reporter.note(&format!(
+        "scaleset demo: simulator at {}, scale set {SCALE_SET}, {} jobs of {:.1} s at {} per second, {} to {} runners",
+        sim.base_url(),
+        args.jobs,
+        args.job_duration.as_secs_f64(),
+        args.arrival_rate,
+        args.min_runners,
+        args.max_runners,
+    ));
+
+    // The autoscaler stops on its own token: the demo decides when (after the drain of the
+    // workload, or on an interrupt).
+    let stop = CancellationToken::new();
+    let mut daemon = tokio::spawn(scaleset_autoscaler::daemon::run(
+        config,
+        move |_url: &str| Ok(client.clone()),
+        stop.clone(),
+    ));
+
+    let peak = Cell::new(0usize);
+    let sample = |s: &SimState| peak.set(peak.get().max(s.runners.len()));
+
+    // Start-up: wait until the autoscaler listens, so the waits measure scaling, not boot.
+    let (listening, _) = sim
+        .wait_until(STARTUP_TIMEOUT, |s| {
+            sample(s);
+            s.scale_set_by_name(SCALE_SET)
+                .is_some_and(|ss| ss.session_id.is_some())
+                || shutdown.is_cancelled()
+                || daemon.is_finished()
+        })
+        .await;
+    let mut end = if shutdown.is_cancelled() {
+        End::Interrupted
+    } else if daemon.is_finished() {
+        End::AutoscalerStopped
+    } else if !listening {
+        stop.cancel();
+        let _ = stop_daemon(&mut daemon, args).await;
+        return Err(CliError::other(
+            "Demo",
+            format!(
+                "demo: the autoscaler did not start listening within {} s",
+                STARTUP_TIMEOUT.as_secs()
+            ),
+        ));
+    } else {
+        End::AllDone
+    };
+
+    let workload_start = Instant::now();
+    let mut sent = 0u32;
+    if end == End::AllDone {
+        end = loop {
+            let due = args.jobs_due(workload_start.elapsed());
+            if due > sent {
+                sim.enqueue_jobs(EnqueueJobs {
+                    labels: vec![SCALE_SET.to_string()],
+                    count: due - sent,
+                    duration: args.job_duration,
+                    result: "succeeded".to_string(),
+                })
+                .await
+                .map_err(|e| CliError::other("Sim", format!("demo: cannot enqueue jobs: {e}")))?;
+                sent = due;
+            }
+            let wait = if sent < args.jobs {
+                (workload_start + args.due_at(sent))
+                    .saturating_duration_since(Instant::now())
+                    .min(TICK)
+            } else {
+                TICK
+            };
+            let total = args.jobs as usize;
+            let (_, snap) = sim
+                .wait_until(wait, |s| {
+                    sample(s);
+                    (s.jobs.len() == total && s.jobs.iter().all(|j| j.status == "completed"))
+                        || shutdown.is_cancelled()
+                        || daemon.is_finished()
+                })
+                .await;
+            let p = Progress::of(&snap);
+            reporter.update(p, workload_start.elapsed());
+            if shutdown.is_cancelled() {
+                break End::Interrupted;
+            }
+            if daemon.is_finished() {
+                break End::AutoscalerStopped;
+            }
+            if p.enqueued == total && p.done == total {
+                break End::AllDone;
+            }
+        };
+    }
+
+    match end {
+        End::AllDone => {
+            let p = Progress::of(&sim.state());
+            reporter.finish(p, workload_start.elapsed());
+        }
+        End::Interrupted => reporter.note(&format!(
+            "scaleset demo: interrupted; no more jobs; running jobs may finish (at most {} s), then everything stops",
+            args.drain_timeout_secs()
+        )),
+        End::AutoscalerStopped => {}
+    }
+    // Drain: show the running jobs finishing while the autoscaler stops.
+    stop.cancel();
+    let daemon_result = loop {
+        if daemon.is_finished() {
+            break stop_daemon(&mut daemon, args).await;
+        }
+        let (_, snap) = sim
+            .wait_until(TICK, |s| {
+                sample(s);
+                daemon.is_finished()
+            })
+            .await;
+        if end == End::Interrupted {
+            reporter.update(Progress::of(&snap), workload_start.elapsed());
+        }
+    };
+    let state = sim.state();
+    sample(&state);
+    if end == End::Interrupted {
+        reporter.finish(Progress::of(&state), workload_start.elapsed());
+    }
+    daemon_result?;
+    if end == End::AutoscalerStopped {
+        return Err(CliError::other(
+            "Run",
+            "demo: the autoscaler stopped before the jobs were done",
+        ));
+    }
+    Ok(summarize(
+        args,
+        &state,
+        peak.get(),
+        workload_start.elapsed(),
+        started.elapsed(),
+        end == End::Interrupted,
+    ))
+}
+
+/// Awaits the autoscaler task (cancelled already) and maps its failure.
+async fn stop_daemon(
+    daemon: &mut tokio::task::JoinHandle<scaleset_autoscaler::Result<()>>,
+    args: &DemoArgs,
+) -> Result<(), CliError> {
+    // The drain is bounded; the margin covers stopping runners and deleting the session.
+    let limit = Duration::from_secs(args.drain_timeout_secs() + 30);
+    match tokio::time::timeout(limit, daemon).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(daemon_error(e)),
+        Ok(Err(e)) => Err(CliError::other(
+            "Run",
+            format!("demo: the autoscaler task failed: {e}"),
+        )),
+        Err(_) => Err(CliError::other(
+            "Run",
+            format!(
+                "demo: the autoscaler did not stop within {} s",
+                limit.as_secs()
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: DemoArgs,
+    }
+
+    fn args(extra: &[&str]) -> Result<DemoArgs, String> {
+        let mut all = vec!["t"];
+        all.extend_from_slice(extra);
+        T::try_parse_from(all)
+            .map(|t| t.a)
+            .map_err(|e| e.to_string())
+    }
+
+    fn invalid(extra: &[&str]) -> String {
+        let a = args(extra).expect("parses");
+        let e = a.validate().expect_err("invalid");
+        assert_eq!(e.exit_code(), 2);
+        e.message().to_string()
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        let a = args(&[]).expect("parses");
+        a.validate().expect("valid");
+        assert_eq!(a.jobs, 40);
+        assert_eq!(a.job_duration, Duration::from_secs(3));
+        assert_eq!(a.drain_timeout_secs(), 13);
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        assert!(invalid(&["--jobs", "0"]).contains("--jobs"));
+        assert!(invalid(&["--arrival-rate", "0"]).contains("--arrival-rate"));
+        assert!(invalid(&["--arrival-rate", "-2"]).contains("--arrival-rate"));
+        assert!(invalid(&["--arrival-rate", "inf"]).contains("--arrival-rate"));
+        assert!(invalid(&["--max-runners", "0", "--min-runners", "0"]).contains("--max-runners"));
+        let m = invalid(&["--max-runners", "2", "--min-runners", "3"]);
+        assert!(
+            m.contains("--min-runners") && m.contains("--max-runners"),
+            "{m}"
+        );
+        assert!(
+            args(&["--job-duration", "-1"])
+                .expect_err("negative")
+                .contains("--job-duration")
+        );
+    }
+
+    #[test]
+    fn jobs_arrive_at_the_rate() {
+        let a = args(&["--jobs", "10", "--arrival-rate", "4"]).expect("parses");
+        assert_eq!(a.jobs_due(Duration::ZERO), 1);
+        assert_eq!(a.jobs_due(Duration::from_millis(249)), 1);
+        assert_eq!(a.jobs_due(Duration::from_millis(250)), 2);
+        assert_eq!(a.jobs_due(Duration::from_secs(100)), 10);
+        assert_eq!(a.due_at(2), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn the_drain_is_bounded() {
+        let a = args(&["--job-duration", "3600"]).expect("parses");
+        assert_eq!(a.drain_timeout_secs(), MAX_DRAIN_SECS);
+    }
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), Some(10.0));
+        assert_eq!(percentile(&v, 95.0), Some(19.0));
+        assert_eq!(percentile(&[7.0], 95.0), Some(7.0));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn the_progress_line_reads_well() {
+        let p = Progress {
+            enqueued: 10,
+            queued: 2,
+            running: 3,
+            done: 5,
+            not_succeeded: 0,
+            idle: 1,
+            busy: 3,
+        };
+        assert_eq!(
+            p.line(40, Duration::from_millis(2500)),
+            "   2.5s  jobs: 2 queued, 3 running, 5/40 done  runners: 3 busy, 1 idle"
+        );
+    }
+}
