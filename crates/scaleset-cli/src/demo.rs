@@ -73,10 +73,21 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value_t = 40, value_name = "N")]
     jobs: u32,
     /// How long each job runs, in seconds.
-    #[arg(long, default_value = "3", value_parser = parse_secs, value_name = "SECS")]
+    #[arg(
+        long,
+        default_value = "3",
+        value_parser = parse_secs,
+        value_name = "SECS",
+        allow_negative_numbers = true
+    )]
     job_duration: Duration,
     /// Jobs enqueued per second (a steady rate; fractions allowed).
-    #[arg(long, default_value_t = 4.0, value_name = "JOBS_PER_SEC")]
+    #[arg(
+        long,
+        default_value_t = 4.0,
+        value_name = "JOBS_PER_SEC",
+        allow_negative_numbers = true
+    )]
     arrival_rate: f64,
     /// Most runners at once (1 to 100).
     #[arg(long, default_value_t = 10, value_name = "N")]
