@@ -28,7 +28,7 @@ Exit codes:
 
 const EXAMPLES: &str = "\
 Examples:
-  # Everything on this machine: simulator, autoscaler, runners and a workload (about 30 s)
+  # Everything on this machine: simulator, autoscaler, runners and a workload (about 15 s)
   scaleset demo
 
   # Serve a local simulator and point the CLI at it

@@ -34,6 +34,11 @@ const SCALE_SET: &str = "demo-runners";
 const MAX_JOBS: u32 = 1_000;
 /// Most runners: each is a process on this machine.
 const MAX_RUNNERS: u32 = 100;
+/// Slowest and fastest arrival rates, in jobs per second.
+const MIN_RATE: f64 = 0.01;
+const MAX_RATE: f64 = 10_000.0;
+/// Longest job, in seconds.
+const MAX_JOB_SECS: u64 = 3_600;
 /// How often the display refreshes (and the longest the loop sleeps).
 const TICK: Duration = Duration::from_millis(100);
 /// Plain (non-terminal) progress lines are at most this frequent.
@@ -49,7 +54,8 @@ const MAX_DRAIN_SECS: u64 = 60;
 Starts the scale set simulator on 127.0.0.1, creates the scale set demo-runners, runs the
 autoscaler with `scaleset sim-runner` as the runner command (each runner a child process in a
 temporary work directory), and enqueues --jobs jobs at --arrival-rate jobs per second. Needs no
-network and no credentials; the defaults take about 30 seconds.
+network and no credentials (--url, --token and the other connection options are ignored); the
+defaults take about 15 seconds.
 
 Progress goes to stderr: one updating line on a terminal, otherwise a plain line at most once a
 second. The summary goes to stdout (text, or one JSON object with --json): jobs done, failed
@@ -72,7 +78,7 @@ pub(crate) struct DemoArgs {
     /// How many jobs to run (1 to 1000).
     #[arg(long, default_value_t = 40, value_name = "N")]
     jobs: u32,
-    /// How long each job runs, in seconds.
+    /// How long each job runs, in seconds (at most 3600).
     #[arg(
         long,
         default_value = "3",
@@ -81,7 +87,7 @@ pub(crate) struct DemoArgs {
         allow_negative_numbers = true
     )]
     job_duration: Duration,
-    /// Jobs enqueued per second (a steady rate; fractions allowed).
+    /// Jobs enqueued per second, a steady rate (0.01 to 10000).
     #[arg(
         long,
         default_value_t = 4.0,
@@ -110,10 +116,17 @@ impl DemoArgs {
                 self.jobs
             ));
         }
-        if !self.arrival_rate.is_finite() || self.arrival_rate <= 0.0 {
+        if !(MIN_RATE..=MAX_RATE).contains(&self.arrival_rate) {
             return bad(format!(
-                "--arrival-rate must be a positive number of jobs per second (got {})",
+                "--arrival-rate must be a positive number of jobs per second, from {MIN_RATE} \
+                 to {MAX_RATE} (got {})",
                 self.arrival_rate
+            ));
+        }
+        if self.job_duration > Duration::from_secs(MAX_JOB_SECS) {
+            return bad(format!(
+                "--job-duration must be at most {MAX_JOB_SECS} seconds (got {})",
+                self.job_duration.as_secs_f64()
             ));
         }
         if self.max_runners == 0 || self.max_runners > MAX_RUNNERS {
@@ -153,7 +166,9 @@ impl DemoArgs {
 
     /// When job number `n` (0-based) is due, relative to the workload start.
     fn due_at(&self, n: u32) -> Duration {
-        Duration::from_secs_f64(f64::from(n) / self.arrival_rate)
+        // Validated: n <= 1000 and rate >= 0.01, so this is at most 100,000 s.
+        Duration::try_from_secs_f64(f64::from(n) / self.arrival_rate)
+            .unwrap_or(Duration::from_secs(100_000))
     }
 }
 
@@ -776,6 +791,10 @@ mod tests {
         assert!(invalid(&["--arrival-rate", "0"]).contains("--arrival-rate"));
         assert!(invalid(&["--arrival-rate", "-2"]).contains("--arrival-rate"));
         assert!(invalid(&["--arrival-rate", "inf"]).contains("--arrival-rate"));
+        assert!(invalid(&["--arrival-rate", "1e-300"]).contains("--arrival-rate"));
+        assert!(invalid(&["--arrival-rate", "NaN"]).contains("--arrival-rate"));
+        assert!(invalid(&["--job-duration", "1e12"]).contains("--job-duration"));
+        assert!(invalid(&["--jobs", "1001"]).contains("--jobs"));
         assert!(invalid(&["--max-runners", "0", "--min-runners", "0"]).contains("--max-runners"));
         let m = invalid(&["--max-runners", "2", "--min-runners", "3"]);
         assert!(

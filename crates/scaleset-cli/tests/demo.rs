@@ -151,8 +151,14 @@ async fn invalid_flags_exit_2_and_name_the_flag() {
         (&["--jobs", "0"], "--jobs"),
         (&["--arrival-rate", "0"], "--arrival-rate"),
         (&["--arrival-rate", "-1"], "--arrival-rate"),
-        (&["--max-runners", "2", "--min-runners", "3"], "--min-runners"),
-        (&["--max-runners", "0", "--min-runners", "0"], "--max-runners"),
+        (
+            &["--max-runners", "2", "--min-runners", "3"],
+            "--min-runners",
+        ),
+        (
+            &["--max-runners", "0", "--min-runners", "0"],
+            "--max-runners",
+        ),
         (&["--job-duration", "soon"], "--job-duration"),
         (&["--job-duration", "-1"], "--job-duration"),
     ];
