@@ -24,7 +24,7 @@ Examples:
       --runner-command /opt/runner/run.sh
   scaleset run --config autoscaler.toml --metrics-addr 127.0.0.1:9090")]
 pub(crate) struct RunArgs {
-    /// A TOML file with one [[scale_set]] per scale set (the scale set flags are then ignored).
+    /// A TOML file with one `[[scale_set]]` per scale set (the scale set flags are then ignored).
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Scale set name.
