@@ -26,6 +26,9 @@ use crate::config::GitHubConfig;
 use crate::error::Error;
 use crate::transport::{Auth, Incoming, Outgoing, Transport};
 
+/// The lifetime assumed for an admin token without an `exp` claim.
+const ASSUMED_LIFETIME: SignedDuration = SignedDuration::from_secs(10 * 60);
+
 /// How long before the admin token's expiry it is refreshed.
 const REFRESH_MARGIN: SignedDuration = SignedDuration::from_secs(60);
 
@@ -369,7 +372,8 @@ impl Authenticator {
 }
 
 /// Reads `exp` from the admin JWT without verifying its signature. A token without `exp` is
-/// treated as expiring now: it is used once and refreshed on the next call.
+/// given [`ASSUMED_LIFETIME`]: refreshing it on every call would cost three GitHub calls per
+/// request, and a 401 still forces a refresh (the reference dereferences a missing `exp`).
 pub(crate) fn admin_token_expiry(token: &str) -> Result<Timestamp, String> {
     #[derive(Deserialize)]
     struct Claims {
@@ -381,7 +385,7 @@ pub(crate) fn admin_token_expiry(token: &str) -> Result<Timestamp, String> {
     match data.claims.exp {
         Some(exp) => Timestamp::from_second(exp)
             .map_err(|e| format!("the admin token has an invalid exp claim: {e}")),
-        None => Ok(Timestamp::now()),
+        None => Ok(Timestamp::now() + ASSUMED_LIFETIME),
     }
 }
 

@@ -306,15 +306,26 @@ impl Transport {
                     let headers = resp.headers().clone();
                     let retry_status = is_retryable_status(status)
                         || (req.retry_unauthorized && status == StatusCode::UNAUTHORIZED);
-                    match resp.bytes().await {
-                        Ok(body) => {
+                    match read_body(resp).await {
+                        Ok(None) => {
+                            return Err(Error::Protocol {
+                                response: None,
+                                message: format!(
+                                    "the answer to {} {} is larger than {} MiB",
+                                    req.method,
+                                    redact_url(&req.url),
+                                    MAX_BODY_BYTES / (1024 * 1024)
+                                ),
+                            });
+                        }
+                        Ok(Some(body)) => {
                             if !retry_status || attempt >= attempts_allowed {
                                 return Ok(Incoming {
                                     method: req.method.clone(),
                                     url: req.url.clone(),
                                     status,
                                     headers,
-                                    body: strip_bom(body.to_vec()),
+                                    body: strip_bom(body),
                                     attempts: attempt,
                                     sensitive: req.sensitive_response,
                                 });
@@ -366,6 +377,22 @@ impl Transport {
             source: Arc::new(e.without_url()),
         }
     }
+}
+
+/// The largest response body read; the service's answers are small JSON documents, so a
+/// larger one is a broken proxy or server and must not exhaust memory.
+pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reads a body up to [`MAX_BODY_BYTES`]; `None` when it is larger.
+async fn read_body(mut resp: reqwest::Response) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 fn strip_bom(mut body: Vec<u8>) -> Vec<u8> {

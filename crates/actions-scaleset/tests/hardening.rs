@@ -291,3 +291,48 @@ async fn cancel_during_session_create_deletes_the_created_session() {
         "the session created during shutdown was deleted"
     );
 }
+
+// An answer larger than the cap (a broken proxy streaming garbage) is an error, read no
+// further, instead of exhausting memory.
+#[tokio::test]
+async fn oversized_answers_are_refused() {
+    let s = TestServer::with_auth().await;
+    let huge = vec![b' '; 17 * 1024 * 1024];
+    s.on_tenant("GET", &format!("{AGENTS}/1"), move |_, _| {
+        Reply::json(200, "").body(&huge)
+    });
+    let e = within(client(&s).get_runner(1))
+        .await
+        .expect_err("too large");
+    assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    assert!(e.to_string().contains("larger than 16 MiB"), "{e}");
+}
+
+// An admin token without `exp` is used for a while instead of being refreshed (three GitHub
+// calls) before every request.
+#[tokio::test]
+async fn admin_token_without_exp_is_not_refreshed_on_every_call() {
+    use base64::Engine as _;
+    let s = TestServer::with_auth().await;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let token = format!(
+        "{}.{}.c2ln",
+        b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+        b64.encode(br#"{"n":1}"#)
+    );
+    let base = s.url("");
+    s.on("POST", RUNNER_REGISTRATION_PATH, move |_, _| {
+        Reply::json(
+            200,
+            &format!(r#"{{"url":"{base}{TENANT}","token":"{token}"}}"#),
+        )
+    });
+    s.on_tenant("GET", &format!("{AGENTS}/1"), |_, _| {
+        Reply::json(200, r#"{"id":1,"name":"r"}"#)
+    });
+    let c = client(&s);
+    for _ in 0..3 {
+        within(c.get_runner(1)).await.expect("runner");
+    }
+    assert_eq!(s.count(RUNNER_REGISTRATION_PATH), 1);
+}
