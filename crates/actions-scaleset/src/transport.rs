@@ -299,10 +299,21 @@ impl Transport {
         loop {
             attempt += 1;
             let request = self.build(&req, &ua)?;
+            let sent = std::time::Instant::now();
             let outcome = self.http.execute(request).await;
             let (retryable, cause, after) = match outcome {
                 Ok(resp) => {
                     let status = resp.status();
+                    // Method, URL (never carrying a credential) and status only: headers and
+                    // bodies can hold tokens and JIT configs.
+                    tracing::debug!(
+                        method = %req.method,
+                        url = %redact_url(&req.url),
+                        status = status.as_u16(),
+                        attempt,
+                        elapsed_ms = sent.elapsed().as_millis() as u64,
+                        "answer received"
+                    );
                     let headers = resp.headers().clone();
                     let retry_status = is_retryable_status(status)
                         || (req.retry_unauthorized && status == StatusCode::UNAUTHORIZED);
