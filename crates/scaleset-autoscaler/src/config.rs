@@ -27,7 +27,12 @@
 //! command = "/opt/runner/run.sh"
 //! args = []                                # `{name}` and `{jitconfig}` are substituted
 //! workdir = "/var/lib/scaleset/linux-x64"  # runner N works in workdir/N
+//! env = ["HTTPS_PROXY"]                    # daemon variables passed to runners
 //! ```
+//!
+//! Runners never inherit the daemon's environment (it holds credentials): they get `PATH`,
+//! `HOME`, `LANG`, `LC_ALL`, `TMPDIR`, `USER`, `TZ`, the variables named in `env`, and
+//! their JIT config.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -180,9 +185,19 @@ pub struct ScaleSetConfig {
     #[serde(default)]
     pub args: Vec<String>,
     /// Base work directory; each runner gets `workdir/<runner name>`. Default:
-    /// `<temp dir>/scaleset-runners/<name>`.
+    /// `$XDG_STATE_HOME/scaleset/runners/<name>`, else `$HOME/.local/state/scaleset/runners/<name>`,
+    /// else `<temp dir>/scaleset-runners/<name>`.
     pub workdir: Option<PathBuf>,
+    /// Names of the daemon's environment variables passed through to runners.
+    #[serde(default)]
+    pub env: Vec<String>,
 }
+
+/// The longest `*_secs` duration accepted (7 days): larger values would overflow timers.
+pub const MAX_DURATION_SECS: u64 = 7 * 24 * 3600;
+
+/// The most `max_concurrent_starts` accepted.
+pub const MAX_CONCURRENT_STARTS: usize = 1024;
 
 fn default_group() -> String {
     actions_scaleset::DEFAULT_RUNNER_GROUP.to_string()
@@ -224,6 +239,7 @@ impl ScaleSetConfig {
             command: None,
             args: Vec::new(),
             workdir: None,
+            env: Vec::new(),
         }
     }
 
@@ -243,13 +259,27 @@ impl ScaleSetConfig {
             .unwrap_or_else(|| format!("{}-", self.name))
     }
 
-    /// The base work directory.
+    /// The base work directory (see [`workdir`](Self::workdir) for the default).
     pub fn effective_workdir(&self) -> PathBuf {
-        self.workdir.clone().unwrap_or_else(|| {
-            std::env::temp_dir()
+        self.effective_workdir_with(|n| std::env::var_os(n))
+    }
+
+    fn effective_workdir_with(&self, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+        if let Some(dir) = &self.workdir {
+            return dir.clone();
+        }
+        let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+        let state = env("XDG_STATE_HOME").and_then(absolute).or_else(|| {
+            env("HOME")
+                .and_then(absolute)
+                .map(|h| h.join(".local/state"))
+        });
+        match state {
+            Some(state) => state.join("scaleset").join("runners").join(&self.name),
+            None => std::env::temp_dir()
                 .join("scaleset-runners")
-                .join(&self.name)
-        })
+                .join(&self.name),
+        }
     }
 
     /// The idle delay.
@@ -339,6 +369,7 @@ impl Config {
             ));
         }
         let mut names = HashSet::new();
+        let mut workdirs: std::collections::HashMap<PathBuf, usize> = Default::default();
         for (i, s) in self.scale_sets.iter().enumerate() {
             let key = |field: &str| format!("scale_set[{i}].{field}");
             if s.name.trim().is_empty() {
@@ -380,12 +411,51 @@ impl Config {
             if s.max_concurrent_starts == 0 {
                 return Err(Error::config(key("max_concurrent_starts"), "must be > 0"));
             }
+            if s.max_concurrent_starts > MAX_CONCURRENT_STARTS {
+                return Err(Error::config(
+                    key("max_concurrent_starts"),
+                    format!("must be at most {MAX_CONCURRENT_STARTS}"),
+                ));
+            }
             if s.registration_timeout_secs == 0 {
                 return Err(Error::config(
                     key("registration_timeout_secs"),
                     "must be > 0",
                 ));
             }
+            for (field, secs) in [
+                ("registration_timeout_secs", s.registration_timeout_secs),
+                ("idle_delay_secs", s.idle_delay_secs),
+                ("drain_timeout_secs", s.drain_timeout_secs),
+            ] {
+                if secs > MAX_DURATION_SECS {
+                    return Err(Error::config(
+                        key(field),
+                        format!("must be at most {MAX_DURATION_SECS} (7 days)"),
+                    ));
+                }
+            }
+            if let Some(bad) = s
+                .env
+                .iter()
+                .find(|n| n.is_empty() || n.contains('=') || n.contains('\0'))
+            {
+                return Err(Error::config(
+                    key("env"),
+                    format!("{bad:?} is not an environment variable name"),
+                ));
+            }
+            let dir = s.effective_workdir();
+            if let Some(j) = workdirs.get(&dir) {
+                return Err(Error::config(
+                    key("workdir"),
+                    format!(
+                        "{} is also the work directory of scale_set[{j}] (give each scale set its own workdir)",
+                        dir.display()
+                    ),
+                ));
+            }
+            workdirs.insert(dir, i);
             let prefix = s.name_prefix();
             if prefix.is_empty()
                 || !prefix
@@ -469,5 +539,65 @@ mod tests {
         assert!(e.starts_with("scale_set:"), "{e}");
         let e = err(&GOOD.replace("[connection]\n        url = \"https://github.com/org\"", ""));
         assert!(e.starts_with("scale_set[0].url:"), "{e}");
+    }
+
+    #[test]
+    fn two_scale_sets_cannot_share_a_workdir() {
+        let text = GOOD.replace(
+            "command = \"/bin/true\"\n",
+            "command = \"/bin/true\"\n        workdir = \"/srv/runners\"\n",
+        );
+        let e = err(&text);
+        assert!(e.starts_with("scale_set[1].workdir:"), "{e}");
+        assert!(
+            e.contains("scale_set[0]") && e.contains("/srv/runners"),
+            "{e}"
+        );
+        // Different names get different default workdirs.
+        Config::from_toml_str(GOOD).expect("distinct defaults");
+    }
+
+    #[test]
+    fn durations_and_concurrency_are_capped() {
+        for field in [
+            "registration_timeout_secs",
+            "idle_delay_secs",
+            "drain_timeout_secs",
+        ] {
+            let e = err(&GOOD.replace(
+                "max_runners = 5",
+                &format!("max_runners = 5\n        {field} = 18446744073709551615"),
+            ));
+            assert!(e.starts_with(&format!("scale_set[0].{field}:")), "{e}");
+        }
+        let e = err(&GOOD.replace(
+            "max_runners = 5",
+            "max_runners = 5\n        max_concurrent_starts = 100000",
+        ));
+        assert!(e.starts_with("scale_set[0].max_concurrent_starts:"), "{e}");
+    }
+
+    #[test]
+    fn the_default_workdir_is_private_state_not_tmp() {
+        let s = ScaleSetConfig::new("x");
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |n: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        assert_eq!(
+            s.effective_workdir_with(env(&[("XDG_STATE_HOME", "/st"), ("HOME", "/h")])),
+            PathBuf::from("/st/scaleset/runners/x")
+        );
+        assert_eq!(
+            s.effective_workdir_with(env(&[("HOME", "/h")])),
+            PathBuf::from("/h/.local/state/scaleset/runners/x")
+        );
+        assert_eq!(
+            s.effective_workdir_with(env(&[])),
+            std::env::temp_dir().join("scaleset-runners/x")
+        );
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ProvisionerKind, ScaleSetConfig, ShutdownPolicy};
 use crate::engine::{Engine, EngineSettings};
-use crate::error::{Error, Result};
+use crate::error::{Error, ProvisionError, Result};
 use crate::metrics::{Metrics, ScaleSetLabels, ScaleSetMetrics};
 use crate::provisioner::process::{ProcessConfig, ProcessProvisioner};
 use crate::server::{self, Readiness};
@@ -150,10 +150,8 @@ pub async fn run(
             }
             Err(e) => {
                 shutdown.cancel();
-                first_error.get_or_insert(Error::config(
-                    "internal",
-                    format!("a scale set task panicked: {e}"),
-                ));
+                first_error
+                    .get_or_insert(Error::Internal(format!("a scale set task panicked: {e}")));
             }
         }
     }
@@ -169,8 +167,13 @@ pub async fn run(
 
 /// Runs one scale set until `shutdown` fires; see the [module docs](self).
 ///
+/// Nothing touches runners before this instance holds the scale set's message session: a hot
+/// standby only waits (for the session, then for the work directory's lock) and never
+/// cleans up or starts runners the active instance owns.
+///
 /// # Errors
-/// When the scale set cannot be set up or its listener fails for good.
+/// When the scale set cannot be set up, its listener fails for good, or its engine stops
+/// unexpectedly.
 pub async fn run_scale_set(
     cfg: ScaleSetConfig,
     client: Client,
@@ -179,15 +182,44 @@ pub async fn run_scale_set(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let set = get_or_create_scale_set(&client, &cfg).await?;
+    tracing::info!(scale_set = %cfg.name, id = set.id, "opening the message session; if another instance holds it, this one waits as a hot standby");
+    let session = match client
+        .create_message_session_client_waiting(set.id, None, ConflictPolicy::Wait(None), &shutdown)
+        .await
+    {
+        Ok(s) => s,
+        Err(actions_scaleset::Error::Cancelled) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    // From here on, the session is closed and the engine shut down on every path.
     let provisioner = match cfg.provisioner {
         ProvisionerKind::Process => {
-            let command = cfg
-                .command
-                .clone()
-                .ok_or_else(|| Error::config("command", "required by the process provisioner"))?;
-            let mut pc = ProcessConfig::new(command, cfg.args.clone(), cfg.effective_workdir());
-            pc.stop_timeout = Duration::from_secs(10);
-            ProcessProvisioner::new(pc)?
+            let command = cfg.command.clone().ok_or_else(|| {
+                Error::config("scale_set.command", "required by the process provisioner")
+            });
+            match command {
+                Ok(command) => {
+                    let mut pc =
+                        ProcessConfig::new(command, cfg.args.clone(), cfg.effective_workdir());
+                    pc.stop_timeout = Duration::from_secs(10);
+                    pc.env = cfg.env.clone();
+                    pc.name_prefix = cfg.name_prefix();
+                    ProcessProvisioner::open(pc, &shutdown)
+                        .await
+                        .map_err(Error::from)
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let provisioner = match provisioner {
+        Ok(p) => p,
+        Err(e) => {
+            close_session(&cfg, &session).await;
+            return match e {
+                Error::Provision(ProvisionError::Cancelled) => Ok(()),
+                e => Err(e),
+            };
         }
     };
     let settings = EngineSettings::from_config(set.id, &cfg);
@@ -202,31 +234,63 @@ pub async fn run_scale_set(
         }
     }
     engine.spawn();
-    tracing::info!(scale_set = %cfg.name, id = set.id, "opening the message session; if another instance holds it, this one waits as a hot standby");
-    let session = match client
-        .create_message_session_client_waiting(set.id, None, ConflictPolicy::Wait(None), &shutdown)
-        .await
-    {
-        Ok(s) => Some(s),
-        Err(actions_scaleset::Error::Cancelled) => None,
+    // The listener stops on shutdown or when the engine fails.
+    let stop = shutdown.child_token();
+    let watchdog = {
+        let engine = engine.clone();
+        let stop = stop.clone();
+        let readiness = readiness.clone();
+        let name = cfg.name.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = engine.failed() => {
+                    readiness.fail(&name, "engine stopped");
+                    stop.cancel();
+                }
+            }
+        })
+    };
+    let outcome = match Listener::new(
+        session.clone(),
+        ListenerConfig::new(set.id, cfg.max_runners),
+    ) {
+        Ok(listener) => {
+            let listener = listener.with_metrics(Arc::new(metrics.clone()));
+            readiness.attach(&cfg.name, listener.health_handle());
+            tracing::info!(scale_set = %cfg.name, id = set.id, min = cfg.min_runners, max = cfg.max_runners, "listening");
+            // `run` deletes the session before it returns.
+            listener.run(&engine, &stop).await.map_err(Error::from)
+        }
         Err(e) => {
-            engine.shutdown(cfg.shutdown, cfg.drain_timeout()).await;
-            return Err(e.into());
+            close_session(&cfg, &session).await;
+            Err(e.into())
         }
     };
-    let mut outcome = Ok(());
-    if let Some(session) = session {
-        let listener = Listener::new(session, ListenerConfig::new(set.id, cfg.max_runners))?
-            .with_metrics(Arc::new(metrics.clone()));
-        readiness.attach(&cfg.name, listener.health_handle());
-        tracing::info!(scale_set = %cfg.name, id = set.id, min = cfg.min_runners, max = cfg.max_runners, "listening");
-        outcome = listener.run(&engine, &shutdown).await.map_err(Error::from);
-    }
+    stop.cancel();
+    let _ = watchdog.await;
+    let outcome = match (outcome, engine.failure()) {
+        (Ok(()), Some(why)) => Err(Error::Engine {
+            scale_set: cfg.name.clone(),
+            message: why,
+        }),
+        (outcome, _) => outcome,
+    };
     let left = engine.shutdown(cfg.shutdown, cfg.drain_timeout()).await;
     if !left.is_empty() {
-        tracing::info!(scale_set = %cfg.name, runners = ?left, "busy runners keep running and finish their jobs");
+        match cfg.shutdown {
+            ShutdownPolicy::Keep => {
+                tracing::info!(scale_set = %cfg.name, runners = ?left, "busy runners keep running and finish their jobs")
+            }
+            ShutdownPolicy::Drain | ShutdownPolicy::Delete => {
+                tracing::warn!(scale_set = %cfg.name, runners = ?left, "runners still registered after the drain")
+            }
+        }
     }
     if cfg.shutdown == ShutdownPolicy::Delete {
+        if !left.is_empty() {
+            tracing::warn!(scale_set = %cfg.name, id = set.id, runners = ?left, "deleting the scale set although runner registrations remain");
+        }
         match client.delete_runner_scale_set(set.id).await {
             Ok(()) => tracing::info!(scale_set = %cfg.name, id = set.id, "deleted the scale set"),
             Err(e) => {
@@ -235,4 +299,10 @@ pub async fn run_scale_set(
         }
     }
     outcome
+}
+
+async fn close_session(cfg: &ScaleSetConfig, session: &actions_scaleset::MessageSessionClient) {
+    if let Err(e) = session.close().await {
+        tracing::warn!(scale_set = %cfg.name, error = %e, "could not delete the message session");
+    }
 }

@@ -155,7 +155,55 @@ struct Runner {
     id: i64,
     phase: Phase,
     since: Instant,
+    /// After a failed removal: not retried before this.
+    retry_at: Option<Instant>,
+    /// Failed removals in a row.
+    remove_failures: u32,
 }
+
+impl Runner {
+    fn new(id: i64, phase: Phase, since: Instant) -> Runner {
+        Runner {
+            id,
+            phase,
+            since,
+            retry_at: None,
+            remove_failures: 0,
+        }
+    }
+
+    /// Whether a failed removal is still backing off at `now`.
+    fn backing_off(&self, now: Instant) -> bool {
+        self.retry_at.is_some_and(|t| t > now)
+    }
+}
+
+/// What became of a runner's registration.
+#[derive(Debug)]
+enum Removal {
+    /// Gone from GitHub (removed now, or not found).
+    Removed,
+    /// GitHub refused: the runner is running a job.
+    StillRunning,
+    /// Unknown: the call failed (5xx, timeout, ...). The runner may still be registered and
+    /// may even have just been given a job.
+    Failed(ApiError),
+}
+
+/// `t + d`, or `None` when that is beyond what the clock can represent (never due).
+fn after(t: Instant, d: Duration) -> Option<Instant> {
+    t.checked_add(d)
+}
+
+/// `now + d`, saturating at about 30 years.
+fn deadline_in(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+}
+
+/// How long [`Shared::deregister_retrying`] keeps trying.
+const REMOVE_RETRY_BUDGET: Duration = Duration::from_secs(60);
 
 /// One runner in a [`Snapshot`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,6 +295,9 @@ struct Shared<P> {
     starts: Semaphore,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// Fires when a background task ended unexpectedly.
+    failed: CancellationToken,
+    failure: Mutex<Option<String>>,
 }
 
 /// The engine of one scale set. Cheap to clone; implements [`Scaler`].
@@ -295,6 +346,8 @@ impl<P: Provisioner> Engine<P> {
                 changed: Notify::new(),
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                failed: CancellationToken::new(),
+                failure: Mutex::new(None),
             }),
         }
     }
@@ -309,14 +362,48 @@ impl<P: Provisioner> Engine<P> {
         &self.shared.provisioner
     }
 
-    /// Starts the reconcile task and the runner-exit watcher.
+    /// Starts the reconcile task and the runner-exit watcher. Each is supervised: if one
+    /// ends before [`shutdown`](Self::shutdown) (a panic, the provisioner closed), the engine
+    /// is marked failed ([`failed`](Self::failed), [`failure`](Self::failure)).
     pub fn spawn(&self) {
         let s = self.shared.clone();
-        self.shared
-            .tasks
-            .spawn(async move { s.reconcile_loop().await });
+        self.supervise("reconcile", tokio::spawn(s.reconcile_loop()));
         let s = self.shared.clone();
-        self.shared.tasks.spawn(async move { s.exit_loop().await });
+        self.supervise("runner-exit", tokio::spawn(s.exit_loop()));
+    }
+
+    fn supervise(&self, what: &'static str, task: tokio::task::JoinHandle<()>) {
+        let s = self.shared.clone();
+        self.shared.tasks.spawn(async move {
+            let joined = task.await;
+            if s.cancel.is_cancelled() {
+                return;
+            }
+            let why = match joined {
+                Ok(()) => format!("the engine's {what} task ended unexpectedly"),
+                Err(e) => format!("the engine's {what} task failed: {e}"),
+            };
+            tracing::error!(scale_set = %s.settings.scale_set_name, error = %why, "the engine stopped working");
+            s.failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(why);
+            s.failed.cancel();
+        });
+    }
+
+    /// Resolves once a background task ended unexpectedly.
+    pub async fn failed(&self) {
+        self.shared.failed.cancelled().await;
+    }
+
+    /// Why the engine failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.shared
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The current state.
@@ -331,7 +418,7 @@ impl<P: Provisioner> Engine<P> {
         timeout: Duration,
         pred: impl Fn(&Snapshot) -> bool,
     ) -> Result<Snapshot, Snapshot> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_in(timeout);
         loop {
             let notified = self.shared.changed.notified();
             tokio::pin!(notified);
@@ -350,13 +437,18 @@ impl<P: Provisioner> Engine<P> {
         }
     }
 
-    /// Cleans up what a previous run left behind: runners the provisioner still owns are
-    /// removed from GitHub and stopped, except busy ones (`JobStillRunning`) whose process is
-    /// alive, which are adopted as busy when the provisioner can watch them. Reservations
-    /// that never became runners are looked up by name and removed. Call before
-    /// [`spawn`](Self::spawn).
+    /// Cleans up what a previous run left behind. For each runner the provisioner still
+    /// owns, its registration is removed from GitHub (looked up by name when its id was never
+    /// recorded), retrying failures with backoff:
     ///
-    /// Returns how many runners were removed and adopted.
+    /// * gone: its process (if alive) is stopped and its record forgotten;
+    /// * `JobStillRunning` with a live process: adopted as busy (if the provisioner can watch
+    ///   it);
+    /// * not confirmed gone (the calls kept failing): nothing is stopped. A live process is
+    ///   adopted as idle, so the engine retries its removal later (and keeps it if it turns
+    ///   out busy); a dead one keeps its record for the next start.
+    ///
+    /// Call before [`spawn`](Self::spawn). Returns how many runners were removed and adopted.
     ///
     /// # Errors
     /// When the provisioner cannot list its runners.
@@ -368,69 +460,67 @@ impl<P: Provisioner> Engine<P> {
         for orphan in leftovers {
             let name = orphan.name.clone();
             let mut id = orphan.runner_id;
-            if id == 0 {
-                match s.client.get_runner_by_name(&name).await {
-                    Ok(Some(r))
-                        if r.runner_scale_set_id == s.settings.scale_set_id
-                            || r.runner_scale_set_id == 0 =>
-                    {
-                        id = r.id
+            let removal = if id == 0 {
+                match s.lookup_id_retrying(&name).await {
+                    Ok(found) => {
+                        id = found;
+                        s.deregister_retrying(&name, id).await
                     }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(scale_set = %ss, runner = %name, error = %e, "could not look up a leftover runner; keeping its record");
-                        continue;
-                    }
+                    Err(e) => Removal::Failed(e),
                 }
-            }
-            let removal = if id > 0 {
-                s.client.remove_runner(id).await
             } else {
-                Ok(())
+                s.deregister_retrying(&name, id).await
+            };
+            let adopt = |phase: Phase| {
+                s.lock().runners.insert(name.clone(), {
+                    let mut r = Runner::new(id, phase, Instant::now());
+                    if phase == Phase::Idle {
+                        r.remove_failures = 1;
+                        r.retry_at = after(Instant::now(), backoff(0));
+                    }
+                    r
+                });
             };
             match removal {
-                Err(ApiError::JobStillRunning(_))
-                    if orphan.alive && s.provisioner.watch(&name).await =>
-                {
-                    let mut st = s.lock();
-                    st.runners.insert(
-                        name.clone(),
-                        Runner {
-                            id,
-                            phase: Phase::Busy,
-                            since: Instant::now(),
-                        },
-                    );
-                    drop(st);
+                Removal::Removed => {
+                    if orphan.alive
+                        && let Err(e) = s.provisioner.stop(&name).await
+                    {
+                        tracing::warn!(scale_set = %ss, runner = %name, error = %e, "could not stop a leftover runner");
+                    }
+                    if let Err(e) = s.provisioner.forget(&name).await {
+                        tracing::warn!(scale_set = %ss, runner = %name, error = %e, "could not forget a leftover runner");
+                    }
+                    tracing::info!(scale_set = %ss, runner = %name, runner_id = id, "removed a leftover runner");
+                    removed += 1;
+                }
+                Removal::StillRunning if orphan.alive && s.provisioner.watch(&name).await => {
+                    adopt(Phase::Busy);
                     tracing::info!(scale_set = %ss, runner = %name, "adopted a leftover runner that is running a job");
                     adopted += 1;
-                    continue;
                 }
-                Err(e @ ApiError::JobStillRunning(_)) | Err(e)
-                    if !matches!(e, ApiError::RunnerNotFound(_)) =>
-                {
-                    tracing::warn!(scale_set = %ss, runner = %name, error = %e, "could not remove a leftover runner from GitHub");
+                Removal::Failed(e) if orphan.alive && s.provisioner.watch(&name).await => {
+                    adopt(Phase::Idle);
+                    tracing::warn!(scale_set = %ss, runner = %name, runner_id = id, error = %e, "could not remove a leftover runner from GitHub; adopted it, its removal is retried later");
+                    adopted += 1;
                 }
-                _ => {}
+                Removal::StillRunning => {
+                    tracing::warn!(scale_set = %ss, runner = %name, runner_id = id, "a leftover runner is still running a job but cannot be watched; keeping its record");
+                }
+                Removal::Failed(e) => {
+                    tracing::warn!(scale_set = %ss, runner = %name, runner_id = id, error = %e, "could not remove a leftover runner from GitHub; keeping its record for the next start");
+                }
             }
-            if orphan.alive
-                && let Err(e) = s.provisioner.stop(&name).await
-            {
-                tracing::warn!(scale_set = %ss, runner = %name, error = %e, "could not stop a leftover runner");
-            }
-            if let Err(e) = s.provisioner.forget(&name).await {
-                tracing::warn!(scale_set = %ss, runner = %name, error = %e, "could not forget a leftover runner");
-            }
-            tracing::info!(scale_set = %ss, runner = %name, runner_id = id, "removed a leftover runner");
-            removed += 1;
         }
         s.changed.notify_waiters();
         Ok((removed, adopted))
     }
 
     /// Stops the engine according to `policy` (see [`ShutdownPolicy`]); `drain_timeout`
-    /// bounds the wait for busy runners under `drain`/`delete`. Deleting the scale set is the
-    /// caller's business. Returns the runners left running (busy ones under `keep`).
+    /// bounds the wait for busy runners under `drain`/`delete`, after which the remaining
+    /// runners are stopped and their registrations removed (retried for up to a minute).
+    /// Deleting the scale set is the caller's business. Returns the runners left: busy ones
+    /// under `keep`, those whose registration could not be removed under `drain`/`delete`.
     pub async fn shutdown(&self, policy: ShutdownPolicy, drain_timeout: Duration) -> Vec<String> {
         let s = &self.shared;
         let ss = s.settings.scale_set_name.clone();
@@ -442,6 +532,7 @@ impl<P: Provisioner> Engine<P> {
         s.changed.notify_waiters();
         tracing::info!(scale_set = %ss, ?policy, "shutting down the engine");
         let settle = Duration::from_secs(60);
+        let mut still_registered = Vec::new();
         match policy {
             ShutdownPolicy::Keep => {
                 let r = self
@@ -473,23 +564,41 @@ impl<P: Provisioner> Engine<P> {
                     for (name, id) in left {
                         let s = s.clone();
                         set.spawn(async move {
-                            s.provisioner.stop(&name).await.ok();
-                            if id > 0 {
-                                s.remove_registration(&name, id).await;
+                            if let Err(e) = s.provisioner.stop(&name).await {
+                                tracing::warn!(scale_set = %s.settings.scale_set_name, runner = %name, error = %e, "could not stop a runner");
                             }
+                            // Its process is gone now: a job it ran fails and GitHub lets go
+                            // of the registration shortly.
+                            let removal = s.deregister_retrying_when(&name, id, true).await;
                             s.lock().runners.remove(&name);
                             s.changed.notify_waiters();
+                            match removal {
+                                Removal::Removed => None,
+                                Removal::StillRunning | Removal::Failed(_) => Some((name, id)),
+                            }
                         });
                     }
-                    while set.join_next().await.is_some() {}
+                    while let Some(joined) = set.join_next().await {
+                        if let Ok(Some(left)) = joined {
+                            still_registered.push(left);
+                        }
+                    }
                 }
             }
         }
         s.cancel.cancel();
         s.tasks.close();
         s.tasks.wait().await;
+        if !still_registered.is_empty() {
+            still_registered.sort();
+            tracing::warn!(scale_set = %ss, runners = ?still_registered, "runners still registered with GitHub after their process was stopped (name, id)");
+        }
         let st = s.lock();
-        st.runners.keys().cloned().collect()
+        let mut out: Vec<String> = st.runners.keys().cloned().collect();
+        out.extend(still_registered.into_iter().map(|(n, _)| n));
+        out.sort();
+        out.dedup();
+        out
     }
 }
 
@@ -594,34 +703,40 @@ impl<P: Provisioner> Shared<P> {
             let mut expired = Vec::new();
             for (name, r) in st.runners.iter_mut() {
                 match r.phase {
-                    Phase::Exited => {
-                        let due = r.since + set.exit_grace;
-                        if stopping || due <= now {
-                            expired.push(name.clone());
-                        } else {
-                            at(due);
-                        }
-                    }
-                    Phase::Finished => {
-                        let due = r.since + set.finish_grace;
-                        if due <= now {
-                            r.phase = Phase::Removing;
-                            retire.push((name.clone(), r.id, "finished but did not exit"));
-                        } else {
-                            at(due);
-                        }
-                    }
-                    Phase::Idle if waiting > 0 && !stopping => {
-                        let due = r.since + set.registration_timeout;
-                        if due <= now {
+                    Phase::Exited => match after(r.since, set.exit_grace) {
+                        _ if stopping => expired.push(name.clone()),
+                        Some(due) if due <= now => expired.push(name.clone()),
+                        Some(due) => at(due),
+                        None => {}
+                    },
+                    Phase::Finished => match after(r.since, set.finish_grace) {
+                        _ if r.backing_off(now) => at(r.retry_at.unwrap_or(now)),
+                        Some(due) if due <= now => {
                             r.phase = Phase::Removing;
                             retire.push((
                                 name.clone(),
                                 r.id,
-                                "idle past the registration timeout while jobs wait",
+                                Phase::Finished,
+                                "finished but did not exit",
                             ));
-                        } else {
-                            at(due);
+                        }
+                        Some(due) => at(due),
+                        None => {}
+                    },
+                    Phase::Idle if waiting > 0 && !stopping => {
+                        match after(r.since, set.registration_timeout) {
+                            _ if r.backing_off(now) => at(r.retry_at.unwrap_or(now)),
+                            Some(due) if due <= now => {
+                                r.phase = Phase::Removing;
+                                retire.push((
+                                    name.clone(),
+                                    r.id,
+                                    Phase::Idle,
+                                    "idle past the registration timeout while jobs wait",
+                                ));
+                            }
+                            Some(due) => at(due),
+                            None => {}
                         }
                     }
                     _ => {}
@@ -640,20 +755,26 @@ impl<P: Provisioner> Shared<P> {
                 .values()
                 .filter(|r| r.phase.is_capacity())
                 .count();
+            // Runners that still hold a registration or a live process without counting as
+            // capacity: together with the capacity they must stay within max_runners.
+            let lingering = st
+                .runners
+                .values()
+                .filter(|r| matches!(r.phase, Phase::Removing | Phase::Finished))
+                .count();
+            let room = (set.max_runners as usize).saturating_sub(capacity + lingering);
             if capacity < target && !st.stopping {
                 match st.backoff_until {
                     Some(until) if until > now => at(until),
                     _ => {
-                        for _ in capacity..target {
+                        let n = (target - capacity).min(room);
+                        if n < target - capacity {
+                            tracing::debug!(scale_set = %set.scale_set_name, wanted = target - capacity, room, "waiting for finishing runners before starting more");
+                        }
+                        for _ in 0..n {
                             let name = self.new_name(&st);
-                            st.runners.insert(
-                                name.clone(),
-                                Runner {
-                                    id: 0,
-                                    phase: Phase::Starting,
-                                    since: now,
-                                },
-                            );
+                            st.runners
+                                .insert(name.clone(), Runner::new(0, Phase::Starting, now));
                             starts.push(name);
                         }
                     }
@@ -671,16 +792,26 @@ impl<P: Provisioner> Shared<P> {
                     if excess == 0 {
                         break;
                     }
-                    let due = since + set.idle_delay;
-                    if st.stopping || due <= now {
-                        if let Some(r) = st.runners.get_mut(&name) {
-                            r.phase = Phase::Removing;
-                            retire.push((name, r.id, "idle above the target"));
-                            excess -= 1;
-                        }
-                    } else {
-                        at(due);
+                    let stopping = st.stopping;
+                    let Some(r) = st.runners.get_mut(&name) else {
+                        continue;
+                    };
+                    if r.backing_off(now) {
+                        at(r.retry_at.unwrap_or(now));
+                        continue;
                     }
+                    match after(since, set.idle_delay) {
+                        _ if stopping => {}
+                        Some(due) if due <= now => {}
+                        Some(due) => {
+                            at(due);
+                            continue;
+                        }
+                        None => continue,
+                    }
+                    r.phase = Phase::Removing;
+                    retire.push((name, r.id, Phase::Idle, "idle above the target"));
+                    excess -= 1;
                 }
             }
             let managed = st
@@ -708,13 +839,13 @@ impl<P: Provisioner> Shared<P> {
         for (name, id) in deregister {
             let s = self.clone();
             self.tasks.spawn(async move {
-                s.remove_registration(&name, id).await;
+                s.deregister_retrying(&name, id).await;
             });
         }
-        for (name, id, reason) in retire {
+        for (name, id, back_to, reason) in retire {
             let s = self.clone();
             self.tasks
-                .spawn(async move { s.retire_runner(name, id, reason).await });
+                .spawn(async move { s.retire_runner(name, id, back_to, reason).await });
         }
         self.changed.notify_waiters();
         next
@@ -810,7 +941,7 @@ impl<P: Provisioner> Shared<P> {
         self.touched();
         drop(permit);
         if stopping {
-            self.retire_runner(name, id, "started during shutdown")
+            self.retire_runner(name, id, Phase::Idle, "started during shutdown")
                 .await;
         }
     }
@@ -824,60 +955,147 @@ impl<P: Provisioner> Shared<P> {
             st.failures_total += 1;
             st.start_failures += 1;
             let delay = backoff(st.start_failures - 1);
-            st.backoff_until = Some(Instant::now() + delay);
+            st.backoff_until = Some(deadline_in(delay));
             delay
         };
         tracing::warn!(scale_set = %ss, runner = %name, error = why, retry_in_ms = delay.as_millis() as u64, "could not start a runner");
-        if id > 0 {
-            self.remove_registration(name, id).await;
+        let gone = id <= 0 || matches!(self.deregister_retrying(name, id).await, Removal::Removed);
+        if gone {
+            self.provisioner.unreserve(name).await.ok();
+        } else {
+            // Keep the reservation: the next start cleans the registration up.
+            tracing::warn!(scale_set = %ss, runner = %name, runner_id = id, "keeping the record of a runner whose registration could not be removed");
         }
-        self.provisioner.unreserve(name).await.ok();
         self.touched();
     }
 
-    /// Removes a registration; logs failures. Returns false on `JobStillRunning`.
-    async fn remove_registration(&self, name: &str, id: i64) -> bool {
+    /// Removes the registration of `name` (looked up by name when `id` is 0). The one place
+    /// that interprets `remove_runner`'s answer.
+    async fn deregister(&self, name: &str, id: i64) -> Removal {
+        let id = if id > 0 {
+            id
+        } else {
+            match self.lookup_id(name).await {
+                Ok(0) => return Removal::Removed,
+                Ok(id) => id,
+                Err(e) => return Removal::Failed(e),
+            }
+        };
         match self.client.remove_runner(id).await {
-            Ok(()) | Err(ApiError::RunnerNotFound(_)) => true,
-            Err(ApiError::JobStillRunning(_)) => false,
+            Ok(()) | Err(ApiError::RunnerNotFound(_)) => Removal::Removed,
+            Err(ApiError::JobStillRunning(_)) => Removal::StillRunning,
             Err(e) => {
                 tracing::warn!(scale_set = %self.settings.scale_set_name, runner = %name, runner_id = id, error = %e, "could not remove a runner from GitHub");
-                true
+                Removal::Failed(e)
             }
         }
     }
 
-    async fn retire_runner(self: Arc<Self>, name: String, id: i64, reason: &'static str) {
+    /// [`deregister`](Self::deregister), retrying failures with backoff for up to
+    /// [`REMOVE_RETRY_BUDGET`].
+    async fn deregister_retrying(&self, name: &str, id: i64) -> Removal {
+        self.deregister_retrying_when(name, id, false).await
+    }
+
+    /// [`deregister_retrying`](Self::deregister_retrying); with `still_running`, a
+    /// `JobStillRunning` is retried too (for a runner whose process was just killed: GitHub
+    /// lets go of its job shortly).
+    async fn deregister_retrying_when(&self, name: &str, id: i64, still_running: bool) -> Removal {
+        let deadline = deadline_in(REMOVE_RETRY_BUDGET);
+        let mut attempt = 0;
+        loop {
+            let r = self.deregister(name, id).await;
+            let delay = backoff(attempt);
+            let retry = match r {
+                Removal::Failed(_) => true,
+                Removal::StillRunning => still_running,
+                Removal::Removed => false,
+            };
+            match r {
+                _ if retry && Instant::now() + delay < deadline => {
+                    tracing::warn!(scale_set = %self.settings.scale_set_name, runner = %name, runner_id = id, attempt = attempt + 1, retry_in_ms = delay.as_millis() as u64, "retrying the runner's removal");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// The id of the runner registered as `name` in this scale set (0: none).
+    async fn lookup_id(&self, name: &str) -> Result<i64, ApiError> {
+        Ok(match self.client.get_runner_by_name(name).await? {
+            Some(r)
+                if r.runner_scale_set_id == self.settings.scale_set_id
+                    || r.runner_scale_set_id == 0 =>
+            {
+                r.id
+            }
+            _ => 0,
+        })
+    }
+
+    /// [`lookup_id`](Self::lookup_id), retrying failures with backoff.
+    async fn lookup_id_retrying(&self, name: &str) -> Result<i64, ApiError> {
+        let deadline = deadline_in(REMOVE_RETRY_BUDGET);
+        let mut attempt = 0;
+        loop {
+            match self.lookup_id(name).await {
+                Err(e) if Instant::now() + backoff(attempt) < deadline => {
+                    tracing::warn!(scale_set = %self.settings.scale_set_name, runner = %name, attempt = attempt + 1, error = %e, "retrying the runner's lookup");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Retires a runner marked `Removing`: its registration goes first, and its process is
+    /// stopped only once GitHub confirmed that (a runner GitHub just gave a job keeps it).
+    /// On failure it returns to `back_to` (keeping its `since`) and is retried later with
+    /// backoff.
+    async fn retire_runner(
+        self: Arc<Self>,
+        name: String,
+        id: i64,
+        back_to: Phase,
+        reason: &'static str,
+    ) {
         let ss = &self.settings.scale_set_name;
         tracing::info!(scale_set = %ss, runner = %name, runner_id = id, reason, "removing runner");
-        let removed = if id > 0 {
-            match self.client.remove_runner(id).await {
-                Ok(()) | Err(ApiError::RunnerNotFound(_)) => true,
-                Err(ApiError::JobStillRunning(_)) => {
-                    tracing::info!(scale_set = %ss, runner = %name, "runner picked up a job; keeping it");
-                    let mut st = self.lock();
-                    if let Some(r) = st.runners.get_mut(&name)
-                        && r.phase == Phase::Removing
-                    {
-                        r.phase = Phase::Busy;
-                        r.since = Instant::now();
-                    }
-                    drop(st);
-                    self.touched();
-                    return;
+        match self.deregister(&name, id).await {
+            Removal::Removed => {
+                if let Err(e) = self.provisioner.stop(&name).await {
+                    tracing::warn!(scale_set = %ss, runner = %name, error = %e, "could not stop the runner");
                 }
-                Err(e) => {
-                    tracing::warn!(scale_set = %ss, runner = %name, error = %e, "could not remove the runner from GitHub; stopping it anyway");
-                    true
+                self.lock().runners.remove(&name);
+            }
+            Removal::StillRunning => {
+                tracing::info!(scale_set = %ss, runner = %name, "runner picked up a job; keeping it");
+                let mut st = self.lock();
+                if let Some(r) = st.runners.get_mut(&name)
+                    && r.phase == Phase::Removing
+                {
+                    r.phase = Phase::Busy;
+                    r.since = Instant::now();
+                    r.retry_at = None;
+                    r.remove_failures = 0;
                 }
             }
-        } else {
-            true
-        };
-        if removed && let Err(e) = self.provisioner.stop(&name).await {
-            tracing::warn!(scale_set = %ss, runner = %name, error = %e, "could not stop the runner");
+            Removal::Failed(_) => {
+                let mut st = self.lock();
+                if let Some(r) = st.runners.get_mut(&name)
+                    && r.phase == Phase::Removing
+                {
+                    let delay = backoff(r.remove_failures);
+                    r.remove_failures += 1;
+                    r.retry_at = Some(deadline_in(delay));
+                    r.phase = back_to;
+                    tracing::warn!(scale_set = %ss, runner = %name, retry_in_ms = delay.as_millis() as u64, "keeping the runner until its registration is removed");
+                }
+            }
         }
-        self.lock().runners.remove(&name);
         self.touched();
     }
 
@@ -932,7 +1150,7 @@ impl<P: Provisioner> Shared<P> {
         if let Some(id) = deregister.filter(|id| *id > 0) {
             let s = self.clone();
             self.tasks.spawn(async move {
-                s.remove_registration(&name, id).await;
+                s.deregister_retrying(&name, id).await;
             });
         }
         self.touched();

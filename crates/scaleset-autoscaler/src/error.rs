@@ -24,6 +24,17 @@ pub enum Error {
     /// A provisioner could not create, stop or list runners.
     #[error("provisioner: {0}")]
     Provision(#[from] ProvisionError),
+    /// A scale set's engine stopped unexpectedly (a task panicked or ended).
+    #[error("scale set {scale_set}: {message}")]
+    Engine {
+        /// The scale set.
+        scale_set: String,
+        /// What happened.
+        message: String,
+    },
+    /// A bug: something that should not happen did.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The metrics/health server could not start.
     #[error("metrics server on {addr}: {source}")]
     Server {
@@ -63,6 +74,20 @@ pub enum ProvisionError {
     /// A runner with this name is already owned.
     #[error("a runner named {0:?} already exists")]
     AlreadyExists(String),
+    /// Another instance holds the work directory's lock.
+    #[error("the work directory {} is in use by another autoscaler instance", .0.display())]
+    Locked(PathBuf),
+    /// The work directory is not private to this user.
+    #[error("unsafe work directory {}: {why}", path.display())]
+    UnsafeWorkdir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The operation was cancelled (shutdown while waiting).
+    #[error("cancelled")]
+    Cancelled,
     /// Any other failure.
     #[error("{0}")]
     Other(String),

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 pub struct Readiness {
     window: Duration,
     sets: Mutex<Vec<(String, Option<HealthHandle>)>>,
+    failed: Mutex<Vec<(String, String)>>,
 }
 
 impl Readiness {
@@ -29,7 +30,16 @@ impl Readiness {
         Readiness {
             window: poll_window,
             sets: Mutex::new(Vec::new()),
+            failed: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Marks scale set `name` as failed for good (not ready until the process restarts).
+    pub fn fail(&self, name: &str, why: impl Into<String>) {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name.to_string(), why.into()));
     }
 
     /// Declares a scale set (not ready until its listener runs).
@@ -78,6 +88,10 @@ impl Readiness {
                     Some(_) => {}
                 }
             }
+        }
+        drop(sets);
+        for (name, why) in self.failed.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            problems.push(format!("{name}: {why}"));
         }
         if problems.is_empty() {
             Ok(())

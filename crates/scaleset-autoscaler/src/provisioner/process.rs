@@ -3,27 +3,44 @@
 //! * The command gets the JIT config in `ACTIONS_RUNNER_INPUT_JITCONFIG`; `{name}` and
 //!   `{jitconfig}` in its arguments are substituted (prefer the environment: arguments are
 //!   visible to every user of the machine).
-//! * Each runner works in its own directory `WORKDIR/<runner name>`, removed after it exits.
+//! * The runner does **not** inherit the daemon's environment (it holds admin credentials):
+//!   it gets only [`ALLOWED_ENV`], the names listed in [`ProcessConfig::env`], the JIT config
+//!   and `RUNNER_NAME`.
+//! * Each runner works in its own directory `WORKDIR/<runner name>` (mode 0700), removed
+//!   after it exits. Its stdout and stderr go to `WORKDIR/<runner name>.log` (mode 0600), a
+//!   regular file rather than a pipe so that the runner survives the daemon's death without
+//!   a SIGPIPE; the daemon tails it into its own log (debug level) and removes it with the
+//!   runner's directory once the runner is reaped (its content is in the daemon's log by
+//!   then).
+//! * The work directory must belong to the effective user and must not be writable by group
+//!   or others; `WORKDIR/.lock` is locked (`flock`) for the provisioner's whole life, so two
+//!   autoscalers never manage the same runners (a hot standby waits for it with
+//!   [`ProcessProvisioner::open`]).
 //! * Each runner is the leader of its own process group, so a Ctrl-C at the terminal does
 //!   not reach it and [`stop`](Provisioner::stop) ends the whole group (SIGTERM, then
 //!   SIGKILL after the stop timeout).
-//! * Owned runners are recorded in `WORKDIR/.scaleset-runners.json` (name, runner id, pid),
-//!   written before a JIT config is minted and after the process started, so a restarted
-//!   daemon finds what a crashed one left behind ([`list`](Provisioner::list)) and can stop
-//!   or adopt it ([`watch`](Provisioner::watch) polls a leftover's liveness).
+//! * Owned runners are recorded in `WORKDIR/.scaleset-runners.json` (name, runner id, pid,
+//!   process start time), written before a JIT config is minted and before a start is
+//!   reported, so a restarted daemon finds what a crashed one left behind
+//!   ([`list`](Provisioner::list)) and can stop or adopt it ([`watch`](Provisioner::watch)
+//!   polls a leftover's liveness). A recorded pid is only signalled while its start time
+//!   still matches (pid reuse), and names read back must carry the runner-name prefix.
 //! * Dropping the provisioner leaves running runners alone (the `keep` policy relies on it).
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::{Pid, getpgid};
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::{OwnedRunner, Provisioner, RunnerExit, RunnerSpec};
 use crate::error::ProvisionError;
@@ -31,7 +48,11 @@ use crate::error::ProvisionError;
 /// The environment variable the runner reads its JIT config from.
 pub const JIT_CONFIG_ENV: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
 
+/// Variables of the daemon's environment every runner gets (when set).
+pub const ALLOWED_ENV: [&str; 7] = ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "TZ"];
+
 const STATE_FILE: &str = ".scaleset-runners.json";
+const LOCK_FILE: &str = ".lock";
 
 /// Settings of the process provisioner.
 #[derive(Clone, Debug)]
@@ -44,16 +65,23 @@ pub struct ProcessConfig {
     pub workdir: PathBuf,
     /// How long a stopped runner gets between SIGTERM and SIGKILL.
     pub stop_timeout: Duration,
+    /// Names of the daemon's environment variables passed to runners on top of
+    /// [`ALLOWED_ENV`].
+    pub env: Vec<String>,
+    /// Every runner name starts with this; state-file entries that do not are ignored.
+    pub name_prefix: String,
 }
 
 impl ProcessConfig {
-    /// Settings with a 10 s stop timeout.
+    /// Settings with a 10 s stop timeout, no extra environment and no name prefix.
     pub fn new(command: impl Into<String>, args: Vec<String>, workdir: PathBuf) -> ProcessConfig {
         ProcessConfig {
             command: command.into(),
             args,
             workdir,
             stop_timeout: Duration::from_secs(10),
+            env: Vec::new(),
+            name_prefix: String::new(),
         }
     }
 }
@@ -64,6 +92,9 @@ struct Record {
     runner_id: i64,
     #[serde(default)]
     pid: Option<i32>,
+    /// Field 22 of `/proc/<pid>/stat` when the process was started.
+    #[serde(default)]
+    start_time: Option<u64>,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -72,15 +103,24 @@ struct StateFile {
     runners: BTreeMap<String, Record>,
 }
 
+/// A live process: its pid (= pgid) and "has exited".
+#[derive(Clone)]
+struct Live {
+    pid: i32,
+    done: watch::Receiver<bool>,
+}
+
 struct Inner {
     config: ProcessConfig,
     records: Mutex<StateFile>,
-    /// Live processes this instance started or adopted: name -> (pid, "has exited").
-    live: Mutex<HashMap<String, (i32, watch::Receiver<bool>)>>,
+    /// Live processes this instance started or adopted.
+    live: Mutex<HashMap<String, Live>>,
     /// Records found at start-up and not yet forgotten or adopted.
     leftovers: Mutex<BTreeMap<String, Record>>,
     exits_tx: mpsc::UnboundedSender<RunnerExit>,
     exits_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<RunnerExit>>,
+    /// Held for the provisioner's life: the work directory belongs to this instance.
+    _lock: Flock<std::fs::File>,
 }
 
 /// The process provisioner. Clones share their state.
@@ -102,41 +142,168 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Provisi
     move |source| ProvisionError::Io { what, path, source }
 }
 
-/// Whether `pid` is alive and still the leader of its own group (guards against pid reuse).
-fn group_alive(pid: i32) -> bool {
-    let p = Pid::from_raw(pid);
-    let alive = match kill(p, None) {
+/// The start time of `pid` (field 22 of `/proc/<pid>/stat`), if it exists.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether any process of group `pgid` is alive (signal 0 to the group).
+fn group_alive(pgid: i32) -> bool {
+    if pgid <= 0 {
+        return false;
+    }
+    match killpg(Pid::from_raw(pgid), None) {
         Ok(()) => true,
         Err(nix::errno::Errno::EPERM) => true,
         Err(_) => false,
+    }
+}
+
+/// Whether a recorded process group is still the one recorded: the group is alive and its
+/// leader, if still there, has the recorded start time (a different one means the pid was
+/// reused; a group whose leader exited keeps its id reserved, so it is still ours). A record
+/// without a start time is never trusted.
+fn recorded_alive(pid: i32, recorded_start: Option<u64>) -> bool {
+    let Some(want) = recorded_start else {
+        return false;
     };
-    alive && getpgid(Some(p)).map(|g| g == p).unwrap_or(false)
+    group_alive(pid) && start_time(pid).is_none_or(|t| t == want)
 }
 
 fn substitute(arg: &str, name: &str, jit: &str) -> String {
     arg.replace("{name}", name).replace("{jitconfig}", jit)
 }
 
+/// Whether `name` may be a runner of this provisioner (it becomes a path component).
+fn valid_runner_name(name: &str, prefix: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0')
+        && !name.contains("..")
+        && !name.starts_with('.')
+        && name.starts_with(prefix)
+        && name.len() > prefix.len()
+}
+
+/// Creates `dir` (mode 0700) if missing and checks that it belongs to the effective user and
+/// is not writable by group or others.
+fn prepare_workdir(dir: &Path) -> Result<(), ProvisionError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("creating the work directory", dir))?;
+    check_private_dir(dir)
+}
+
+fn check_private_dir(dir: &Path) -> Result<(), ProvisionError> {
+    let meta = std::fs::symlink_metadata(dir).map_err(io("inspecting the work directory", dir))?;
+    if !meta.is_dir() {
+        return Err(ProvisionError::UnsafeWorkdir {
+            path: dir.to_path_buf(),
+            why: "not a directory",
+        });
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(ProvisionError::UnsafeWorkdir {
+            path: dir.to_path_buf(),
+            why: "owned by another user",
+        });
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(ProvisionError::UnsafeWorkdir {
+            path: dir.to_path_buf(),
+            why: "writable by group or others (chmod go-w it)",
+        });
+    }
+    Ok(())
+}
+
+/// Tries to lock `workdir/.lock`; `None` when another holder has it.
+fn try_lock(workdir: &Path) -> Result<Option<Flock<std::fs::File>>, ProvisionError> {
+    let path = workdir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io("opening the work directory's lock file", &path))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(io("locking the work directory", &path)(errno.into())),
+    }
+}
+
 impl ProcessProvisioner {
-    /// A provisioner working under `config.workdir` (created if missing). Loads the state
-    /// file a previous run left.
+    /// A provisioner working under `config.workdir` (created if missing). Locks the work
+    /// directory and loads the state file a previous run left.
     ///
     /// # Errors
-    /// When the work directory cannot be created.
+    /// When the work directory cannot be created, is not private to this user, or is in use
+    /// by another instance ([`ProvisionError::Locked`]).
     pub fn new(config: ProcessConfig) -> Result<ProcessProvisioner, ProvisionError> {
-        std::fs::create_dir_all(&config.workdir)
-            .map_err(io("creating the work directory", &config.workdir))?;
+        prepare_workdir(&config.workdir)?;
+        let lock = try_lock(&config.workdir)?
+            .ok_or_else(|| ProvisionError::Locked(config.workdir.clone()))?;
+        Ok(Self::with_lock(config, lock))
+    }
+
+    /// Like [`new`](Self::new), but waits while another instance holds the work directory
+    /// (a hot standby), until `cancel` fires.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new); [`ProvisionError::Cancelled`] when `cancel` fired first.
+    pub async fn open(
+        config: ProcessConfig,
+        cancel: &CancellationToken,
+    ) -> Result<ProcessProvisioner, ProvisionError> {
+        prepare_workdir(&config.workdir)?;
+        let mut logged = false;
+        loop {
+            if let Some(lock) = try_lock(&config.workdir)? {
+                return Ok(Self::with_lock(config, lock));
+            }
+            if !logged {
+                tracing::info!(workdir = %config.workdir.display(), "another instance uses the work directory; waiting for it to finish");
+                logged = true;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Err(ProvisionError::Cancelled),
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    fn with_lock(config: ProcessConfig, lock: Flock<std::fs::File>) -> ProcessProvisioner {
         let path = config.workdir.join(STATE_FILE);
-        let state: StateFile = match std::fs::read(&path) {
+        let mut state: StateFile = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable state file");
+                let aside = config.workdir.join(format!("{STATE_FILE}.unreadable"));
+                tracing::warn!(path = %path.display(), moved_to = %aside.display(), error = %e, "an unreadable state file was moved aside; its runners are not cleaned up");
+                if let Err(e) = std::fs::rename(&path, &aside) {
+                    tracing::warn!(path = %path.display(), error = %e, "could not move the unreadable state file aside");
+                }
                 StateFile::default()
             }),
             Err(_) => StateFile::default(),
         };
+        state.runners.retain(|name, _| {
+            let ok = valid_runner_name(name, &config.name_prefix);
+            if !ok {
+                tracing::warn!(path = %path.display(), runner = ?name, "ignoring a state file entry with an invalid runner name");
+            }
+            ok
+        });
         let leftovers = state.runners.clone();
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
-        Ok(ProcessProvisioner {
+        ProcessProvisioner {
             inner: Arc::new(Inner {
                 config,
                 records: Mutex::new(state),
@@ -144,8 +311,9 @@ impl ProcessProvisioner {
                 leftovers: Mutex::new(leftovers),
                 exits_tx,
                 exits_rx: tokio::sync::Mutex::new(exits_rx),
+                _lock: lock,
             }),
-        })
+        }
     }
 
     /// The settings.
@@ -155,10 +323,7 @@ impl ProcessProvisioner {
 
     /// Pids of the runner processes this instance started and that are still running.
     pub fn live_pids(&self) -> Vec<i32> {
-        lock(&self.inner.live)
-            .values()
-            .map(|(pid, _)| *pid)
-            .collect()
+        lock(&self.inner.live).values().map(|l| l.pid).collect()
     }
 
     fn update(&self, f: impl FnOnce(&mut BTreeMap<String, Record>)) -> Result<(), ProvisionError> {
@@ -168,7 +333,16 @@ impl ProcessProvisioner {
         let tmp = self.inner.config.workdir.join(format!("{STATE_FILE}.tmp"));
         let bytes = serde_json::to_vec_pretty(&*state)
             .map_err(|e| ProvisionError::Other(format!("encoding the state file: {e}")))?;
-        std::fs::write(&tmp, bytes).map_err(io("writing the state file", &tmp))?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("writing the state file", &tmp))?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(io("writing the state file", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(io("writing the state file", &path))
     }
 
@@ -176,7 +350,11 @@ impl ProcessProvisioner {
         self.inner.config.workdir.join(name)
     }
 
-    /// Reaps `name` after its process ended: directory, record, exit event.
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.inner.config.workdir.join(format!("{name}.log"))
+    }
+
+    /// Reaps `name` after its process ended: directory, log, record, exit event.
     fn finished(&self, name: &str, success: bool) {
         let dir = self.runner_dir(name);
         if let Err(e) = std::fs::remove_dir_all(&dir)
@@ -184,6 +362,7 @@ impl ProcessProvisioner {
         {
             tracing::warn!(runner = %name, dir = %dir.display(), error = %e, "could not remove the runner's work directory");
         }
+        let _ = std::fs::remove_file(self.log_path(name));
         if let Err(e) = self.update(|r| {
             r.remove(name);
         }) {
@@ -197,6 +376,10 @@ impl ProcessProvisioner {
     }
 
     async fn stop_pid(&self, name: &str, pid: i32, done: Option<watch::Receiver<bool>>) {
+        if pid <= 0 {
+            tracing::warn!(runner = %name, pid, "refusing to signal an invalid pid");
+            return;
+        }
         let timeout = self.inner.config.stop_timeout;
         let pgid = Pid::from_raw(pid);
         let wait = |mut done: Option<watch::Receiver<bool>>, limit: Duration| async move {
@@ -229,20 +412,72 @@ impl ProcessProvisioner {
             tracing::warn!(runner = %name, pid, "runner still alive after SIGKILL");
         }
     }
+
+    /// The runner's environment: the allow-list and the configured names, from `lookup`.
+    fn runner_env(
+        &self,
+        lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Vec<(String, std::ffi::OsString)> {
+        let extra = self.inner.config.env.iter().map(String::as_str);
+        let mut out: Vec<(String, std::ffi::OsString)> = Vec::new();
+        for name in ALLOWED_ENV.into_iter().chain(extra) {
+            if name == JIT_CONFIG_ENV || out.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            if let Some(v) = lookup(name) {
+                out.push((name.to_string(), v));
+            }
+        }
+        out
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn forward_lines<R: tokio::io::AsyncRead + Unpin>(
-    reader: R,
-    name: String,
-    stream: &'static str,
-) {
-    let mut lines = BufReader::new(reader).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::debug!(runner = %name, stream, "{line}");
+/// Splits complete lines off `pending` and logs them (lossy UTF-8: a bad byte never stops
+/// the forwarding). With `flush`, a trailing partial line is logged too.
+fn forward_lines(pending: &mut Vec<u8>, name: &str, flush: bool) {
+    while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+        let line: Vec<u8> = pending.drain(..=i).collect();
+        let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+        tracing::debug!(runner = %name, "{}", text.trim_end_matches('\r'));
+    }
+    if flush && !pending.is_empty() {
+        tracing::debug!(runner = %name, "{}", String::from_utf8_lossy(pending));
+        pending.clear();
+    }
+}
+
+/// Tails the runner's log file into the daemon's log until `exited` turns true (then reads
+/// what is left and returns).
+async fn tail_log(path: PathBuf, name: String, mut exited: watch::Receiver<bool>) {
+    let mut offset = 0u64;
+    let mut pending = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let last = *exited.borrow();
+        if let Ok(mut f) = std::fs::File::open(&path)
+            && f.seek(SeekFrom::Start(offset)).is_ok()
+        {
+            while let Ok(n) = f.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                offset += n as u64;
+                pending.extend_from_slice(&buf[..n]);
+                forward_lines(&mut pending, &name, false);
+            }
+        }
+        if last {
+            forward_lines(&mut pending, &name, true);
+            return;
+        }
+        tokio::select! {
+            _ = exited.changed() => {}
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
     }
 }
 
@@ -261,52 +496,98 @@ impl Provisioner for ProcessProvisioner {
 
     async fn create(&self, spec: RunnerSpec) -> Result<(), ProvisionError> {
         let name = spec.name.clone();
+        if !valid_runner_name(&name, &self.inner.config.name_prefix) {
+            return Err(ProvisionError::Other(format!(
+                "invalid runner name {name:?}"
+            )));
+        }
         if lock(&self.inner.live).contains_key(&name) {
             return Err(ProvisionError::AlreadyExists(name));
         }
         let cfg = &self.inner.config;
         let dir = self.runner_dir(&name);
-        std::fs::create_dir_all(&dir).map_err(io("creating the runner's work directory", &dir))?;
+        // A stale directory of the same name (not ours any more) goes first.
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(io("removing a stale runner directory", &dir)(e));
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io("creating the runner's work directory", &dir))?;
+        let log_path = self.log_path(&name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&log_path)
+            .map_err(io("creating the runner's log file", &log_path))?;
+        let log_err = log
+            .try_clone()
+            .map_err(io("creating the runner's log file", &log_path))?;
         let jit = spec.jit_config.expose_secret();
         let mut cmd = tokio::process::Command::new(&cfg.command);
         cmd.args(cfg.args.iter().map(|a| substitute(a, &name, jit)))
+            .env_clear()
+            .envs(self.runner_env(|n| std::env::var_os(n)))
             .env(JIT_CONFIG_ENV, jit)
             .env("RUNNER_NAME", &name)
             .current_dir(&dir)
             .process_group(0)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
             .kill_on_drop(false);
+        let cleanup = |dir: &Path| {
+            let _ = std::fs::remove_dir_all(dir);
+            let _ = std::fs::remove_file(&log_path);
+        };
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                cleanup(&dir);
                 return Err(io("starting the runner command", Path::new(&cfg.command))(
                     e,
                 ));
             }
         };
-        let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
-        let (done_tx, done_rx) = watch::channel(false);
-        lock(&self.inner.live).insert(name.clone(), (pid, done_rx));
+        let Some(pid) = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .filter(|p| *p > 0)
+        else {
+            // Already reaped (cannot happen before `wait`) or out of range: never signal
+            // group 0 (our own); kill the child directly.
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            cleanup(&dir);
+            return Err(ProvisionError::Other(format!(
+                "the runner process of {name} has no pid"
+            )));
+        };
+        let started = start_time(pid);
         if let Err(e) = self.update(|r| {
             r.insert(
                 name.clone(),
                 Record {
                     runner_id: spec.runner_id,
                     pid: Some(pid),
+                    start_time: started,
                 },
             );
         }) {
-            tracing::warn!(runner = %name, error = %e, "could not record the runner in the state file");
+            // Unrecorded, a crash would leak it: do not run it.
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = child.wait().await;
+            cleanup(&dir);
+            return Err(e);
         }
-        if let Some(out) = child.stdout.take() {
-            tokio::spawn(forward_lines(out, name.clone(), "stdout"));
-        }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(forward_lines(err, name.clone(), "stderr"));
-        }
+        let (done_tx, done_rx) = watch::channel(false);
+        lock(&self.inner.live).insert(name.clone(), Live { pid, done: done_rx });
+        let (exited_tx, exited_rx) = watch::channel(false);
+        let tail = tokio::spawn(tail_log(log_path.clone(), name.clone(), exited_rx));
         let this = self.clone();
         let task_name = name.clone();
         tokio::spawn(async move {
@@ -321,6 +602,8 @@ impl Provisioner for ProcessProvisioner {
             }
             // Whatever the runner left in its group goes too.
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = exited_tx.send(true);
+            let _ = tail.await;
             this.finished(&name, success);
             let _ = done_tx.send(true);
         });
@@ -330,13 +613,17 @@ impl Provisioner for ProcessProvisioner {
 
     async fn stop(&self, name: &str) -> Result<(), ProvisionError> {
         let live = lock(&self.inner.live).get(name).cloned();
-        if let Some((pid, done)) = live {
-            self.stop_pid(name, pid, Some(done)).await;
+        if let Some(l) = live {
+            self.stop_pid(name, l.pid, Some(l.done)).await;
             return Ok(());
         }
         let leftover = lock(&self.inner.leftovers).get(name).cloned();
-        if let Some(Record { pid: Some(pid), .. }) = leftover
-            && group_alive(pid)
+        if let Some(Record {
+            pid: Some(pid),
+            start_time,
+            ..
+        }) = leftover
+            && recorded_alive(pid, start_time)
         {
             self.stop_pid(name, pid, None).await;
         }
@@ -349,7 +636,7 @@ impl Provisioner for ProcessProvisioner {
             .map(|(name, r)| OwnedRunner {
                 name: name.clone(),
                 runner_id: r.runner_id,
-                alive: r.pid.is_some_and(group_alive),
+                alive: r.pid.is_some_and(|p| recorded_alive(p, r.start_time)),
             })
             .collect())
     }
@@ -358,15 +645,16 @@ impl Provisioner for ProcessProvisioner {
         let Some(record) = lock(&self.inner.leftovers).remove(name) else {
             return false;
         };
-        let Some(pid) = record.pid.filter(|p| group_alive(*p)) else {
+        let Some(pid) = record.pid.filter(|p| recorded_alive(*p, record.start_time)) else {
             return false;
         };
         let (done_tx, done_rx) = watch::channel(false);
-        lock(&self.inner.live).insert(name.to_string(), (pid, done_rx));
+        lock(&self.inner.live).insert(name.to_string(), Live { pid, done: done_rx });
         let this = self.clone();
         let name = name.to_string();
+        let started = record.start_time;
         tokio::spawn(async move {
-            while group_alive(pid) {
+            while recorded_alive(pid, started) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             this.finished(&name, true);
@@ -383,6 +671,7 @@ impl Provisioner for ProcessProvisioner {
         {
             tracing::warn!(runner = %name, dir = %dir.display(), error = %e, "could not remove a leftover work directory");
         }
+        let _ = std::fs::remove_file(self.log_path(name));
         self.update(|r| {
             r.remove(name);
         })
@@ -390,5 +679,266 @@ impl Provisioner for ProcessProvisioner {
 
     async fn next_exit(&self) -> Option<RunnerExit> {
         self.inner.exits_rx.lock().await.recv().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The process provisioner at its own boundary: small `/bin/sh` runners, a private
+    //! temporary work directory per test, every wait under a deadline.
+
+    use super::*;
+    use actions_scaleset::EncodedJitConfig;
+    use std::os::unix::process::CommandExt;
+
+    const DEADLINE: Duration = Duration::from_secs(30);
+    const PREFIX: &str = "t-";
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        std::env::temp_dir().join(format!(
+            "scaleset-proc-{tag}-{}-{nanos}",
+            std::process::id()
+        ))
+    }
+
+    fn sh(dir: &Path, script: &str) -> ProcessConfig {
+        let mut c = ProcessConfig::new(
+            "/bin/sh",
+            vec!["-c".into(), script.into()],
+            dir.to_path_buf(),
+        );
+        c.name_prefix = PREFIX.into();
+        c.stop_timeout = Duration::from_secs(5);
+        c
+    }
+
+    fn spec(name: &str) -> RunnerSpec {
+        RunnerSpec {
+            name: name.into(),
+            runner_id: 1,
+            jit_config: EncodedJitConfig::new("jit-secret-value"),
+        }
+    }
+
+    async fn next_exit(p: &ProcessProvisioner) -> RunnerExit {
+        tokio::time::timeout(DEADLINE, p.next_exit())
+            .await
+            .expect("the runner exits in time")
+            .expect("an exit")
+    }
+
+    #[tokio::test]
+    async fn a_second_instance_cannot_take_the_workdir_and_a_standby_waits() {
+        let dir = tempdir("lock");
+        let first = ProcessProvisioner::new(sh(&dir, "true")).expect("first");
+        let e = ProcessProvisioner::new(sh(&dir, "true")).expect_err("locked");
+        assert!(matches!(e, ProvisionError::Locked(_)), "{e}");
+        assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
+        // A standby waits; cancelling ends the wait.
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let e = ProcessProvisioner::open(sh(&dir, "true"), &cancel)
+            .await
+            .expect_err("cancelled");
+        assert!(matches!(e, ProvisionError::Cancelled), "{e}");
+        // Once the first is gone, the standby gets it.
+        let standby = tokio::spawn({
+            let dir = dir.clone();
+            async move { ProcessProvisioner::open(sh(&dir, "true"), &CancellationToken::new()).await }
+        });
+        drop(first);
+        tokio::time::timeout(DEADLINE, standby)
+            .await
+            .expect("in time")
+            .expect("joined")
+            .expect("the standby takes over");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn runners_get_only_allowed_and_configured_environment() {
+        let dir = tempdir("env");
+        // Two variables of this process that are not on the allow-list.
+        let mut others = std::env::vars().filter(|(k, v)| {
+            !ALLOWED_ENV.contains(&k.as_str()) && !v.is_empty() && !v.contains('\n')
+        });
+        let (hidden, _) = others
+            .next()
+            .expect("the test process has some environment");
+        let (passed, passed_value) = others.next().expect("a second variable");
+        let mut c = sh(&dir, "env > ../$RUNNER_NAME.env");
+        c.env = vec![passed.clone()];
+        let p = ProcessProvisioner::new(c).expect("provisioner");
+        p.create(spec("t-env")).await.expect("create");
+        assert!(next_exit(&p).await.success);
+        let env = std::fs::read_to_string(dir.join("t-env.env")).expect("env dump");
+        assert!(
+            !env.lines().any(|l| l.starts_with(&format!("{hidden}="))),
+            "{hidden} leaked"
+        );
+        assert!(
+            env.contains(&format!("{passed}={passed_value}")),
+            "{passed} passed"
+        );
+        assert!(env.contains("ACTIONS_RUNNER_INPUT_JITCONFIG=jit-secret-value"));
+        assert!(env.lines().any(|l| l.starts_with("PATH=")), "PATH kept");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn runner_output_goes_to_a_private_file_not_a_pipe() {
+        let dir = tempdir("log");
+        let script = "fd1=$(readlink /proc/$$/fd/1); echo \"$fd1\" > ../$RUNNER_NAME.fd1; \\
+                      stat -c %a . > ../$RUNNER_NAME.mode; printf 'a\\377b\\nafter\\n'";
+        let p = ProcessProvisioner::new(sh(&dir, script)).expect("provisioner");
+        p.create(spec("t-log")).await.expect("create");
+        assert!(next_exit(&p).await.success);
+        let fd1 = std::fs::read_to_string(dir.join("t-log.fd1")).expect("fd1");
+        assert_eq!(fd1.trim(), dir.join("t-log.log").display().to_string());
+        let mode = std::fs::read_to_string(dir.join("t-log.mode")).expect("mode");
+        assert_eq!(mode.trim(), "700");
+        // Reaped: the runner's directory and log are gone.
+        assert!(!dir.join("t-log").exists() && !dir.join("t-log.log").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn non_utf8_output_does_not_stop_forwarding() {
+        let mut pending = b"a\xffb\nafter\npartial".to_vec();
+        forward_lines(&mut pending, "t-x", false);
+        assert_eq!(pending, b"partial");
+        forward_lines(&mut pending, "t-x", true);
+        assert!(pending.is_empty());
+    }
+
+    fn write_state(dir: &Path, json: serde_json::Value) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .expect("dir");
+        std::fs::write(dir.join(STATE_FILE), json.to_string()).expect("state");
+    }
+
+    #[tokio::test]
+    async fn state_file_names_are_validated() {
+        let dir = tempdir("names");
+        write_state(
+            &dir,
+            serde_json::json!({"runners": {
+                "../evil": {}, "": {}, "other-1": {}, "t-": {}, "t-..": {}, "t-ok": {"runner_id": 3}
+            }}),
+        );
+        let p = ProcessProvisioner::new(sh(&dir, "true")).expect("provisioner");
+        let names: Vec<String> = p
+            .list()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, vec!["t-ok".to_string()]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_shared_or_foreign_workdir_is_refused() {
+        let dir = tempdir("perm");
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let e = ProcessProvisioner::new(sh(&dir, "true")).expect_err("unsafe");
+        assert!(matches!(e, ProvisionError::UnsafeWorkdir { .. }), "{e}");
+        assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+        // A fresh one is created private.
+        ProcessProvisioner::new(sh(&dir, "true")).expect("created");
+        let mode = std::fs::metadata(&dir).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A process in its own group, not a child of any provisioner.
+    fn stranger() -> std::process::Child {
+        std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 60"])
+            .process_group(0)
+            .spawn()
+            .expect("spawn")
+    }
+
+    #[tokio::test]
+    async fn a_reused_pid_is_never_signalled() {
+        let dir = tempdir("reuse");
+        let mut child = stranger();
+        let pid = i32::try_from(child.id()).expect("pid");
+        let real = start_time(pid).expect("start time");
+        // Reap it as soon as it dies (a zombie would still look alive).
+        let (tx, exited) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        write_state(
+            &dir,
+            serde_json::json!({"runners": {
+                "t-reused": {"runner_id": 1, "pid": pid, "start_time": real + 1},
+                "t-unknown": {"runner_id": 2, "pid": pid},
+            }}),
+        );
+        let p = ProcessProvisioner::new(sh(&dir, "true")).expect("provisioner");
+        let listed = p.list().await.expect("list");
+        assert!(listed.iter().all(|r| !r.alive), "{listed:?}");
+        p.stop("t-reused").await.expect("stop");
+        p.stop("t-unknown").await.expect("stop");
+        assert!(!p.watch("t-reused").await);
+        assert!(exited.try_recv().is_err(), "the stranger lives");
+        drop(p);
+        // The same record with the right start time is ours.
+        write_state(
+            &dir,
+            serde_json::json!({"runners": {"t-mine": {"runner_id": 1, "pid": pid, "start_time": real}}}),
+        );
+        let p = ProcessProvisioner::new(sh(&dir, "true")).expect("provisioner");
+        assert!(p.list().await.expect("list")[0].alive);
+        p.stop("t-mine").await.expect("stop");
+        let status = exited
+            .recv_timeout(DEADLINE)
+            .expect("stopped in time")
+            .expect("wait");
+        assert!(!status.success());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_group_whose_leader_exited_is_still_alive() {
+        let mut leader = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 60 >/dev/null 2>&1 & exit 0"])
+            .process_group(0)
+            .spawn()
+            .expect("spawn");
+        let pgid = i32::try_from(leader.id()).expect("pid");
+        assert!(leader.wait().expect("wait").success());
+        assert!(
+            group_alive(pgid),
+            "the background sleep keeps the group alive"
+        );
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        assert!(!group_alive(0), "group 0 is never ours");
+    }
+
+    #[tokio::test]
+    async fn create_fails_and_stops_the_child_when_the_state_cannot_be_written() {
+        let dir = tempdir("state");
+        let p = ProcessProvisioner::new(sh(&dir, "sleep 60")).expect("provisioner");
+        // The state file's place is taken by a directory: the rename fails.
+        std::fs::create_dir_all(dir.join(STATE_FILE).join("x")).expect("blocker");
+        let e = p.create(spec("t-state")).await.expect_err("unrecorded");
+        assert!(e.to_string().contains("state file"), "{e}");
+        assert!(p.live_pids().is_empty());
+        assert!(!dir.join("t-state").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
