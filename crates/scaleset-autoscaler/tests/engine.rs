@@ -553,3 +553,161 @@ async fn engine_client_is_shared() {
         3
     );
 }
+
+fn fail_runner_deletes(sim: &Simulator) {
+    let fault: scaleset_sim::Fault = serde_json::from_value(serde_json::json!({
+        "kind": "status", "class": "runner", "method": "DELETE", "count": 100000, "status": 500
+    }))
+    .expect("fault");
+    sim.faults().inject(fault).expect("inject");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_removal_never_stops_the_runner_and_is_retried() {
+    let env = env(Duration::ZERO, |_| {}).await;
+    env.engine.handle_desired_runner_count(1).await.expect("ok");
+    let name = running(&env, 1).await.remove(0);
+    idle(&env, 1).await;
+    fail_runner_deletes(&env.sim);
+    env.engine.handle_desired_runner_count(0).await.expect("ok");
+    // Well past the idle delay, with removals failing: the runner is kept, idle.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert!(env.fake.stopped().is_empty(), "{:?}", env.fake.stopped());
+    assert_eq!(env.fake.running(), vec![name.clone()]);
+    let snap = env.engine.snapshot();
+    assert_eq!((snap.idle, snap.removing), (1, 0), "{snap:?}");
+    // GitHub recovers: the retry removes it, then stops it.
+    env.sim.faults().clear();
+    env.engine
+        .wait_until(WAIT, |s| s.runners.is_empty())
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(env.fake.stopped(), vec![name.clone()]);
+    assert!(!env.sim.state().runners.iter().any(|r| r.name == name));
+}
+
+#[tokio::test(start_paused = true)]
+async fn finishing_runners_count_against_max_runners() {
+    let env = env(Duration::ZERO, |s| s.max_runners = 2).await;
+    env.engine.handle_desired_runner_count(2).await.expect("ok");
+    let names = running(&env, 2).await;
+    idle(&env, 2).await;
+    for (i, n) in names.iter().enumerate() {
+        env.engine
+            .handle_job_started(&started(n, i as i64))
+            .await
+            .expect("ok");
+        env.engine
+            .handle_job_completed(&completed(n, i as i64))
+            .await
+            .expect("ok");
+    }
+    // Two new jobs while both processes are still finishing: no third process.
+    env.engine.handle_desired_runner_count(2).await.expect("ok");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(env.fake.running().len(), 2, "{:?}", env.fake.running());
+    assert_eq!(env.fake.created().len(), 2);
+    for n in &names {
+        env.fake.exit(n, true);
+    }
+    env.fake
+        .wait_until(WAIT, |r| {
+            r.len() == 2 && r.iter().all(|n| !names.contains(n))
+        })
+        .await
+        .unwrap_or_else(|r| panic!("replaced: {r:?}"));
+    assert_eq!(env.fake.created().len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_timeout_reports_runners_still_registered() {
+    let env = env(Duration::ZERO, |_| {}).await;
+    env.engine.handle_desired_runner_count(1).await.expect("ok");
+    let name = running(&env, 1).await.remove(0);
+    idle(&env, 1).await;
+    env.engine
+        .handle_job_started(&started(&name, 1))
+        .await
+        .expect("ok");
+    fail_runner_deletes(&env.sim);
+    let left = env
+        .engine
+        .shutdown(ShutdownPolicy::Drain, Duration::from_secs(10))
+        .await;
+    assert_eq!(left, vec![name.clone()]);
+    assert_eq!(env.fake.stopped(), vec![name.clone()]);
+    assert!(env.sim.state().runners.iter().any(|r| r.name == name));
+}
+
+#[tokio::test(start_paused = true)]
+async fn orphans_whose_removal_fails_are_kept() {
+    let env = env(Duration::ZERO, |_| {}).await;
+    let mut ids = Vec::new();
+    for name in ["eng-0000000a", "eng-0000000b"] {
+        let jit = env
+            .client
+            .generate_jit_runner_config(
+                env.engine.settings().scale_set_id,
+                &actions_scaleset::JitRunnerSetting {
+                    name: name.into(),
+                    work_folder: String::new(),
+                },
+            )
+            .await
+            .expect("jit");
+        ids.push(jit.runner.id);
+    }
+    let fake = FakeProvisioner::default();
+    fake.add_leftover(OwnedRunner {
+        name: "eng-0000000a".into(),
+        runner_id: ids[0],
+        alive: true,
+    });
+    fake.add_leftover(OwnedRunner {
+        name: "eng-0000000b".into(),
+        runner_id: ids[1],
+        alive: false,
+    });
+    fail_runner_deletes(&env.sim);
+    let engine = Engine::new(
+        EngineSettings::new(env.engine.settings().scale_set_id, "eng"),
+        env.client.clone(),
+        fake.clone(),
+        ScaleSetMetrics::detached("eng"),
+    );
+    let (removed, adopted) = engine.recover_orphans().await.expect("recover");
+    assert_eq!((removed, adopted), (0, 1));
+    assert!(fake.stopped().is_empty(), "nothing is stopped");
+    // The live one is adopted (idle, its removal retried); the dead one keeps its record.
+    assert_eq!(engine.snapshot().idle, 1);
+    let left: Vec<String> = scaleset_autoscaler::provisioner::Provisioner::list(&fake)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(left, vec!["eng-0000000b".to_string()]);
+    assert_eq!(env.sim.state().runners.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn huge_durations_do_not_panic() {
+    let env = env(Duration::ZERO, |s| {
+        s.idle_delay = Duration::MAX;
+        s.registration_timeout = Duration::MAX;
+        s.exit_grace = Duration::MAX;
+        s.finish_grace = Duration::MAX;
+    })
+    .await;
+    env.engine.handle_desired_runner_count(1).await.expect("ok");
+    let name = running(&env, 1).await.remove(0);
+    env.engine.handle_desired_runner_count(0).await.expect("ok");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(env.fake.running(), vec![name]);
+    assert!(env.engine.failure().is_none());
+    let left = env
+        .engine
+        .shutdown(ShutdownPolicy::Drain, Duration::MAX)
+        .await;
+    assert!(left.is_empty(), "{left:?}");
+}
