@@ -368,6 +368,23 @@ impl Config {
                 "a GitHub App needs app_client_id, app_installation_id and app_private_key_file",
             ));
         }
+        if self.connection.token_env.is_some() && self.connection.token_file.is_some() {
+            return Err(Error::config(
+                "connection.token_file",
+                "give token_env or token_file, not both",
+            ));
+        }
+        if self
+            .connection
+            .token_env
+            .as_deref()
+            .is_some_and(|v| v.is_empty() || v.contains('=') || v.contains('\0'))
+        {
+            return Err(Error::config(
+                "connection.token_env",
+                "must be an environment variable name",
+            ));
+        }
         let mut names = HashSet::new();
         let mut workdirs: std::collections::HashMap<PathBuf, usize> = Default::default();
         for (i, s) in self.scale_sets.iter().enumerate() {

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use actions_scaleset::Client;
 use clap::Args;
-use scaleset_autoscaler::config::{Config, ProvisionerKind, ScaleSetConfig, ShutdownPolicy};
+use scaleset_autoscaler::config::{
+    Config, Connection, ProvisionerKind, ScaleSetConfig, ShutdownPolicy,
+};
 
 use crate::error::CliError;
 use crate::globals::{GlobalArgs, client_from_globals};
@@ -57,9 +59,14 @@ pub(crate) struct RunArgs {
     /// An argument of the runner command (repeatable; {name} and {jitconfig} substituted).
     #[arg(long = "runner-arg", value_name = "ARG", allow_hyphen_values = true)]
     runner_args: Vec<String>,
-    /// Base work directory (runner N works in DIR/N) [default: TMPDIR/scaleset-runners/NAME].
+    /// Base work directory, private to this user (runner N works in DIR/N) [default:
+    /// $XDG_STATE_HOME/scaleset/runners/NAME or ~/.local/state/scaleset/runners/NAME].
     #[arg(long, value_name = "DIR")]
     runner_workdir: Option<PathBuf>,
+    /// A variable of this environment to pass to runners (repeatable). Runners get only
+    /// PATH, HOME, LANG, LC_ALL, TMPDIR, USER, TZ, these and their JIT config.
+    #[arg(long = "runner-env", value_name = "NAME")]
+    runner_env: Vec<String>,
     /// Serve /metrics, /healthz and /readyz on HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
@@ -95,6 +102,7 @@ impl RunArgs {
                 s.command = self.runner_command.clone();
                 s.args = self.runner_args.clone();
                 s.workdir = self.runner_workdir.clone();
+                s.env = self.runner_env.clone();
                 s.shutdown = self.shutdown;
                 s.drain_timeout_secs = self.drain_timeout;
                 let mut c = Config::default();
@@ -115,10 +123,25 @@ impl RunArgs {
             // Flag-built configs name flags, not file keys.
             let msg = e.to_string();
             let msg = if self.config.is_none() {
-                msg.replace("scale_set[0].max_runners", "--max-runners")
-                    .replace("scale_set[0].command", "--runner-command")
-                    .replace("scale_set[0].url", "--url")
-                    .replace("scale_set[0].name", "--name")
+                [
+                    ("scale_set[0].max_runners", "--max-runners"),
+                    ("scale_set[0].min_runners", "--min-runners"),
+                    ("scale_set[0].command", "--runner-command"),
+                    ("scale_set[0].url", "--url"),
+                    ("scale_set[0].name", "--name"),
+                    ("scale_set[0].labels", "--label"),
+                    ("scale_set[0].runner_group", "--runner-group"),
+                    ("scale_set[0].idle_delay_secs", "--idle-delay"),
+                    ("scale_set[0].drain_timeout_secs", "--drain-timeout"),
+                    ("scale_set[0].workdir", "--runner-workdir"),
+                    ("scale_set[0].env", "--runner-env"),
+                    ("scale_set[0].runner_name_prefix", "--name"),
+                    ("metrics.addr", "--metrics-addr"),
+                    ("metrics.poll_window_secs", "--poll-window"),
+                    ("connection.url", "--url"),
+                ]
+                .iter()
+                .fold(msg, |m, (key, flag)| m.replace(key, flag))
             } else {
                 msg
             };
@@ -136,8 +159,7 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> Result<(), CliError> {
         if let Some(url) = config.url_of(i)
             && !clients.contains_key(url)
         {
-            let mut per_url = g.clone();
-            per_url.url = Some(url.to_string());
+            let per_url = globals_for(g, &config.connection, url, &|n| std::env::var(n).ok())?;
             clients.insert(url.to_string(), client_from_globals(&per_url)?);
         }
     }
@@ -154,6 +176,73 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> Result<(), CliError> {
             e @ scaleset_autoscaler::Error::Config { .. } => {
                 CliError::config("InvalidConfig", e.to_string())
             }
+            e @ scaleset_autoscaler::Error::Internal(_) => {
+                CliError::other("Internal", e.to_string())
+            }
             e => CliError::other("Run", e.to_string()),
         })
+}
+
+/// The global options for the client of `url`, completed with the config file's
+/// `[connection]` credentials. Flags and their environment variables win: the file's GitHub
+/// App fields fill only what they left unset, and its token (`token_file`, else `token_env`)
+/// is used only when neither `--token`/`SCALESET_TOKEN` nor a complete GitHub App is given.
+/// Without either, [`client_from_globals`] falls back to `GITHUB_TOKEN`. Secrets are never
+/// part of an error.
+fn globals_for(
+    g: &GlobalArgs,
+    conn: &Connection,
+    url: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<GlobalArgs, CliError> {
+    let mut g = g.clone();
+    g.url = Some(url.to_string());
+    if g.token.as_deref().is_some_and(|t| !t.trim().is_empty()) {
+        return Ok(g);
+    }
+    if g.app_client_id.is_none() {
+        g.app_client_id = conn.app_client_id.clone();
+    }
+    if g.app_installation_id.is_none() {
+        g.app_installation_id = conn.app_installation_id;
+    }
+    if g.app_private_key_file.is_none() && env(crate::globals::ENV_APP_PRIVATE_KEY).is_none() {
+        g.app_private_key_file = conn.app_private_key_file.clone();
+    }
+    let app_complete = g.app_client_id.is_some()
+        && g.app_installation_id.is_some()
+        && (g.app_private_key_file.is_some() || env(crate::globals::ENV_APP_PRIVATE_KEY).is_some());
+    if app_complete {
+        return Ok(g);
+    }
+    if let Some(path) = &conn.token_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CliError::config(
+                "InvalidCredentials",
+                format!("connection.token_file {}: cannot read: {e}", path.display()),
+            )
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(CliError::config(
+                "InvalidCredentials",
+                format!(
+                    "connection.token_file {}: the file is empty",
+                    path.display()
+                ),
+            ));
+        }
+        g.token = Some(token.to_string());
+    } else if let Some(var) = &conn.token_env {
+        match env(var).filter(|v| !v.trim().is_empty()) {
+            Some(token) => g.token = Some(token),
+            None => {
+                return Err(CliError::config(
+                    "InvalidCredentials",
+                    format!("connection.token_env: the environment variable {var} is not set"),
+                ));
+            }
+        }
+    }
+    Ok(g)
 }

@@ -350,3 +350,132 @@ async fn no_runner_leaks_after_sigkill_and_restart() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Polls for a file a runner writes (under a deadline).
+async fn wait_file(dir: &Path, suffix: &str) -> String {
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().ends_with(suffix)
+                    && let Ok(text) = std::fs::read_to_string(e.path())
+                    && text.contains("RUNNER_NAME=")
+                {
+                    return text;
+                }
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {suffix} file appeared in {}",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_do_not_inherit_the_daemons_credentials() {
+    let sim = common::sim().await;
+    let dir = workdir("env");
+    let mut c = cmd();
+    c.args([
+        "run",
+        "--url",
+        &sim.config_url(),
+        "--name",
+        "envtest",
+        "--min-runners",
+        "1",
+        "--runner-command",
+        "/bin/sh",
+        "--runner-arg=-c",
+        "--runner-arg",
+        "env > ../$RUNNER_NAME.env; exec \"$0\" sim-runner",
+        "--runner-arg",
+        env!("CARGO_BIN_EXE_scaleset"),
+        "--runner-env",
+        "PASS_ME",
+        "--runner-workdir",
+        &dir.display().to_string(),
+        "--log-level",
+        "info",
+    ])
+    .env("SCALESET_TOKEN", TOKEN)
+    .env("GITHUB_TOKEN", "ghp_fallbackSecret0000")
+    .env("SCALESET_APP_PRIVATE_KEY_FILE", "/nonexistent/key.pem")
+    .env("PASS_ME", "passed-through");
+    let mut run = Streaming::spawn(c);
+    run.wait_stderr("listening").await;
+    let env = wait_file(&dir, ".env").await;
+    assert!(!env.contains(TOKEN), "the admin token leaked: {env}");
+    for var in [
+        "SCALESET_TOKEN=",
+        "GITHUB_TOKEN=",
+        "SCALESET_APP_PRIVATE_KEY_FILE=",
+    ] {
+        assert!(!env.lines().any(|l| l.starts_with(var)), "{var} leaked");
+    }
+    assert!(env.contains("PASS_ME=passed-through"), "{env}");
+    assert!(env.contains("ACTIONS_RUNNER_INPUT_JITCONFIG="));
+    run.sigterm();
+    let out = run.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A config file whose `[connection]` names the credentials; no token flag or variable.
+async fn run_with_connection(tag: &str, connection: &str, env: &[(&str, &str)]) {
+    let sim = common::sim().await;
+    let dir = workdir(tag);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("autoscaler.toml");
+    let toml = format!(
+        "[connection]\nurl = {url:?}\n{connection}\n\n[[scale_set]]\nname = {tag:?}\ncommand = {cmd:?}\nargs = [\"sim-runner\"]\nworkdir = {wd:?}\n",
+        url = sim.config_url(),
+        cmd = env!("CARGO_BIN_EXE_scaleset"),
+        wd = dir.join("runners").display().to_string(),
+    );
+    std::fs::write(&config, toml).expect("config");
+    let mut c = cmd();
+    c.args([
+        "run",
+        "--config",
+        &config.display().to_string(),
+        "--log-level",
+        "info",
+    ]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut run = Streaming::spawn(c);
+    run.wait_stderr("listening").await;
+    run.sigterm();
+    let out = run.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.contains(TOKEN), "the token is never printed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_token_env_authenticates() {
+    run_with_connection(
+        "tokenenv",
+        "token_env = \"MY_TOKEN\"",
+        &[("MY_TOKEN", TOKEN)],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_token_file_authenticates() {
+    let file = workdir("tokenfile-secret");
+    std::fs::write(&file, format!("{TOKEN}\n")).expect("token file");
+    run_with_connection(
+        "tokenfile",
+        &format!("token_file = {:?}", file.display().to_string()),
+        &[],
+    )
+    .await;
+    let _ = std::fs::remove_file(&file);
+}
