@@ -479,3 +479,38 @@ async fn config_token_file_authenticates() {
     .await;
     let _ = std::fs::remove_file(&file);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_standby_leaves_the_active_instances_runners_alone() {
+    let sim = common::sim().await;
+    let dir = workdir("standby");
+    let mut active = run_cmd(&sim, &dir, "standby", &["--min-runners", "2"]);
+    active.wait_stderr("listening").await;
+    let (ok, _) = sim
+        .wait_until(LONG, |st| {
+            st.runners.iter().filter(|r| r.online).count() == 2
+        })
+        .await;
+    assert!(ok, "two warm runners");
+    let before: Vec<String> = sim.state().runners.iter().map(|r| r.name.clone()).collect();
+    let pids = processes_under(&dir);
+    // Same scale set, same work directory: it must only wait.
+    let mut standby = run_cmd(&sim, &dir, "standby", &["--min-runners", "2"]);
+    standby.wait_stderr("hot standby").await;
+    let after: Vec<String> = sim.state().runners.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(after, before, "the standby removed no registration");
+    for pid in &pids {
+        assert!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), None).is_ok(),
+            "runner process {pid} still alive"
+        );
+    }
+    standby.sigterm();
+    let out = standby.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.contains("cleaned up"), "{}", out.stderr);
+    active.sigterm();
+    let out = active.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
