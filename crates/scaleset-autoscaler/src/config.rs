@@ -299,15 +299,27 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] naming the key that is missing, unknown or invalid.
     pub fn from_toml_str(text: &str) -> Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let span = e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                    format!("line {line}")
-                })
-                .unwrap_or_else(|| "config".to_string());
-            Error::config(span, e.message().to_string())
+        let at_line = |e: &toml::de::Error| {
+            e.span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            let place = at_line(&e).map_or_else(|| "config".to_string(), |l| format!("line {l}"));
+            Error::config(place, e.message().to_string())
+        })?;
+        // serde_path_to_error names the key that failed, e.g. `scale_set[0].max_runners`.
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let key = if path.is_empty() || path == "." {
+                "config".to_string()
+            } else {
+                path
+            };
+            let line = at_line(&inner)
+                .map(|l| format!(" (line {l})"))
+                .unwrap_or_default();
+            Error::config(key, format!("{}{line}", inner.message()))
         })?;
         config.validate()?;
         Ok(config)
@@ -523,6 +535,19 @@ mod tests {
         command = "/bin/true"
         args = ["--name", "{name}"]
     "#;
+
+    #[test]
+    fn type_errors_name_the_key_and_line() {
+        let bad = GOOD.replace("max_runners = 2", "max_runners = -1");
+        let e = Config::from_toml_str(&bad).expect_err("negative max_runners");
+        let text = e.to_string();
+        assert!(text.contains("scale_set[1].max_runners"), "{text}");
+        assert!(text.contains("line 12"), "{text}");
+        let e = Config::from_toml_str("[connection]\nurl = 5\n").expect_err("url is a number");
+        assert!(e.to_string().contains("connection.url"), "{e}");
+        let e = Config::from_toml_str("[[scale_set]\n").expect_err("broken TOML");
+        assert!(e.to_string().contains("line 1"), "{e}");
+    }
 
     #[test]
     fn parses_a_good_file() {
