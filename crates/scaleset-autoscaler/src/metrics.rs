@@ -72,23 +72,12 @@ pub struct JobLabels {
     pub event_name: String,
 }
 
-/// Labels of completed-job metrics.
+/// Labels of completed-job metrics: the job's labels plus its result.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CompletedJobLabels {
-    /// Scale set name.
-    pub name: String,
-    /// Repository the job ran for.
-    pub repository: String,
-    /// Its owner.
-    pub organization: String,
-    /// Enterprise (from the scale set's scope).
-    pub enterprise: String,
-    /// Job display name.
-    pub job_name: String,
-    /// Workflow reference.
-    pub job_workflow_ref: String,
-    /// Triggering event.
-    pub event_name: String,
+    /// The job's labels.
+    #[prometheus(flatten)]
+    pub job: JobLabels,
     /// Result (`succeeded`, `failed`, `canceled`, ...).
     pub job_result: String,
 }
@@ -342,15 +331,8 @@ impl ScaleSetMetrics {
 
     /// A job completed (counted once per job, by the engine).
     pub fn job_completed(&self, job: &JobCompleted) {
-        let j = self.job_labels(&job.base);
         let labels = CompletedJobLabels {
-            name: j.name,
-            repository: j.repository,
-            organization: j.organization,
-            enterprise: j.enterprise,
-            job_name: j.job_name,
-            job_workflow_ref: j.job_workflow_ref,
-            event_name: j.event_name,
+            job: self.job_labels(&job.base),
             job_result: job.result.clone(),
         };
         self.metrics.completed_jobs.get_or_create(&labels).inc();
