@@ -349,7 +349,7 @@ impl Client {
                 None,
             )
             .await?
-            .expect(StatusCode::OK)?;
+            .expect_status(StatusCode::OK)?;
         let list: ListResponse<RunnerScaleSet> = resp.json()?;
         at_most_one(
             list,
@@ -372,7 +372,7 @@ impl Client {
                 None,
             )
             .await?
-            .expect(StatusCode::OK)?;
+            .expect_status(StatusCode::OK)?;
         let list: ListResponse<RunnerScaleSet> = resp.json()?;
         checked_list(list, &resp)
     }
@@ -432,7 +432,7 @@ impl Client {
                 return Ok(existing);
             }
         }
-        resp.expect(StatusCode::OK)?.json()
+        resp.expect_status(StatusCode::OK)?.json()
     }
 
     /// Updates the given fields of a scale set.
@@ -483,7 +483,7 @@ impl Client {
                 None,
             )
             .await?
-            .expect(StatusCode::OK)?;
+            .expect_status(StatusCode::OK)?;
         let list: ListResponse<RunnerGroup> = resp.json()?;
         match at_most_one(
             list,
@@ -545,7 +545,7 @@ impl Client {
         if resp.status == StatusCode::NOT_FOUND {
             return Err(not_found_as(resp, Error::RunnerNotFound));
         }
-        resp.expect(StatusCode::OK)?.json()
+        resp.expect_status(StatusCode::OK)?.json()
     }
 
     /// Finds a runner by name; `None` when there is none.
@@ -558,7 +558,7 @@ impl Client {
                 None,
             )
             .await?
-            .expect(StatusCode::OK)?;
+            .expect_status(StatusCode::OK)?;
         let list: ListResponse<RunnerReference> = resp.json()?;
         at_most_one(list, &resp, &format!("runners found with name {name:?}"))
     }
@@ -577,7 +577,7 @@ impl Client {
                 None,
             )
             .await?;
-        match resp.expect(StatusCode::NO_CONTENT) {
+        match resp.expect_status(StatusCode::NO_CONTENT) {
             Ok(_) | Err(Error::RunnerNotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -596,12 +596,12 @@ fn default_label_types(labels: &mut [Label]) {
     }
 }
 
-/// Like [`Incoming::expect`], but a bare 404 on a scale-set path means the scale set is gone.
+/// Like [`Incoming::expect_status`], but a bare 404 on a scale-set path means the scale set is gone.
 fn expect_scale_set(resp: Incoming, expected: StatusCode) -> Result<Incoming> {
     if resp.status == StatusCode::NOT_FOUND {
         return Err(not_found_as(resp, Error::ScaleSetNotFound));
     }
-    resp.expect(expected)
+    resp.expect_status(expected)
 }
 
 /// The error of a 404 answer: a known exception keeps its own kind, anything else becomes

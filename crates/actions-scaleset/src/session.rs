@@ -125,7 +125,7 @@ async fn create_session(
     if resp.status == StatusCode::NOT_FOUND {
         return Err(not_found_as(resp, Error::ScaleSetNotFound));
     }
-    let resp = resp.expect(StatusCode::OK)?;
+    let resp = resp.expect_status(StatusCode::OK)?;
     validated(&resp, resp.json()?, generation)
 }
 

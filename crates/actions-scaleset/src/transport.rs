@@ -158,7 +158,7 @@ impl Incoming {
     }
 
     /// Succeeds when the status is `expected`, otherwise turns the answer into an error.
-    pub(crate) fn expect(self, expected: StatusCode) -> Result<Incoming, Error> {
+    pub(crate) fn expect_status(self, expected: StatusCode) -> Result<Incoming, Error> {
         if self.status == expected {
             Ok(self)
         } else {
