@@ -55,8 +55,8 @@ pub struct SimConfig {
     pub admin_token_ttl: Duration,
     /// Lifetime of a session's `messageQueueAccessToken` (default 50 min).
     pub queue_token_ttl: Duration,
-    /// An assigned job that no runner takes within this time is canceled and requeued
-    /// (default 60 s).
+    /// An assigned job that no runner takes within this time is canceled and requeued; in
+    /// ghes mode an offered job not acquired within this time is offered again (default 60 s).
     pub assignment_timeout: Duration,
     /// How many times a canceled job is requeued before it is given up (default 3).
     pub max_requeues: u32,

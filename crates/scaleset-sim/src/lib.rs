@@ -42,6 +42,11 @@
 //! * An assigned job no runner takes within `assignment_timeout` gets `JobCompleted` with
 //!   result `canceled` and is requeued (at once), at most `max_requeues` times, then it stays
 //!   completed/canceled.
+//! * ghes: an offered job (`JobAvailable`) not acquired within `assignment_timeout` (the
+//!   listener never called `acquirejobs`, or the call failed) goes back to the queue without
+//!   any `JobCompleted` (it was never assigned; not counted in `max_requeues`) and is offered
+//!   again at once, with a new `JobAvailable` in the next message, to any matching scale set
+//!   with room. GitHub keeps an unacquired job queued and offers it again; it never loses it.
 //! * A simulated runner takes the oldest assigned job of its scale set (`JobStarted`), runs it
 //!   for the job's duration with heartbeats and reports (`JobCompleted`); the ephemeral runner
 //!   is then removed. A busy runner silent for `runner_heartbeat_timeout` is dead: its job

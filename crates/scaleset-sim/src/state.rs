@@ -21,6 +21,20 @@ pub(crate) fn ts(t: Option<jiff::Timestamp>) -> String {
     t.map_or_else(|| ZERO_TIME.to_owned(), |t| t.to_string())
 }
 
+/// Time from `since` to `now`, zero when `since` is later (never panics, unlike `now - since`
+/// or `since + timeout`, whatever the configured durations).
+pub(crate) fn elapsed(now: Instant, since: Instant) -> Duration {
+    now.saturating_duration_since(since)
+}
+
+/// `t + d`, or a far-future instant when that overflows (a huge TTL means "never").
+pub(crate) fn add_or_far(t: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    t.checked_add(d)
+        .or_else(|| t.checked_add(FAR))
+        .unwrap_or(t)
+}
+
 /// Scale-set statistics, exactly the seven counters of the wire format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -128,6 +142,8 @@ pub(crate) struct Job {
     pub runner_assign_time: Option<jiff::Timestamp>,
     pub finish_time: Option<jiff::Timestamp>,
     pub assigned_at: Option<Instant>,
+    /// When the job was last offered (`JobAvailable`, ghes mode) and not yet acquired.
+    pub offered_at: Option<Instant>,
     pub runner: Option<(i64, String)>,
     pub final_result: Option<String>,
     pub scale_set: Option<i64>,
@@ -475,6 +491,7 @@ impl State {
                 j.phase = JobPhase::Queued;
                 j.acquired = false;
                 j.assigned_at = None;
+                j.offered_at = None;
                 j.scale_set = None;
                 j.scale_set_assign_time = None;
                 self.queued.insert(*jid);
@@ -738,6 +755,7 @@ impl State {
                     runner_assign_time: None,
                     finish_time: None,
                     assigned_at: None,
+                    offered_at: None,
                     runner: None,
                     final_result: None,
                     scale_set: None,
@@ -868,6 +886,7 @@ impl State {
                 j.scale_set = Some(ss_id);
                 if ghes {
                     j.phase = JobPhase::Available(ss_id);
+                    j.offered_at = Some(now);
                 } else {
                     j.phase = JobPhase::Assigned(ss_id);
                     j.assigned_at = Some(now);
@@ -891,6 +910,7 @@ impl State {
                 JobPhase::Available(s) if s == ss_id => {
                     j.phase = JobPhase::Assigned(ss_id);
                     j.acquired = true;
+                    j.offered_at = None;
                     j.assigned_at = Some(now);
                     j.scale_set_assign_time = Some(wall);
                     out.push(id);
@@ -952,6 +972,22 @@ impl State {
         j.scale_set_assign_time = None;
         j.finish_time = None;
         j.final_result = None;
+        self.queued.insert(jid);
+    }
+
+    /// Takes back an offered job nobody acquired (ghes): it returns to the queue silently (no
+    /// `JobCompleted`: it was never assigned, and it does not count as a requeue) and the
+    /// next [`State::schedule`] offers it again with a new `JobAvailable`.
+    fn reoffer(&mut self, jid: i64) {
+        let Some(j) = self.jobs.get_mut(&jid) else {
+            return;
+        };
+        let ss = j.scale_set.take();
+        j.phase = JobPhase::Queued;
+        j.offered_at = None;
+        if let Some(ss) = ss.and_then(|s| self.scale_sets.get_mut(&s)) {
+            ss.jobs.remove(&jid);
+        }
         self.queued.insert(jid);
     }
 
@@ -1150,19 +1186,34 @@ impl State {
             .filter(|jid| {
                 self.jobs.get(jid).is_some_and(|j| {
                     matches!(j.phase, JobPhase::Assigned(_))
-                        && j.assigned_at.is_some_and(|t| now >= t + timeout)
+                        && j.assigned_at.is_some_and(|t| elapsed(now, t) >= timeout)
                 })
             })
             .collect();
         let dead: Vec<(i64, i64)> = self
             .runners
             .values()
-            .filter(|r| r.job.is_some() && now >= r.last_heartbeat + hb)
+            .filter(|r| r.job.is_some() && elapsed(now, r.last_heartbeat) >= hb)
             .filter_map(|r| r.job.map(|j| (r.id, j)))
             .collect();
-        let changed = !expired.is_empty() || !dead.is_empty();
+        let unacquired: Vec<i64> = self
+            .scale_sets
+            .values()
+            .flat_map(|ss| ss.jobs.iter())
+            .copied()
+            .filter(|jid| {
+                self.jobs.get(jid).is_some_and(|j| {
+                    matches!(j.phase, JobPhase::Available(_))
+                        && j.offered_at.is_some_and(|t| elapsed(now, t) >= timeout)
+                })
+            })
+            .collect();
+        let changed = !expired.is_empty() || !dead.is_empty() || !unacquired.is_empty();
         for jid in expired {
             self.cancel_and_requeue(jid);
+        }
+        for jid in unacquired {
+            self.reoffer(jid);
         }
         for (_rid, jid) in dead {
             self.complete_job(jid, "failed");

@@ -390,3 +390,56 @@ async fn removed_runner_stops_waiting() {
         .expect("join");
     assert!(matches!(res, Err(RunnerError::Removed)), "{res:?}");
 }
+
+/// ghes: a `JobAvailable` acknowledged but never acquired (the acquire failed) is offered
+/// again after `assignment_timeout` instead of holding a capacity slot forever.
+#[tokio::test]
+async fn unacquired_offer_is_offered_again_and_can_run() {
+    let ctx = Ctx::start(SimConfig {
+        mode: AssignmentMode::Ghes,
+        assignment_timeout: Duration::from_millis(200),
+        ..fast_cfg()
+    })
+    .await;
+    let ss = ctx.create_scale_set("reoffer", &[]).await;
+    let s = ctx.create_session(ss).await;
+    let id = ctx
+        .sim
+        .enqueue_jobs(job("reoffer", 1, 20))
+        .await
+        .expect("enqueue")[0];
+    let offered = |m: &[Value]| {
+        of_type(m, "JobAvailable")
+            .iter()
+            .any(|a| a["runnerRequestId"] == id)
+    };
+    ctx.collect(&s, 1, offered).await;
+    ctx.sim
+        .faults()
+        .inject(scaleset_sim::Fault::Status {
+            class: scaleset_sim::EndpointClass::Acquire,
+            method: None,
+            count: 1,
+            status: 503,
+            type_name: None,
+            message: None,
+            retry_after: None,
+        })
+        .expect("inject");
+    assert_eq!(ctx.acquire(&s, &[id]).await.status, 503);
+    // Offered again in a new message.
+    let again = ctx.collect(&s, 1, offered).await;
+    assert_eq!(of_type(&again, "JobCompleted").len(), 0, "{again:?}");
+    let r = ctx.acquire(&s, &[id]).await;
+    assert_eq!(r.json()["value"], json!([id]));
+    let (_rid, jit) = ctx.jit(ss, "runner-reoffer-1").await;
+    let task = tokio::spawn(async move { runner::run(&jit, fast_runner()).await });
+    let msgs = ctx.collect(&s, 1, |m| has_completed(m, id)).await;
+    assert_eq!(of_type(&msgs, "JobCompleted")[0]["result"], "succeeded");
+    assert_eq!(
+        task.await.expect("join").expect("runner").result,
+        "succeeded"
+    );
+    let st = ctx.sim.state();
+    assert_eq!(st.job(id).expect("job").requeues, 0);
+}
