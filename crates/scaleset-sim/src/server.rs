@@ -559,10 +559,23 @@ fn logged_headers(h: &HeaderMap) -> BTreeMap<String, String> {
         }
     }
     if let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        let scheme = v.split_whitespace().next().unwrap_or("").to_owned();
-        out.insert("authorization".to_owned(), scheme);
+        out.insert("authorization".to_owned(), auth_scheme_for_log(v));
     }
     out
+}
+
+/// The scheme of an `Authorization` value when it is a known one, else `<redacted>`: a value
+/// without a scheme is the credential itself and must not reach the log.
+fn auth_scheme_for_log(v: &str) -> String {
+    const KNOWN: [&str; 4] = ["Bearer", "RemoteAuth", "token", "Basic"];
+    let mut words = v.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some(first), Some(_)) => KNOWN
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(first))
+            .map_or_else(|| "<redacted>".to_owned(), |k| (*k).to_owned()),
+        _ => "<redacted>".to_owned(),
+    }
 }
 
 async fn fault_layer(AxState(s): S, req: Request, next: Next) -> Response {

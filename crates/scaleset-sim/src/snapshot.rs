@@ -166,7 +166,8 @@ pub struct RequestLogEntry {
     pub class: EndpointClass,
     /// Status answered; 0 when the connection was dropped.
     pub status: u16,
-    /// Selected headers (`authorization` holds only the scheme, e.g. `Bearer`).
+    /// Selected headers (`authorization` holds only a known scheme: `Bearer`, `RemoteAuth`,
+    /// `token` or `Basic`; any other value is logged as `<redacted>`).
     pub headers: BTreeMap<String, String>,
     /// Name of the fault applied, if any.
     pub fault: Option<String>,

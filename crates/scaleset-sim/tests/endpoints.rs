@@ -952,6 +952,8 @@ async fn acquire_jobs_endpoint() {
     );
 }
 
+const GROUPS_PATH: &str = "_apis/runtime/runnergroups/?groupName=default&api-version=6.0-preview";
+
 #[tokio::test]
 async fn request_log_redacts_authorization() {
     let ctx = Ctx::start(fast_cfg()).await;
@@ -981,6 +983,33 @@ async fn request_log_redacts_authorization() {
     }
     assert!(!String::from_utf8_lossy(&r.body).contains(&ctx.admin));
     assert!(!String::from_utf8_lossy(&r.body).contains(&ctx.sim.token()));
+    // A credential sent without a scheme (or with an unknown one) is not logged either.
+    ctx.sim.clear_requests();
+    let pat = ctx.sim.token();
+    for auth in [
+        pat.clone(),
+        format!("Weird {pat}"),
+        format!("token {pat}"),
+        format!("basic {pat}"),
+    ] {
+        send(&ctx.http, Method::GET, &ctx.t(GROUPS_PATH), Some(&auth), None).await;
+    }
+    let seen: Vec<String> = ctx
+        .sim
+        .requests()
+        .iter()
+        .map(|e| e.headers.get("authorization").cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(seen, ["<redacted>", "<redacted>", "token", "Basic"]);
+    let r = send(
+        &ctx.http,
+        Method::GET,
+        &format!("{}/requests", ctx.sim.control_url()),
+        None,
+        None,
+    )
+    .await;
+    assert!(!String::from_utf8_lossy(&r.body).contains(&pat));
     let r = send(
         &ctx.http,
         Method::DELETE,
