@@ -108,13 +108,13 @@ impl Keys {
             .map_err(|e| format!("invalid App JWT: {e}"))?;
         let c = data.claims;
         let now = now_secs();
-        if c.iat > now + 60 {
+        if c.iat > now.saturating_add(60) {
             return Err("App JWT iat is in the future".into());
         }
         if c.exp <= c.iat {
             return Err("App JWT exp is not after iat".into());
         }
-        if c.exp - c.iat > 11 * 60 || c.exp > now + 11 * 60 {
+        if c.exp.saturating_sub(c.iat) > 11 * 60 || c.exp > now.saturating_add(11 * 60) {
             return Err("App JWT lifetime exceeds 10 minutes".into());
         }
         Ok(())
@@ -126,7 +126,7 @@ impl Keys {
             iss: "scaleset-sim".into(),
             sub: "admin".into(),
             iat: now,
-            exp: now + ttl_secs.max(1),
+            exp: now.saturating_add(ttl_secs.max(1)),
             gen_: generation,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.admin_enc)

@@ -83,6 +83,41 @@ pub struct SimConfig {
     pub repo: String,
 }
 
+/// Longest [`SimConfig::long_poll`] and [`SimConfig::runner_job_poll`] accepted (1 day): these
+/// are waits a request is held open for, anything longer is a mistake.
+pub const MAX_POLL_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+impl SimConfig {
+    /// Checks the fields [`crate::Simulator::start`] rejects: `long_poll` and
+    /// `runner_job_poll` above [`MAX_POLL_WAIT`], `max_jobs_per_message` or
+    /// `request_log_capacity` of 0. Lifetimes and timeouts take any value: a huge one (up to
+    /// `Duration::MAX`) means "never".
+    pub fn validate(&self) -> Result<(), SimError> {
+        for (name, d) in [
+            ("long_poll", self.long_poll),
+            ("runner_job_poll", self.runner_job_poll),
+        ] {
+            if d > MAX_POLL_WAIT {
+                return Err(SimError::InvalidConfig(format!(
+                    "{name} must be at most {} s, got {d:?}",
+                    MAX_POLL_WAIT.as_secs()
+                )));
+            }
+        }
+        for (name, n) in [
+            ("max_jobs_per_message", self.max_jobs_per_message),
+            ("request_log_capacity", self.request_log_capacity),
+        ] {
+            if n == 0 {
+                return Err(SimError::InvalidConfig(format!(
+                    "{name} must be at least 1"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for SimConfig {
     fn default() -> Self {
         Self {

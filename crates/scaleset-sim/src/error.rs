@@ -24,6 +24,9 @@ pub enum SimError {
     /// A control request (for example an enqueue) was rejected.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A [`crate::SimConfig`] field is out of range (the message names the field).
+    #[error("invalid simulator configuration: {0}")]
+    InvalidConfig(String),
     /// The embedded key material could not be loaded.
     #[error("key error: {0}")]
     Key(String),

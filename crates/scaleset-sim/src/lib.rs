@@ -57,7 +57,7 @@
 //! | Method & path | Body | Answer |
 //! |---|---|---|
 //! | `GET /_sim/info` | | `{"baseUrl","configUrl","orgConfigUrl","enterpriseConfigUrl","token","controlUrl","mode","app":{"clientId","installationId","privateKeyPem"}}` |
-//! | `POST /_sim/jobs` | `{"labels":[..],"count":N,"durationSeconds":S,"durationMs":M,"result":"succeeded"}` (all optional; count 1, duration 0) | 201 `{"jobIds":[..]}` |
+//! | `POST /_sim/jobs` | `{"labels":[..],"count":N,"durationSeconds":S,"durationMs":M,"result":"succeeded"}` (all optional; count 1, duration 0, at most [`MAX_JOB_DURATION`]) | 201 `{"jobIds":[..]}` |
 //! | `GET /_sim/state` | | 200 [`SimState`] |
 //! | `GET /_sim/requests` | | 200 `[`[`RequestLogEntry`]`]` |
 //! | `DELETE /_sim/requests` | | 204, log cleared |
@@ -112,7 +112,7 @@ use tokio::time::Instant;
 pub use auth::{
     APP_CLIENT_ID, APP_INSTALLATION_ID, APP_PRIVATE_KEY_PEM, APP_PUBLIC_KEY_PEM, AppCredentials,
 };
-pub use config::{AssignmentMode, SimConfig};
+pub use config::{AssignmentMode, MAX_POLL_WAIT, SimConfig};
 pub use error::SimError;
 pub use faults::{EndpointClass, Fault};
 pub use snapshot::{
@@ -149,10 +149,19 @@ impl Default for EnqueueJobs {
 /// Maximum number of jobs one enqueue call may create.
 pub const MAX_ENQUEUE: u32 = 100_000;
 
+/// Longest job duration accepted (5 days, GitHub's limit for a job on a self-hosted runner).
+pub const MAX_JOB_DURATION: Duration = Duration::from_secs(5 * 24 * 3600);
+
 pub(crate) fn enqueue(s: &Shared, req: EnqueueJobs) -> Result<Vec<i64>, SimError> {
     if req.count > MAX_ENQUEUE {
         return Err(SimError::InvalidRequest(format!(
             "count must be at most {MAX_ENQUEUE}"
+        )));
+    }
+    if req.duration > MAX_JOB_DURATION {
+        return Err(SimError::InvalidRequest(format!(
+            "duration must be at most {} s",
+            MAX_JOB_DURATION.as_secs()
         )));
     }
     if req.result.trim().is_empty() {
@@ -216,7 +225,10 @@ impl Faults {
 
 impl Simulator {
     /// Bind and start serving.
+    ///
+    /// Fails with [`SimError::InvalidConfig`] when [`SimConfig::validate`] rejects `cfg`.
     pub async fn start(cfg: SimConfig) -> Result<Simulator, SimError> {
+        cfg.validate()?;
         let listener = tokio::net::TcpListener::bind(cfg.bind)
             .await
             .map_err(|source| SimError::Bind {
@@ -243,7 +255,10 @@ impl Simulator {
                 tracing::warn!(error = %e, "simulator server stopped with an error");
             }
         });
-        let reaper = tokio::spawn(reaper(shared.clone()));
+        let reaper = tokio::spawn(watch_reaper(
+            shared.clone(),
+            tokio::spawn(reaper(shared.clone())),
+        ));
         Ok(Simulator {
             shared,
             addr,
@@ -340,7 +355,7 @@ impl Simulator {
         timeout: Duration,
         pred: impl Fn(&SimState) -> bool,
     ) -> (bool, SimState) {
-        let deadline = Instant::now() + timeout;
+        let deadline = state::add_or_far(Instant::now(), timeout);
         loop {
             let notified = self.shared.changed.notified();
             tokio::pin!(notified);
@@ -394,6 +409,27 @@ impl Drop for Simulator {
     }
 }
 
+/// Awaits the timer task; if it panicked, says so loudly (error log) and visibly
+/// ([`SimState::reaper_error`]) instead of letting every timer stop in silence.
+async fn watch_reaper(shared: Arc<Shared>, task: JoinHandle<()>) {
+    let Err(e) = task.await else { return };
+    if !e.is_panic() {
+        return;
+    }
+    let payload = e.into_panic();
+    let msg = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "panic without a message".to_owned());
+    tracing::error!(error = %msg, "simulator timer task died: timeouts no longer fire");
+    *shared
+        .reaper_error
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(msg);
+    shared.changed.notify_waiters();
+}
+
 /// Timer task: assignment timeouts and dead runners.
 async fn reaper(shared: Arc<Shared>) {
     let min = shared
@@ -425,4 +461,34 @@ pub async fn serve(cfg: SimConfig, shutdown: impl Future<Output = ()>) -> Result
     shutdown.await;
     sim.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dead_reaper_is_reported() {
+        let keys = auth::Keys::new().expect("keys");
+        let shared = Arc::new(Shared::new(
+            SimConfig::default(),
+            "http://127.0.0.1:1".into(),
+            keys,
+        ));
+        assert_eq!(shared.snapshot().reaper_error, None);
+        let task = tokio::spawn(async { panic!("tick exploded") });
+        watch_reaper(shared.clone(), task).await;
+        assert_eq!(
+            shared.snapshot().reaper_error.as_deref(),
+            Some("tick exploded")
+        );
+        // A reaper that ends normally (shutdown) is not an error.
+        let shared2 = Arc::new(Shared::new(
+            SimConfig::default(),
+            "http://127.0.0.1:1".into(),
+            auth::Keys::new().expect("keys"),
+        ));
+        watch_reaper(shared2.clone(), tokio::spawn(async {})).await;
+        assert_eq!(shared2.snapshot().reaper_error, None);
+    }
 }

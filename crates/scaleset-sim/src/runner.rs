@@ -286,7 +286,7 @@ pub async fn run(jit_config: &str, opts: RunnerOptions) -> Result<RunnerOutcome,
     } else {
         duration
     };
-    let end = tokio::time::Instant::now() + run_for;
+    let end = crate::state::add_or_far(tokio::time::Instant::now(), run_for);
     loop {
         let now = tokio::time::Instant::now();
         if now >= end {

@@ -29,7 +29,7 @@ use crate::faults::{EndpointClass, Fault, FaultStore, LatencyRule, ResponseActio
 use crate::snapshot::{RequestLogEntry, snapshot};
 use crate::state::{
     EX_AGENT_NOT_FOUND, EX_ARGUMENT, EX_SS_NOT_FOUND, EX_UNAUTHORIZED, JobPhase, Label, OpError,
-    RunnerBehavior, State, op_err,
+    RunnerBehavior, State, add_or_far, op_err,
 };
 
 /// Everything the handlers share.
@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub changed: Notify,
     pub cancel: CancellationToken,
     pub in_flight_polls: std::sync::atomic::AtomicUsize,
+    /// Why the timer task died, if it did (shown in [`crate::SimState::reaper_error`]).
+    pub reaper_error: Mutex<Option<String>>,
     seq: AtomicU64,
 }
 
@@ -81,6 +83,7 @@ impl Shared {
             changed: Notify::new(),
             cancel: CancellationToken::new(),
             in_flight_polls: std::sync::atomic::AtomicUsize::new(0),
+            reaper_error: Mutex::new(None),
             seq: AtomicU64::new(1),
         }
     }
@@ -99,6 +102,7 @@ impl Shared {
     pub(crate) fn snapshot(&self) -> crate::SimState {
         let mut snap = self.read_state(snapshot);
         snap.in_flight_polls = self.in_flight_polls.load(Ordering::Relaxed);
+        snap.reaper_error = lock(&self.reaper_error).clone();
         snap
     }
 
@@ -717,7 +721,7 @@ async fn installation_token(
     let ttl = s.cfg.installation_token_ttl;
     s.with_state(|st| {
         st.install_tokens
-            .insert(token.clone(), Instant::now() + ttl)
+            .insert(token.clone(), add_or_far(Instant::now(), ttl))
     });
     Ok(json_response(
         StatusCode::CREATED,
@@ -744,7 +748,7 @@ async fn registration_token(AxState(s): S, headers: HeaderMap) -> ApiResult {
     }
     let token = random_token("AREG");
     let ttl = s.cfg.registration_token_ttl;
-    s.with_state(|st| st.reg_tokens.insert(token.clone(), now + ttl));
+    s.with_state(|st| st.reg_tokens.insert(token.clone(), add_or_far(now, ttl)));
     Ok(json_response(
         StatusCode::CREATED,
         &json!({"token": token, "expires_at": expiry(ttl)}),
@@ -1249,7 +1253,7 @@ async fn get_message(
     let Some(notify) = notify else {
         return Err(ApiError::new(404, EX_SS_NOT_FOUND, "scale set not found"));
     };
-    let deadline = Instant::now() + s.cfg.long_poll;
+    let deadline = add_or_far(Instant::now(), s.cfg.long_poll);
     let _guard = PollGuard::new(&s.in_flight_polls);
     let msg = wait_on(&s, &notify, deadline, |st| {
         st.check_queue_token(&token, ss_id, Instant::now())?;
@@ -1364,10 +1368,22 @@ fn one_u32() -> u32 {
 
 async fn control_enqueue(AxState(s): S, body: Bytes) -> ApiResult {
     let b: EnqueueIn = parse_json(&body)?;
+    let max = crate::MAX_JOB_DURATION;
     let duration = match (b.duration_ms, b.duration_seconds) {
-        (Some(ms), _) => Duration::from_millis(ms),
+        (Some(ms), _) => Some(Duration::from_millis(ms))
+            .filter(|d| *d <= max)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("durationMs must be at most {}", max.as_millis()))
+            })?,
         (None, Some(secs)) => Duration::try_from_secs_f64(secs)
-            .map_err(|_| ApiError::bad_request("durationSeconds must be a non-negative number"))?,
+            .ok()
+            .filter(|d| *d <= max)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "durationSeconds must be a number from 0 to {}",
+                    max.as_secs()
+                ))
+            })?,
         (None, None) => Duration::ZERO,
     };
     let req = crate::EnqueueJobs {
@@ -1484,7 +1500,7 @@ async fn runner_job(
             )),
         };
     };
-    let job = wait_on(&s, &notify, Instant::now() + wait, |st| {
+    let job = wait_on(&s, &notify, add_or_far(Instant::now(), wait), |st| {
         if !st.runners.contains_key(&rid) {
             return Err(op_err(
                 404,

@@ -27,6 +27,10 @@ pub struct SimState {
     /// Message-queue long polls currently held open.
     #[serde(default)]
     pub in_flight_polls: usize,
+    /// `None` while the timer task (assignment timeouts, re-offers, dead runners, idle
+    /// sessions) runs; the panic message if it died. Timers stop when it is set.
+    #[serde(default)]
+    pub reaper_error: Option<String>,
 }
 
 impl SimState {
@@ -260,5 +264,6 @@ pub(crate) fn snapshot(st: &State) -> SimState {
         runners,
         jobs,
         in_flight_polls: 0,
+        reaper_error: None,
     }
 }

@@ -30,9 +30,7 @@ pub(crate) fn elapsed(now: Instant, since: Instant) -> Duration {
 /// `t + d`, or a far-future instant when that overflows (a huge TTL means "never").
 pub(crate) fn add_or_far(t: Instant, d: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    t.checked_add(d)
-        .or_else(|| t.checked_add(FAR))
-        .unwrap_or(t)
+    t.checked_add(d).or_else(|| t.checked_add(FAR)).unwrap_or(t)
 }
 
 /// Scale-set statistics, exactly the seven counters of the wire format.
@@ -589,7 +587,7 @@ impl State {
                 scale_set: ss_id,
                 owner,
                 token: token.clone(),
-                token_expires: Instant::now() + self.cfg.queue_token_ttl,
+                token_expires: add_or_far(Instant::now(), self.cfg.queue_token_ttl),
                 mq_url,
             },
         );
@@ -616,7 +614,7 @@ impl State {
         }
         let token = random_token("mqt_");
         let old = std::mem::replace(&mut s.token, token.clone());
-        s.token_expires = Instant::now() + self.cfg.queue_token_ttl;
+        s.token_expires = add_or_far(Instant::now(), self.cfg.queue_token_ttl);
         self.queue_tokens.remove(&old);
         self.queue_tokens.insert(token, sid);
         Ok(())

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
@@ -992,7 +994,14 @@ async fn request_log_redacts_authorization() {
         format!("token {pat}"),
         format!("basic {pat}"),
     ] {
-        send(&ctx.http, Method::GET, &ctx.t(GROUPS_PATH), Some(&auth), None).await;
+        send(
+            &ctx.http,
+            Method::GET,
+            &ctx.t(GROUPS_PATH),
+            Some(&auth),
+            None,
+        )
+        .await;
     }
     let seen: Vec<String> = ctx
         .sim
@@ -1093,4 +1102,156 @@ async fn control_api_rejects_bad_input() {
     .await;
     assert_eq!(r.status, 404);
     sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn out_of_range_poll_waits_are_rejected_at_start() {
+    for cfg in [
+        SimConfig {
+            long_poll: Duration::MAX,
+            ..fast_cfg()
+        },
+        SimConfig {
+            runner_job_poll: Duration::from_secs(u64::MAX),
+            ..fast_cfg()
+        },
+        SimConfig {
+            max_jobs_per_message: 0,
+            ..fast_cfg()
+        },
+    ] {
+        let err = Simulator::start(cfg).await.expect_err("rejected");
+        assert!(
+            matches!(err, scaleset_sim::SimError::InvalidConfig(_)),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            ["long_poll", "runner_job_poll", "max_jobs_per_message"]
+                .iter()
+                .any(|f| text.contains(f)),
+            "names the field: {text}"
+        );
+    }
+}
+
+/// Huge lifetimes and timeouts mean "never": nothing overflows, the timer task survives.
+#[tokio::test]
+async fn huge_timeouts_and_ttls_mean_never() {
+    let ctx = Ctx::start(SimConfig {
+        long_poll: scaleset_sim::MAX_POLL_WAIT,
+        assignment_timeout: Duration::MAX,
+        runner_heartbeat_timeout: Duration::MAX,
+        queue_token_ttl: Duration::MAX,
+        admin_token_ttl: Duration::MAX,
+        installation_token_ttl: Duration::MAX,
+        registration_token_ttl: Duration::MAX,
+        ..fast_cfg()
+    })
+    .await;
+    let creds = ctx.sim.app_credentials();
+    let jwt = app_jwt(
+        &creds.client_id,
+        now() - 60,
+        now() + 480,
+        &creds.private_key_pem,
+    );
+    let url = format!(
+        "{}/api/v3/app/installations/{}/access_tokens",
+        ctx.sim.base_url(),
+        creds.installation_id
+    );
+    let r = send(
+        &ctx.http,
+        Method::POST,
+        &url,
+        Some(&format!("Bearer {jwt}")),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let ss = ctx.create_scale_set("huge", &[]).await;
+    let s = ctx.create_session(ss).await;
+    let id = ctx
+        .sim
+        .enqueue_jobs(scaleset_sim::EnqueueJobs {
+            labels: vec!["huge".into()],
+            duration: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue")[0];
+    ctx.collect(&s, 1, |m| !of_type(m, "JobAssigned").is_empty())
+        .await;
+    let (_rid, jit) = ctx.jit(ss, "runner-huge").await;
+    let outcome = scaleset_sim::runner::run(&jit, fast_runner())
+        .await
+        .expect("runner");
+    assert_eq!(outcome.request_id, id);
+    let (ok, st) = ctx
+        .sim
+        .wait_until(Duration::MAX, |st| {
+            st.job(id).is_some_and(|j| j.status == "completed")
+        })
+        .await;
+    assert!(ok);
+    assert_eq!(st.reaper_error, None);
+}
+
+#[tokio::test]
+async fn app_jwt_with_extreme_claims_is_rejected_not_a_crash() {
+    let sim = Simulator::start(fast_cfg()).await.expect("start");
+    let http = client();
+    let creds = sim.app_credentials();
+    let url = format!(
+        "{}/api/v3/app/installations/{}/access_tokens",
+        sim.base_url(),
+        creds.installation_id
+    );
+    for (iat, exp) in [(i64::MIN, now() + 300), (now() - 60, i64::MAX)] {
+        let jwt = app_jwt(&creds.client_id, iat, exp, &creds.private_key_pem);
+        let r = send(
+            &http,
+            Method::POST,
+            &url,
+            Some(&format!("Bearer {jwt}")),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 401, "iat {iat} exp {exp}");
+    }
+}
+
+#[tokio::test]
+async fn job_duration_is_capped() {
+    let sim = Simulator::start(fast_cfg()).await.expect("start");
+    let http = client();
+    let url = format!("{}/jobs", sim.control_url());
+    for (body, field) in [
+        (json!({"durationSeconds": 1e19}), "durationSeconds"),
+        (json!({"durationSeconds": 432_001}), "durationSeconds"),
+        (json!({"durationMs": u64::MAX}), "durationMs"),
+    ] {
+        let r = send(&http, Method::POST, &url, None, Some(body.clone())).await;
+        assert_eq!(r.status, 400, "{body}");
+        let msg = r.json()["message"].as_str().unwrap_or_default().to_owned();
+        assert!(msg.contains(field), "{body}: {msg}");
+    }
+    let r = send(
+        &http,
+        Method::POST,
+        &url,
+        None,
+        Some(json!({"durationSeconds": 432_000})),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let err = sim
+        .enqueue_jobs(scaleset_sim::EnqueueJobs {
+            duration: Duration::MAX,
+            ..Default::default()
+        })
+        .await
+        .expect_err("too long");
+    assert!(err.to_string().contains("duration"), "{err}");
 }
