@@ -72,6 +72,7 @@
 //!
 //! * `{"kind":"latency","class":"message","delayMs":200,"count":3}` (no count = until cleared)
 //! * `{"kind":"status","class":"session","method":"POST","count":2,"status":503,"typeName":"X","message":"m","retryAfter":1}`
+//!   (`status` 200 to 599; 204 and 304 are answered without a body or `Content-Type`)
 //! * `{"kind":"bom"|"malformedJson"|"truncatedJson"|"emptyBody"|"dropConnection","class":..,"count":N}`
 //!   — `status`, `emptyBody` (200, empty) and `dropConnection` (socket closed, no answer)
 //!   skip the handler; `bom`, `malformedJson`, `truncatedJson` run it and then mangle the body.

@@ -155,16 +155,11 @@ impl Shared {
                 _ => Ok(()),
             }
         }
-        fn check_class(c: EndpointClass) -> Result<(), String> {
-            let _ = c;
-            Ok(())
-        }
         let push = |class: EndpointClass,
                     method: Option<String>,
                     count: u32,
                     action: ResponseAction|
          -> Result<(), String> {
-            check_class(class)?;
             check_method(&method)?;
             if count == 0 {
                 return Err("count must be at least 1".into());
@@ -205,8 +200,10 @@ impl Shared {
                 message,
                 retry_after,
             } => {
-                if !(100..=599).contains(&status) {
-                    return Err(format!("status {status} is not a valid HTTP status"));
+                if !(200..=599).contains(&status) {
+                    return Err(format!(
+                        "status must be a final HTTP status from 200 to 599, got {status}"
+                    ));
                 }
                 push(
                     class,
@@ -626,11 +623,18 @@ async fn fault_layer(AxState(s): S, req: Request, next: Next) -> Response {
             message,
             retry_after,
         }) => {
-            let mut r = ApiError {
-                rest: class == EndpointClass::Github,
-                ..ApiError::new(status, &type_name, message)
-            }
-            .into_response();
+            let mut r = if matches!(status, 204 | 304) {
+                // No body (and no Content-Type) is allowed with these.
+                StatusCode::from_u16(status)
+                    .unwrap_or(StatusCode::NO_CONTENT)
+                    .into_response()
+            } else {
+                ApiError {
+                    rest: class == EndpointClass::Github,
+                    ..ApiError::new(status, &type_name, message)
+                }
+                .into_response()
+            };
             if let Some(secs) = retry_after {
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -525,3 +525,40 @@ async fn faults_listing_and_clearing() {
     assert_eq!(v["runnerFaults"], json!([]));
     assert_eq!(v["emptyMessageQueueUrl"], 0);
 }
+
+#[tokio::test]
+async fn status_fault_accepts_only_final_statuses_and_sends_no_body_for_204_304() {
+    let ctx = Ctx::start(fast_cfg()).await;
+    for status in [100, 101, 199, 600, 0] {
+        let body = json!({"kind": "status", "class": "scaleset", "status": status});
+        let r = send(
+            &ctx.http,
+            Method::POST,
+            &format!("{}/faults", ctx.sim.control_url()),
+            None,
+            Some(body),
+        )
+        .await;
+        assert_eq!(r.status, 400, "status {status}");
+        let msg = r.json()["message"].as_str().unwrap_or_default().to_owned();
+        assert!(msg.contains("status"), "names the field: {msg}");
+    }
+    for status in [204u16, 304] {
+        fault(
+            &ctx,
+            json!({"kind": "status", "class": "scaleset", "status": status}),
+        )
+        .await;
+        let r = ctx.tenant(Method::GET, GROUPS, None).await;
+        assert_eq!(r.status, status);
+        assert!(r.body.is_empty(), "no body with {status}");
+        assert_eq!(
+            r.header("content-type"),
+            None,
+            "no content type with {status}"
+        );
+        assert!(r.header("activityid").is_some());
+    }
+    // The connection is still usable afterwards.
+    assert_eq!(ctx.tenant(Method::GET, GROUPS, None).await.status, 200);
+}
