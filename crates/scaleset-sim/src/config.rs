@@ -73,6 +73,13 @@ pub struct SimConfig {
     pub registration_token_ttl: Duration,
     /// Maximum time the simulated runner's job fetch is held open (default 30 s).
     pub runner_job_poll: Duration,
+    /// A message delivered and not acknowledged is delivered again to a poll whose
+    /// `lastMessageId` is at or past it only once this long has passed since its last
+    /// delivery (default 30 s, below the 50 s long poll, so a listener whose DELETE failed
+    /// gets it back within one poll instead of in a hot loop). A poll with a lower
+    /// `lastMessageId` (a new session sends 0; a listener retrying a message it failed to
+    /// handle keeps the previous id) gets it at once.
+    pub message_visibility_timeout: Duration,
     /// Maximum number of job messages per queue message (default 50).
     pub max_jobs_per_message: usize,
     /// How many request-log entries are kept (oldest dropped first; default 10,000).
@@ -133,6 +140,7 @@ impl Default for SimConfig {
             installation_token_ttl: Duration::from_secs(3600),
             registration_token_ttl: Duration::from_secs(3600),
             runner_job_poll: Duration::from_secs(30),
+            message_visibility_timeout: Duration::from_secs(30),
             max_jobs_per_message: 50,
             request_log_capacity: 10_000,
             org: "sim-org".to_owned(),
@@ -156,6 +164,10 @@ impl fmt::Debug for SimConfig {
             .field("installation_token_ttl", &self.installation_token_ttl)
             .field("registration_token_ttl", &self.registration_token_ttl)
             .field("runner_job_poll", &self.runner_job_poll)
+            .field(
+                "message_visibility_timeout",
+                &self.message_visibility_timeout,
+            )
             .field("max_jobs_per_message", &self.max_jobs_per_message)
             .field("request_log_capacity", &self.request_log_capacity)
             .field("org", &self.org)

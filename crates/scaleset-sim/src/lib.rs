@@ -37,8 +37,11 @@
 //!   enqueued earlier are offered on the first poll (which then answers at once).
 //! * Events belong to the scale set, not the session: a new session sees unacknowledged
 //!   messages. Pending events are packed into messages of at most 50 job messages when a
-//!   poll arrives; a poll returns the oldest unacknowledged message with id > `lastMessageId`,
-//!   else the oldest unacknowledged one. `DELETE` acknowledges.
+//!   poll arrives; a poll returns the oldest unacknowledged message with id > `lastMessageId`
+//!   at once, else the oldest unacknowledged one not delivered within
+//!   `message_visibility_timeout` (default 30 s; the long poll answers when one becomes
+//!   visible again, so a client whose `DELETE` failed is not served in a hot loop).
+//!   `DELETE` acknowledges.
 //! * An assigned job no runner takes within `assignment_timeout` gets `JobCompleted` with
 //!   result `canceled` and is requeued (at once), at most `max_requeues` times, then it stays
 //!   completed/canceled.

@@ -1187,23 +1187,30 @@ async fn delete_session(
 
 // ----- message queue -----
 
-/// Waits until `check` yields a value, `deadline` passes (`Ok(None)`) or the sim shuts down.
+/// Waits until `check` yields a value (`Ok(v)`), `deadline` passes (`Ok(None)`) or the sim
+/// shuts down. `check` answers `Err(Some(t))` to be checked again at `t` even without a
+/// notification, `Err(None)` to wait for one.
 async fn wait_on<T>(
     s: &Shared,
     notify: &Notify,
     deadline: Instant,
-    mut check: impl FnMut(&mut State) -> Result<Option<T>, OpError>,
+    mut check: impl FnMut(&mut State) -> Result<Result<T, Option<Instant>>, OpError>,
 ) -> Result<Option<T>, OpError> {
     loop {
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Some(v) = s.with_state(&mut check)? {
-            return Ok(Some(v));
-        }
+        let wake = match s.with_state(&mut check)? {
+            Ok(v) => return Ok(Some(v)),
+            Err(wake) => wake,
+        };
         tokio::select! {
             () = &mut notified => {}
-            () = tokio::time::sleep_until(deadline) => return Ok(None),
+            () = tokio::time::sleep_until(wake.unwrap_or(deadline).min(deadline)) => {
+                if Instant::now() >= deadline {
+                    return Ok(None);
+                }
+            }
             () = s.cancel.cancelled() => return Ok(None),
         }
     }
@@ -1261,7 +1268,7 @@ async fn get_message(
     let _guard = PollGuard::new(&s.in_flight_polls);
     let msg = wait_on(&s, &notify, deadline, |st| {
         st.check_queue_token(&token, ss_id, Instant::now())?;
-        Ok(st.next_message(ss_id, last))
+        Ok(st.next_message(ss_id, last, Instant::now()))
     })
     .await?;
     match msg {
@@ -1512,7 +1519,7 @@ async fn runner_job(
                 format!("runner {rid} was removed"),
             ));
         }
-        Ok(st.runner_take_job(rid))
+        Ok(st.runner_take_job(rid).ok_or(None))
     })
     .await?;
     match job {

@@ -74,6 +74,8 @@ pub(crate) struct Label {
 pub(crate) struct Message {
     pub id: i64,
     pub body: String,
+    /// Last delivery; `None` before the first.
+    pub delivered_at: Option<Instant>,
 }
 
 pub(crate) struct ScaleSet {
@@ -674,29 +676,52 @@ impl State {
 
     /// Packs pending events into messages (at most `max_jobs_per_message` each) and returns
     /// the message to deliver: the oldest unacknowledged one with id > `last`, else the oldest
-    /// unacknowledged one.
-    pub(crate) fn next_message(&mut self, ss_id: i64, last: i64) -> Option<Value> {
+    /// unacknowledged one that was never delivered or whose last delivery is at least
+    /// `message_visibility_timeout` old. `Err(when)`: nothing to deliver now; `when` is the
+    /// next time an unacknowledged message becomes visible again, if any.
+    pub(crate) fn next_message(
+        &mut self,
+        ss_id: i64,
+        last: i64,
+        now: Instant,
+    ) -> Result<Value, Option<Instant>> {
         let per = self.cfg.max_jobs_per_message.max(1);
         let pending = match self.scale_sets.get_mut(&ss_id) {
             Some(ss) => std::mem::take(&mut ss.pending),
-            None => return None,
+            None => return Err(None),
         };
         let mut new_msgs = Vec::new();
         for chunk in pending.chunks(per) {
             let id = self.next_message_id;
             self.next_message_id += 1;
             let body = serde_json::to_string(chunk).unwrap_or_else(|_| "[]".to_owned());
-            new_msgs.push(Message { id, body });
+            new_msgs.push(Message {
+                id,
+                body,
+                delivered_at: None,
+            });
         }
-        let ss = self.scale_sets.get_mut(&ss_id)?;
+        let vis = self.cfg.message_visibility_timeout;
+        let ss = self.scale_sets.get_mut(&ss_id).ok_or(None)?;
         ss.messages.extend(new_msgs);
-        let m = ss
+        let visible = |m: &Message| m.delivered_at.is_none_or(|t| elapsed(now, t) >= vis);
+        let pos = ss
             .messages
             .iter()
-            .find(|m| m.id > last)
-            .or(ss.messages.front())?;
+            .position(|m| m.id > last)
+            .or_else(|| ss.messages.iter().position(visible));
+        let Some(m) = pos.and_then(|i| ss.messages.get_mut(i)) else {
+            let wake = ss
+                .messages
+                .iter()
+                .filter_map(|m| m.delivered_at)
+                .min()
+                .map(|t| add_or_far(t, vis));
+            return Err(wake);
+        };
+        m.delivered_at = Some(now);
         let (id, body) = (m.id, m.body.clone());
-        Some(json!({
+        Ok(json!({
             "messageId": id,
             "messageType": "RunnerScaleSetJobMessages",
             "body": body,

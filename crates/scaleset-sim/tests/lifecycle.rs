@@ -174,9 +174,10 @@ async fn redelivery_until_deleted_and_across_sessions() {
     let r = ctx.poll(&s, 0, 10).await;
     assert_eq!(r.status, 200);
     let m1 = r.json()["messageId"].as_i64().expect("id");
-    // Not deleted: delivered again with lastMessageId 0 and with lastMessageId = m1.
+    // Not deleted: delivered again with lastMessageId 0 (at once), but not with
+    // lastMessageId = m1 before the visibility timeout (30 s by default): 202.
     assert_eq!(ctx.poll(&s, 0, 10).await.json()["messageId"], m1);
-    assert_eq!(ctx.poll(&s, m1, 10).await.json()["messageId"], m1);
+    assert_eq!(ctx.poll(&s, m1, 10).await.status, 202);
     // A newer message is preferred over the unacknowledged older one when lastMessageId = m1.
     ctx.sim
         .enqueue_jobs(job("redeliver", 1, 0))
@@ -442,4 +443,51 @@ async fn unacquired_offer_is_offered_again_and_can_run() {
     );
     let st = ctx.sim.state();
     assert_eq!(st.job(id).expect("job").requeues, 0);
+}
+
+/// A listener whose DELETE failed keeps polling with `lastMessageId` = that message: it gets
+/// the message back once the visibility timeout passed (during its long poll), not in a hot
+/// loop. A poll with a lower `lastMessageId` (a retry after a failed handling) gets it at once.
+#[tokio::test]
+async fn redelivery_past_last_message_id_waits_for_the_visibility_timeout() {
+    let ctx = Ctx::start(SimConfig {
+        long_poll: Duration::from_secs(30),
+        message_visibility_timeout: Duration::from_millis(300),
+        ..fast_cfg()
+    })
+    .await;
+    let ss = ctx.create_scale_set("visibility", &[]).await;
+    let s = ctx.create_session(ss).await;
+    ctx.sim
+        .enqueue_jobs(job("visibility", 1, 0))
+        .await
+        .expect("enqueue");
+    let r = ctx.poll(&s, 0, 10).await;
+    assert_eq!(r.status, 200);
+    let m1 = r.json()["messageId"].as_i64().expect("id");
+    // The failed-handling retry: lastMessageId below m1 -> at once, again and again.
+    for _ in 0..3 {
+        assert_eq!(ctx.poll(&s, m1 - 1, 10).await.json()["messageId"], m1);
+    }
+    // The failed-DELETE case: same lastMessageId. Polls in a tight loop see at most one
+    // delivery per visibility timeout; the long poll (30 s) answers when m1 is visible again.
+    ctx.sim.clear_requests();
+    let r = tokio::time::timeout(DEADLINE, ctx.poll(&s, m1, 10))
+        .await
+        .expect("answered well before the 30 s long poll ends");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["messageId"], m1);
+    let polls = ctx
+        .sim
+        .requests()
+        .iter()
+        .filter(|e| e.method == "GET" && e.class == scaleset_sim::EndpointClass::Message)
+        .count();
+    assert_eq!(polls, 1);
+    // Acknowledged: nothing more.
+    assert_eq!(ctx.delete_message(&s, m1).await, 204);
+    assert_eq!(
+        ctx.sim.state().scale_set(ss).expect("ss").unacked_messages,
+        Vec::<i64>::new()
+    );
 }
