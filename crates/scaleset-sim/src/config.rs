@@ -71,6 +71,11 @@ pub struct SimConfig {
     pub installation_token_ttl: Duration,
     /// Lifetime of runner registration tokens (default 1 h).
     pub registration_token_ttl: Duration,
+    /// A session with no message poll in flight and no queue or session call (poll, message
+    /// DELETE, acquirejobs, refresh) for this long is removed by the timer, like a listener
+    /// that crashed without deleting it; its scale set then accepts a new session (default
+    /// 120 s: longer than a 50 s long poll plus a retry).
+    pub session_idle_timeout: Duration,
     /// Maximum time the simulated runner's job fetch is held open (default 30 s).
     pub runner_job_poll: Duration,
     /// A message delivered and not acknowledged is delivered again to a poll whose
@@ -139,6 +144,7 @@ impl Default for SimConfig {
             token: None,
             installation_token_ttl: Duration::from_secs(3600),
             registration_token_ttl: Duration::from_secs(3600),
+            session_idle_timeout: Duration::from_secs(120),
             runner_job_poll: Duration::from_secs(30),
             message_visibility_timeout: Duration::from_secs(30),
             max_jobs_per_message: 50,
@@ -163,6 +169,7 @@ impl fmt::Debug for SimConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("installation_token_ttl", &self.installation_token_ttl)
             .field("registration_token_ttl", &self.registration_token_ttl)
+            .field("session_idle_timeout", &self.session_idle_timeout)
             .field("runner_job_poll", &self.runner_job_poll)
             .field(
                 "message_visibility_timeout",

@@ -50,6 +50,9 @@
 //!   any `JobCompleted` (it was never assigned; not counted in `max_requeues`) and is offered
 //!   again at once, with a new `JobAvailable` in the next message, to any matching scale set
 //!   with room. GitHub keeps an unacquired job queued and offers it again; it never loses it.
+//! * A session with no poll in flight and no poll, message `DELETE`, `acquirejobs` or refresh
+//!   for `session_idle_timeout` (default 120 s) is removed (a listener that crashed without
+//!   deleting it); its scale set then accepts a new session.
 //! * A simulated runner takes the oldest assigned job of its scale set (`JobStarted`), runs it
 //!   for the job's duration with heartbeats and reports (`JobCompleted`); the ephemeral runner
 //!   is then removed. A busy runner silent for `runner_heartbeat_timeout` is dead: its job
@@ -439,7 +442,8 @@ async fn reaper(shared: Arc<Shared>) {
     let min = shared
         .cfg
         .assignment_timeout
-        .min(shared.cfg.runner_heartbeat_timeout);
+        .min(shared.cfg.runner_heartbeat_timeout)
+        .min(shared.cfg.session_idle_timeout);
     let tick = (min / 4).clamp(Duration::from_millis(5), Duration::from_millis(500));
     loop {
         tokio::select! {

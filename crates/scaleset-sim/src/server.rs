@@ -65,6 +65,19 @@ impl Drop for PollGuard<'_> {
     }
 }
 
+/// A message poll of a session in flight: the session cannot idle out meanwhile; its end
+/// (answered or cancelled) counts as activity.
+struct SessionPoll<'a> {
+    s: &'a Shared,
+    sid: Uuid,
+}
+
+impl Drop for SessionPoll<'_> {
+    fn drop(&mut self) {
+        lock(&self.s.state).touch_session(self.sid, -1, Instant::now());
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -1259,8 +1272,11 @@ async fn get_message(
         if let Some(c) = capacity {
             st.set_capacity(ss_id, c);
         }
-        Ok(st.scale_sets.get(&ss_id).map(|ss| ss.notify.clone()))
+        st.touch_session(sid, 1, Instant::now());
+        Ok((sid, st.scale_sets.get(&ss_id).map(|ss| ss.notify.clone())))
     })?;
+    let (sid, notify) = notify;
+    let _active = SessionPoll { s: &s, sid };
     let Some(notify) = notify else {
         return Err(ApiError::new(404, EX_SS_NOT_FOUND, "scale set not found"));
     };
@@ -1295,7 +1311,8 @@ async fn delete_message(
         .map_err(|_| ApiError::bad_request(format!("invalid message id {:?}", p.mid)))?;
     let token = queue_token(&headers)?;
     s.with_state(|st| {
-        st.check_queue_token(&token, ss_id, Instant::now())?;
+        let sid = st.check_queue_token(&token, ss_id, Instant::now())?;
+        st.touch_session(sid, 0, Instant::now());
         st.ack_message(ss_id, mid);
         Ok::<_, OpError>(())
     })?;
@@ -1312,7 +1329,8 @@ async fn acquire_jobs(
     let token = queue_token(&headers)?;
     let ids: Vec<i64> = parse_json(&body)?;
     let acquired = s.with_state(|st| {
-        st.check_queue_token(&token, ss_id, Instant::now())?;
+        let sid = st.check_queue_token(&token, ss_id, Instant::now())?;
+        st.touch_session(sid, 0, Instant::now());
         Ok::<_, OpError>(st.acquire(ss_id, &ids))
     })?;
     ok(&json!({"count": acquired.len(), "value": acquired}))

@@ -104,6 +104,10 @@ pub(crate) struct Session {
     pub token: String,
     pub token_expires: Instant,
     pub mq_url: String,
+    /// Last poll, message DELETE, acquire or refresh (or the creation).
+    pub last_active: Instant,
+    /// Message polls in flight.
+    pub polls: u32,
 }
 
 pub(crate) struct Runner {
@@ -591,6 +595,8 @@ impl State {
                 token: token.clone(),
                 token_expires: add_or_far(Instant::now(), self.cfg.queue_token_ttl),
                 mq_url,
+                last_active: Instant::now(),
+                polls: 0,
             },
         );
         self.queue_tokens.insert(token, id);
@@ -617,6 +623,7 @@ impl State {
         let token = random_token("mqt_");
         let old = std::mem::replace(&mut s.token, token.clone());
         s.token_expires = add_or_far(Instant::now(), self.cfg.queue_token_ttl);
+        s.last_active = Instant::now();
         self.queue_tokens.remove(&old);
         self.queue_tokens.insert(token, sid);
         Ok(())
@@ -663,6 +670,15 @@ impl State {
             ));
         }
         Ok(*sid)
+    }
+
+    /// Records activity of a session (keeps it from idling out); `poll` +1 when a poll
+    /// starts, -1 when it ends, 0 otherwise.
+    pub(crate) fn touch_session(&mut self, sid: Uuid, poll: i32, now: Instant) {
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.last_active = now;
+            s.polls = s.polls.saturating_add_signed(poll);
+        }
     }
 
     // ----- messages -----
@@ -1231,7 +1247,21 @@ impl State {
                 })
             })
             .collect();
-        let changed = !expired.is_empty() || !dead.is_empty() || !unacquired.is_empty();
+        let idle = self.cfg.session_idle_timeout;
+        let idle_sessions: Vec<Uuid> = self
+            .sessions
+            .values()
+            .filter(|s| s.polls == 0 && elapsed(now, s.last_active) >= idle)
+            .map(|s| s.id)
+            .collect();
+        for sid in &idle_sessions {
+            tracing::info!(session_id = %sid, "session idle for too long; removing it");
+            self.remove_session(*sid);
+        }
+        let changed = !expired.is_empty()
+            || !dead.is_empty()
+            || !unacquired.is_empty()
+            || !idle_sessions.is_empty();
         for jid in expired {
             self.cancel_and_requeue(jid);
         }

@@ -491,3 +491,32 @@ async fn redelivery_past_last_message_id_waits_for_the_visibility_timeout() {
         Vec::<i64>::new()
     );
 }
+
+/// A listener that crashed without deleting its session: the session idles out and a new
+/// one can be created. A session with a poll in flight longer than the idle timeout stays.
+#[tokio::test]
+async fn abandoned_session_expires_and_a_new_one_can_be_created() {
+    let ctx = Ctx::start(SimConfig {
+        long_poll: Duration::from_millis(600),
+        session_idle_timeout: Duration::from_millis(200),
+        ..fast_cfg()
+    })
+    .await;
+    let ss = ctx.create_scale_set("idle", &[]).await;
+    let s = ctx.create_session(ss).await;
+    // Polling keeps it alive even though one poll outlasts the idle timeout.
+    for _ in 0..2 {
+        assert_eq!(ctx.poll(&s, 0, 1).await.status, 202);
+    }
+    assert_eq!(ctx.sim.state().sessions.len(), 1);
+    // Abandoned: no poll, no DELETE.
+    let (ok, st) = ctx
+        .sim
+        .wait_until(DEADLINE, |st| st.sessions.is_empty())
+        .await;
+    assert!(ok, "the idle session expires: {:?}", st.sessions);
+    assert_eq!(st.scale_set(ss).expect("ss").session_id, None);
+    assert_eq!(ctx.poll(&s, 0, 1).await.status, 401);
+    let s2 = ctx.create_session(ss).await;
+    assert_ne!(s2.id, s.id);
+}
