@@ -258,9 +258,17 @@ impl Shared {
             } => push(class, method, count, ResponseAction::DropConnection),
             Fault::ExpireQueueToken { scale_set_id } => self.with_state(|st| {
                 let now = Instant::now();
+                let mut hit = Vec::new();
                 for s in st.sessions.values_mut() {
                     if scale_set_id.is_none_or(|id| id == s.scale_set) {
                         s.token_expires = now;
+                        hit.push(s.scale_set);
+                    }
+                }
+                // Polls in flight answer 401 now, not 202 at the end of the long poll.
+                for id in hit {
+                    if let Some(ss) = st.scale_sets.get(&id) {
+                        ss.notify.notify_waiters();
                     }
                 }
                 Ok(())
@@ -1283,8 +1291,12 @@ async fn get_message(
     let deadline = add_or_far(Instant::now(), s.cfg.long_poll);
     let _guard = PollGuard::new(&s.in_flight_polls);
     let msg = wait_on(&s, &notify, deadline, |st| {
-        st.check_queue_token(&token, ss_id, Instant::now())?;
-        Ok(st.next_message(ss_id, last, Instant::now()))
+        let sid = st.check_queue_token(&token, ss_id, Instant::now())?;
+        // Also wake when the token expires: the poll then answers 401 at once.
+        let expires = st.sessions.get(&sid).map(|s| s.token_expires);
+        Ok(st
+            .next_message(ss_id, last, Instant::now())
+            .map_err(|wake| wake.into_iter().chain(expires).min()))
     })
     .await?;
     match msg {

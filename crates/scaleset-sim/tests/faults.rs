@@ -562,3 +562,53 @@ async fn status_fault_accepts_only_final_statuses_and_sends_no_body_for_204_304(
     // The connection is still usable afterwards.
     assert_eq!(ctx.tenant(Method::GET, GROUPS, None).await.status, 200);
 }
+
+#[tokio::test]
+async fn expire_queue_token_ends_a_poll_in_flight_with_401() {
+    let ctx = std::sync::Arc::new(
+        Ctx::start(SimConfig {
+            long_poll: Duration::from_secs(60),
+            ..fast_cfg()
+        })
+        .await,
+    );
+    let ss = ctx.create_scale_set("qt-wake", &[]).await;
+    let s = ctx.create_session(ss).await;
+    let poll = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { ctx.poll(&s, 0, 1).await.status })
+    };
+    let (ok, _) = ctx
+        .sim
+        .wait_until(DEADLINE, |st| st.in_flight_polls == 1)
+        .await;
+    assert!(ok, "the poll is in flight");
+    ctx.sim
+        .faults()
+        .inject(Fault::ExpireQueueToken {
+            scale_set_id: Some(ss),
+        })
+        .expect("inject");
+    let status = tokio::time::timeout(DEADLINE, poll)
+        .await
+        .expect("answered before the 60 s long poll ends")
+        .expect("join");
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn queue_token_expiring_by_ttl_ends_a_poll_in_flight_with_401() {
+    let ctx = Ctx::start(SimConfig {
+        long_poll: Duration::from_secs(60),
+        queue_token_ttl: Duration::from_millis(300),
+        ..fast_cfg()
+    })
+    .await;
+    let ss = ctx.create_scale_set("qt-ttl-wake", &[]).await;
+    let s = ctx.create_session(ss).await;
+    let status = tokio::time::timeout(DEADLINE, ctx.poll(&s, 0, 1))
+        .await
+        .expect("answered before the 60 s long poll ends")
+        .status;
+    assert_eq!(status, 401);
+}
