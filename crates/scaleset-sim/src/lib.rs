@@ -399,13 +399,38 @@ impl Simulator {
     }
 
     /// Graceful shutdown: pending long polls answer 202 at once, then the server stops.
-    pub async fn shutdown(mut self) {
+    /// Same as [`Simulator::shutdown_within`] with 10 s.
+    pub async fn shutdown(self) {
+        self.shutdown_within(Duration::from_secs(10)).await;
+    }
+
+    /// Graceful shutdown that gives open requests `grace` to finish. Then every request still
+    /// in a handler (say, one whose body never arrives) is answered 503 and its connection
+    /// closed; whatever still runs after one more second is aborted. When this returns,
+    /// nothing of the simulator serves anymore (a connection stuck before its request is
+    /// complete may linger until its client gives up; it is never answered).
+    pub async fn shutdown_within(mut self, grace: Duration) {
         self.shared.cancel.cancel();
         if let Some(r) = self.reaper.take() {
             let _ = r.await;
         }
-        if let Some(s) = self.server.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), s).await;
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        if tokio::time::timeout(grace, &mut server).await.is_ok() {
+            return;
+        }
+        tracing::warn!(
+            ?grace,
+            "simulator: requests still open after the grace period; stopping them"
+        );
+        self.shared.halt.cancel();
+        if tokio::time::timeout(Duration::from_secs(1), &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+            let _ = server.await;
         }
     }
 }

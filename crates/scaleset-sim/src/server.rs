@@ -43,6 +43,9 @@ pub(crate) struct Shared {
     pub log: Mutex<VecDeque<RequestLogEntry>>,
     pub changed: Notify,
     pub cancel: CancellationToken,
+    /// Hard stop after a graceful shutdown timed out: every request still being handled is
+    /// answered 503 at once so its connection closes.
+    pub halt: CancellationToken,
     pub in_flight_polls: std::sync::atomic::AtomicUsize,
     /// Why the timer task died, if it did (shown in [`crate::SimState::reaper_error`]).
     pub reaper_error: Mutex<Option<String>>,
@@ -95,6 +98,7 @@ impl Shared {
             log: Mutex::new(VecDeque::new()),
             changed: Notify::new(),
             cancel: CancellationToken::new(),
+            halt: CancellationToken::new(),
             in_flight_polls: std::sync::atomic::AtomicUsize::new(0),
             reaper_error: Mutex::new(None),
             seq: AtomicU64::new(1),
@@ -547,6 +551,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/runner/{rid}/complete", post(runner_complete))
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(shared.clone(), fault_layer))
+        .layer(middleware::from_fn_with_state(shared.clone(), halt_layer))
         .with_state(shared)
 }
 
@@ -584,6 +589,25 @@ fn logged_headers(h: &HeaderMap) -> BTreeMap<String, String> {
         out.insert("authorization".to_owned(), auth_scheme_for_log(v));
     }
     out
+}
+
+/// Outermost layer: once [`Shared::halt`] fires, a request still in its handler (for
+/// example one whose body never arrives) is answered 503 with `Connection: close`.
+async fn halt_layer(AxState(s): S, req: Request, next: Next) -> Response {
+    tokio::select! {
+        r = next.run(req) => r,
+        () = s.halt.cancelled() => {
+            let mut r = ApiError::new(
+                503,
+                "GitHub.Actions.Sim.ShuttingDownException",
+                "the simulator is stopping",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+    }
 }
 
 /// The scheme of an `Authorization` value when it is a known one, else `<redacted>`: a value

@@ -1255,3 +1255,55 @@ async fn job_duration_is_capped() {
         .expect_err("too long");
     assert!(err.to_string().contains("duration"), "{err}");
 }
+
+/// A request whose body never arrives keeps a graceful shutdown waiting; after the grace
+/// period the simulator answers it and closes the connection instead of serving on, detached.
+#[tokio::test]
+async fn shutdown_stops_requests_that_outlive_the_grace_period() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
+    let ctx = Ctx::start(fast_cfg()).await;
+    // A consumed latency fault tells when the request reached the handler stack.
+    ctx.sim
+        .faults()
+        .inject(scaleset_sim::Fault::Latency {
+            class: scaleset_sim::EndpointClass::Scaleset,
+            method: Some("POST".into()),
+            delay_ms: 1,
+            count: Some(1),
+        })
+        .expect("inject");
+    let mut tcp = tokio::net::TcpStream::connect(ctx.sim.addr())
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /tenant/1/_apis/runtime/runnerscalesets HTTP/1.1\r\nHost: {}\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{\"name\":",
+        ctx.sim.addr(),
+        ctx.admin
+    );
+    tcp.write_all(head.as_bytes()).await.expect("write");
+    let deadline = Instant::now() + DEADLINE;
+    while ctx.sim.faults().pending()["requestFaults"]["latency"] != json!([]) {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let Ctx { sim, .. } = ctx;
+    tokio::time::timeout(DEADLINE, sim.shutdown_within(Duration::from_millis(50)))
+        .await
+        .expect("shutdown returns");
+    let mut buf = Vec::new();
+    tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut buf))
+        .await
+        .expect("the connection is closed, not left serving")
+        .ok();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 503"),
+        "{text}"
+    );
+}
