@@ -63,7 +63,7 @@
 //! | Method & path | Body | Answer |
 //! |---|---|---|
 //! | `GET /_sim/info` | | `{"baseUrl","configUrl","orgConfigUrl","enterpriseConfigUrl","token","controlUrl","mode","app":{"clientId","installationId","privateKeyPem"}}` |
-//! | `POST /_sim/jobs` | `{"labels":[..],"count":N,"durationSeconds":S,"durationMs":M,"result":"succeeded"}` (all optional; count 1, duration 0, at most [`MAX_JOB_DURATION`]) | 201 `{"jobIds":[..]}` |
+//! | `POST /_sim/jobs` | `{"labels":[..],"count":N,"durationSeconds":S,"durationMs":M,"result":"succeeded"}` (all optional; count 1 (1 to [`MAX_ENQUEUE`]), duration 0 (at most [`MAX_JOB_DURATION`])) | 201 `{"jobIds":[..]}` |
 //! | `GET /_sim/state` | | 200 [`SimState`] |
 //! | `GET /_sim/requests` | | 200 `[`[`RequestLogEntry`]`]` |
 //! | `DELETE /_sim/requests` | | 204, log cleared |
@@ -160,6 +160,9 @@ pub const MAX_ENQUEUE: u32 = 100_000;
 pub const MAX_JOB_DURATION: Duration = Duration::from_secs(5 * 24 * 3600);
 
 pub(crate) fn enqueue(s: &Shared, req: EnqueueJobs) -> Result<Vec<i64>, SimError> {
+    if req.count == 0 {
+        return Err(SimError::InvalidRequest("count must be at least 1".into()));
+    }
     if req.count > MAX_ENQUEUE {
         return Err(SimError::InvalidRequest(format!(
             "count must be at most {MAX_ENQUEUE}"

@@ -1284,28 +1284,12 @@ async fn get_message(
     let session_q = q.get("sessionId").cloned();
     let notify = s.with_state(|st| {
         let sid = st.check_queue_token(&token, ss_id, Instant::now())?;
-        match session_q.as_deref() {
-            None => {
-                return Err(op_err(
-                    400,
-                    EX_ARGUMENT,
-                    "the sessionId query parameter is required",
-                ));
-            }
-            Some(q) if q != sid.to_string() => {
-                return Err(op_err(
-                    401,
-                    crate::state::EX_TOKEN_EXPIRED,
-                    "token does not belong to this session",
-                ));
-            }
-            Some(_) => {}
-        }
+        check_session_query(session_q.as_deref(), sid)?;
         if let Some(c) = capacity {
             st.set_capacity(ss_id, c);
         }
         st.touch_session(sid, 1, Instant::now());
-        Ok((sid, st.scale_sets.get(&ss_id).map(|ss| ss.notify.clone())))
+        Ok::<_, OpError>((sid, st.scale_sets.get(&ss_id).map(|ss| ss.notify.clone())))
     })?;
     let (sid, notify) = notify;
     let _active = SessionPoll { s: &s, sid };
@@ -1329,6 +1313,23 @@ async fn get_message(
     }
 }
 
+/// The message queue URL carries `sessionId`: required, and it must be the token's session.
+fn check_session_query(q: Option<&str>, sid: Uuid) -> Result<(), OpError> {
+    match q {
+        None => Err(op_err(
+            400,
+            EX_ARGUMENT,
+            "the sessionId query parameter is required",
+        )),
+        Some(q) if q != sid.to_string() => Err(op_err(
+            401,
+            crate::state::EX_TOKEN_EXPIRED,
+            "token does not belong to this session",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 #[derive(Deserialize)]
 struct MessagePath {
     id: String,
@@ -1339,6 +1340,7 @@ async fn delete_message(
     AxState(s): S,
     Path(p): Path<MessagePath>,
     headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let ss_id = IdPath { id: p.id.clone() }.id()?;
     let mid: i64 = p
@@ -1348,6 +1350,7 @@ async fn delete_message(
     let token = queue_token(&headers)?;
     s.with_state(|st| {
         let sid = st.check_queue_token(&token, ss_id, Instant::now())?;
+        check_session_query(q.get("sessionId").map(String::as_str), sid)?;
         st.touch_session(sid, 0, Instant::now());
         st.ack_message(ss_id, mid);
         Ok::<_, OpError>(())

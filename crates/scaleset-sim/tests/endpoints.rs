@@ -849,10 +849,25 @@ async fn message_queue_basics() {
     assert!(m["workflowRunId"].is_i64());
     assert_eq!(m["requestLabels"], json!(["mq"]));
     jiff::Timestamp::from_str_rfc3339(m["queueTime"].as_str().expect("t"));
-    // Delete acknowledges; a bad id is a 400; a bad token a 401.
+    // Delete acknowledges; a bad id is a 400; a bad token a 401; like GET it requires the
+    // sessionId query (400 without it, 401 for another session's id).
     let id = r["messageId"].as_i64().expect("id");
-    assert_eq!(ctx.delete_message(&s, id).await, 204);
     let (path, q) = s.mq_url.split_once('?').expect("q");
+    for (query, status) in [
+        (String::new(), 400),
+        (format!("?sessionId={}", uuid_nil()), 401),
+    ] {
+        let r = send(
+            &ctx.http,
+            Method::DELETE,
+            &format!("{path}/{id}{query}"),
+            Some(&format!("Bearer {}", s.token)),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, status, "DELETE with {query:?}");
+    }
+    assert_eq!(ctx.delete_message(&s, id).await, 204);
     let r = send(
         &ctx.http,
         Method::DELETE,
@@ -1039,6 +1054,7 @@ async fn control_api_rejects_bad_input() {
     for (path, body) in [
         ("jobs", json!({"labels": "notalist"})),
         ("jobs", json!({"count": -1})),
+        ("jobs", json!({"count": 0})),
         ("jobs", json!({"durationSeconds": -5.0})),
         ("jobs", json!({"result": ""})),
         ("jobs", json!({"count": 10_000_000})),
@@ -1306,4 +1322,8 @@ async fn shutdown_stops_requests_that_outlive_the_grace_period() {
         text.is_empty() || text.starts_with("HTTP/1.1 503"),
         "{text}"
     );
+}
+
+fn uuid_nil() -> &'static str {
+    "00000000-0000-0000-0000-000000000000"
 }
