@@ -20,6 +20,7 @@ use jiff::{SignedDuration, Timestamp};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use url::Url;
 
 use crate::config::GitHubConfig;
@@ -221,17 +222,27 @@ impl Authenticator {
                 Some(fut) => fut.clone(),
                 None => {
                     let this = self.clone();
-                    let task = tokio::spawn(async move {
-                        let result = this.refresh().await;
-                        let mut st = this.state.lock().unwrap_or_else(|e| e.into_inner());
-                        st.inflight = None;
-                        let mut conn = result?;
-                        st.generation += 1;
-                        conn.generation = st.generation;
-                        let conn = Arc::new(conn);
-                        st.current = Some(conn.clone());
-                        Ok(conn)
-                    });
+                    // The refresh serves every caller of this client (possibly several scale
+                    // sets), so it logs under its own span rather than the first caller's.
+                    let span = tracing::info_span!(
+                        parent: None,
+                        "admin_token",
+                        config_url = %crate::error::redact_url(&self.config.config_url)
+                    );
+                    let task = tokio::spawn(
+                        async move {
+                            let result = this.refresh().await;
+                            let mut st = this.state.lock().unwrap_or_else(|e| e.into_inner());
+                            st.inflight = None;
+                            let mut conn = result?;
+                            st.generation += 1;
+                            conn.generation = st.generation;
+                            let conn = Arc::new(conn);
+                            st.current = Some(conn.clone());
+                            Ok(conn)
+                        }
+                        .instrument(span),
+                    );
                     let owner = self.clone();
                     let fut: RefreshFuture = async move {
                         task.await.unwrap_or_else(|join| {

@@ -14,6 +14,7 @@ use actions_scaleset::{
 };
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::{Config, ProvisionerKind, ScaleSetConfig, ShutdownPolicy};
 use crate::engine::{Engine, EngineSettings};
@@ -130,14 +131,20 @@ pub async fn run(
         let m = metrics.scale_set(labels);
         let readiness = readiness.clone();
         let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let name = cfg.name.clone();
-            let r = run_scale_set(cfg, client, m, readiness, shutdown.clone()).await;
-            if let Err(e) = &r {
-                tracing::error!(scale_set = %name, error = %e, "the scale set stopped");
+        // Every line logged for this scale set, the library's listener and session included,
+        // carries its name through this span.
+        let span = tracing::info_span!("scale_set", scale_set = %cfg.name);
+        tasks.spawn(
+            async move {
+                let name = cfg.name.clone();
+                let r = run_scale_set(cfg, client, m, readiness, shutdown.clone()).await;
+                if let Err(e) = &r {
+                    tracing::error!(scale_set = %name, error = %e, "the scale set stopped");
+                }
+                r
             }
-            r
-        });
+            .instrument(span),
+        );
     }
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {

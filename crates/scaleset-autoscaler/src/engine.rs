@@ -45,6 +45,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::{ScaleSetConfig, ShutdownPolicy};
 use crate::metrics::ScaleSetMetrics;
@@ -367,9 +368,14 @@ impl<P: Provisioner> Engine<P> {
     /// is marked failed ([`failed`](Self::failed), [`failure`](Self::failure)).
     pub fn spawn(&self) {
         let s = self.shared.clone();
-        self.supervise("reconcile", tokio::spawn(s.reconcile_loop()));
+        // Spawned tasks keep the caller's span (the daemon's `scale_set` span), so every
+        // line they and the library log names the scale set.
+        self.supervise(
+            "reconcile",
+            tokio::spawn(s.reconcile_loop().in_current_span()),
+        );
         let s = self.shared.clone();
-        self.supervise("runner-exit", tokio::spawn(s.exit_loop()));
+        self.supervise("runner-exit", tokio::spawn(s.exit_loop().in_current_span()));
     }
 
     fn supervise(&self, what: &'static str, task: tokio::task::JoinHandle<()>) {
@@ -834,18 +840,23 @@ impl<P: Provisioner> Shared<P> {
         }
         for name in starts {
             let s = self.clone();
-            self.tasks.spawn(async move { s.start_runner(name).await });
+            self.tasks
+                .spawn(async move { s.start_runner(name).await }.in_current_span());
         }
         for (name, id) in deregister {
             let s = self.clone();
-            self.tasks.spawn(async move {
-                s.deregister_retrying(&name, id).await;
-            });
+            self.tasks.spawn(
+                async move {
+                    s.deregister_retrying(&name, id).await;
+                }
+                .in_current_span(),
+            );
         }
         for (name, id, back_to, reason) in retire {
             let s = self.clone();
-            self.tasks
-                .spawn(async move { s.retire_runner(name, id, back_to, reason).await });
+            self.tasks.spawn(
+                async move { s.retire_runner(name, id, back_to, reason).await }.in_current_span(),
+            );
         }
         self.changed.notify_waiters();
         next
@@ -1149,9 +1160,12 @@ impl<P: Provisioner> Shared<P> {
         }
         if let Some(id) = deregister.filter(|id| *id > 0) {
             let s = self.clone();
-            self.tasks.spawn(async move {
-                s.deregister_retrying(&name, id).await;
-            });
+            self.tasks.spawn(
+                async move {
+                    s.deregister_retrying(&name, id).await;
+                }
+                .in_current_span(),
+            );
         }
         self.touched();
     }

@@ -514,3 +514,77 @@ async fn a_hot_standby_leaves_the_active_instances_runners_alone() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// Structured logs: every line about a scale set, from the engine, the provisioner and the
+// library's listener and session alike, carries the scale set's name (a field or the span).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scale_set_log_line_names_the_scale_set() {
+    let sim = common::sim().await;
+    let dir = workdir("logs");
+    let mut c = cmd();
+    c.args([
+        "run",
+        "--url",
+        &sim.config_url(),
+        "--token",
+        TOKEN,
+        "--name",
+        "named-logs",
+        "--runner-command",
+        env!("CARGO_BIN_EXE_scaleset"),
+        "--runner-arg",
+        "sim-runner",
+        "--runner-workdir",
+        &dir.display().to_string(),
+        "--shutdown",
+        "drain",
+        "--log-format",
+        "json",
+        "--log-level",
+        "debug",
+    ]);
+    let mut run = Streaming::spawn(c);
+    run.wait_stderr("listening").await;
+    sim.enqueue_jobs(EnqueueJobs {
+        labels: vec!["named-logs".into()],
+        count: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("enqueue");
+    let (done, state) = sim
+        .wait_until(LONG, |s| {
+            s.jobs.iter().filter(|j| j.status == "completed").count() == 3
+        })
+        .await;
+    assert!(done, "{:?}", state.jobs);
+    run.sigterm();
+    let out = run.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut checked = 0;
+    for line in out.stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"));
+        let target = v["target"].as_str().unwrap_or_default();
+        // The admin-token refresh serves the client, shared by every scale set of a config
+        // URL: it logs under its own span, naming the URL instead.
+        let spans: Vec<&serde_json::Value> = v["spans"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default();
+        let client_wide = spans.iter().any(|s| s["name"] == "admin_token");
+        let about_the_scale_set = !client_wide
+            && (target.starts_with("actions_scaleset")
+                || target.starts_with("scaleset_autoscaler::engine")
+                || target.starts_with("scaleset_autoscaler::provisioner"));
+        if !about_the_scale_set {
+            continue;
+        }
+        let named =
+            v["scale_set"] == "named-logs" || spans.iter().any(|s| s["scale_set"] == "named-logs");
+        assert!(named, "a line without the scale set's name: {line}");
+        checked += 1;
+    }
+    assert!(checked > 5, "too few lines checked: {}", out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -41,6 +41,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{OwnedRunner, Provisioner, RunnerExit, RunnerSpec};
 use crate::error::ProvisionError;
@@ -587,7 +588,8 @@ impl Provisioner for ProcessProvisioner {
         let (done_tx, done_rx) = watch::channel(false);
         lock(&self.inner.live).insert(name.clone(), Live { pid, done: done_rx });
         let (exited_tx, exited_rx) = watch::channel(false);
-        let tail = tokio::spawn(tail_log(log_path.clone(), name.clone(), exited_rx));
+        let tail =
+            tokio::spawn(tail_log(log_path.clone(), name.clone(), exited_rx).in_current_span());
         let this = self.clone();
         let task_name = name.clone();
         tokio::spawn(async move {
@@ -606,7 +608,7 @@ impl Provisioner for ProcessProvisioner {
             let _ = tail.await;
             this.finished(&name, success);
             let _ = done_tx.send(true);
-        });
+        }.in_current_span());
         tracing::debug!(runner = %name, pid, "runner process started");
         Ok(())
     }
