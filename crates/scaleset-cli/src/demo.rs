@@ -47,6 +47,37 @@ const PLAIN_INTERVAL: Duration = Duration::from_secs(1);
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound of the drain after the workload ends or an interrupt.
 const MAX_DRAIN_SECS: u64 = 60;
+/// With every job enqueued, the demo gives up when nothing changed for this long beyond one
+/// job's duration (runners that cannot start, for instance).
+const STALL_MARGIN: Duration = Duration::from_secs(60);
+
+/// Watches for a workload that stopped moving.
+struct StallWatch {
+    last: Option<Progress>,
+    since: Instant,
+    limit: Duration,
+}
+
+impl StallWatch {
+    fn new(job_duration: Duration, now: Instant) -> StallWatch {
+        StallWatch {
+            last: None,
+            since: now,
+            limit: job_duration.saturating_add(STALL_MARGIN),
+        }
+    }
+
+    /// Records `p`; true when every job was sent and nothing changed for longer than the
+    /// limit.
+    fn stalled(&mut self, p: Progress, all_sent: bool, now: Instant) -> bool {
+        if self.last != Some(p) {
+            self.last = Some(p);
+            self.since = now;
+            return false;
+        }
+        all_sent && now.saturating_duration_since(self.since) > self.limit
+    }
+}
 
 /// Options of `demo`.
 #[derive(Args, Debug)]
@@ -514,6 +545,7 @@ enum End {
     AllDone,
     Interrupted,
     AutoscalerStopped,
+    Stalled,
 }
 
 /// Runs `demo`.
@@ -633,6 +665,7 @@ async fn drive(
 
     let workload_start = Instant::now();
     let mut sent = 0u32;
+    let mut stall = StallWatch::new(args.job_duration, workload_start);
     if end == End::AllDone {
         end = loop {
             let due = args.jobs_due(workload_start.elapsed());
@@ -674,6 +707,9 @@ async fn drive(
             if p.enqueued == total && p.done == total {
                 break End::AllDone;
             }
+            if stall.stalled(p, sent >= args.jobs, Instant::now()) {
+                break End::Stalled;
+            }
         };
     }
 
@@ -687,6 +723,10 @@ async fn drive(
             args.drain_timeout_secs()
         )),
         End::AutoscalerStopped => {}
+        End::Stalled => reporter.note(&format!(
+            "scaleset demo: nothing moved for {} s; stopping (run with --log-level info to see why)",
+            stall.limit.as_secs()
+        )),
     }
     // Drain: show the running jobs finishing while the autoscaler stops.
     stop.cancel();
@@ -714,6 +754,21 @@ async fn drive(
         return Err(CliError::other(
             "Run",
             "demo: the autoscaler stopped before the jobs were done",
+        ));
+    }
+    if end == End::Stalled {
+        let p = Progress::of(&state);
+        return Err(CliError::other(
+            "DemoStalled",
+            format!(
+                "demo: no job started or finished for {} s ({} waiting, {} running, {} of {} done); \
+                 run with --log-level info to see why",
+                stall.limit.as_secs(),
+                p.queued,
+                p.running,
+                p.done,
+                args.jobs
+            ),
         ));
     }
     Ok(summarize(
@@ -816,6 +871,38 @@ mod tests {
         assert_eq!(a.jobs_due(Duration::from_millis(250)), 2);
         assert_eq!(a.jobs_due(Duration::from_secs(100)), 10);
         assert_eq!(a.due_at(2), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_workload_that_stops_moving_is_detected() {
+        let t0 = Instant::now();
+        let mut w = StallWatch::new(Duration::from_secs(3), t0);
+        let stuck = Progress {
+            enqueued: 5,
+            queued: 5,
+            ..Progress::default()
+        };
+        assert!(!w.stalled(stuck, true, t0));
+        assert!(
+            !w.stalled(stuck, true, t0 + Duration::from_secs(60)),
+            "within the limit"
+        );
+        assert!(
+            !w.stalled(stuck, false, t0 + Duration::from_secs(100)),
+            "jobs still arriving"
+        );
+        assert!(w.stalled(stuck, true, t0 + Duration::from_secs(64)));
+        let moved = Progress {
+            running: 1,
+            queued: 4,
+            ..stuck
+        };
+        assert!(
+            !w.stalled(moved, true, t0 + Duration::from_secs(65)),
+            "progress resets it"
+        );
+        assert!(!w.stalled(moved, true, t0 + Duration::from_secs(120)));
+        assert!(w.stalled(moved, true, t0 + Duration::from_secs(129)));
     }
 
     #[test]
