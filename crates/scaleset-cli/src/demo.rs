@@ -98,7 +98,8 @@ duration plus 10 s, capped at 60 s), then the runners, the autoscaler and the si
 the work directory is removed and the summary is printed. A second Ctrl-C exits at once.
 
 Exit status: 0 when every job succeeded, 1 when a job failed or was canceled (or the
-autoscaler failed), 2 for invalid options, 130 after an interrupt.
+autoscaler failed, or nothing moved for a job's duration plus 60 s), 2 for invalid options,
+130 after an interrupt.
 
 Examples:
   scaleset demo
