@@ -58,6 +58,15 @@
 //!   is then removed. A busy runner silent for `runner_heartbeat_timeout` is dead: its job
 //!   completes `failed` and the runner is removed.
 //!
+//! # Errors
+//!
+//! Every error answer is JSON (`Content-Type: application/json`): the Actions exception
+//! `{"typeName","message"}` on the tenant, the message queue and `/_sim`, GitHub's
+//! `{"message","documentation_url"}` under `/api/v3`. The web framework's own rejections
+//! (unknown route 404, wrong method 405, body too large 413, bad path or query parameter
+//! 400) are rewritten into that shape too, keeping the status and the `ActivityId` /
+//! `X-GitHub-Request-Id` headers.
+//!
 //! # Control API (`/_sim`, JSON; never faulted, never logged)
 //!
 //! | Method & path | Body | Answer |

@@ -550,6 +550,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/runner/{rid}/heartbeat", post(runner_heartbeat))
         .route("/_sim/runner/{rid}/complete", post(runner_complete))
         .fallback(fallback)
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(shared.clone(), fault_layer))
         .layer(middleware::from_fn_with_state(shared.clone(), halt_layer))
         .with_state(shared)
@@ -567,6 +568,63 @@ async fn fallback(req: Request) -> Response {
         )
         .into_response()
     }
+}
+
+/// Exception name for an error answer that did not come from a handler (an axum rejection
+/// or a bare status).
+fn rejection_type_name(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => EX_ARGUMENT,
+        401 => crate::state::EX_UNAUTHORIZED,
+        404 => "GitHub.Actions.Sim.NotFoundException",
+        405 => "GitHub.Actions.Sim.MethodNotAllowedException",
+        413 => "GitHub.Actions.Sim.RequestTooLargeException",
+        415 => "GitHub.Actions.Sim.UnsupportedMediaTypeException",
+        _ => "GitHub.Actions.Sim.HttpException",
+    }
+}
+
+/// Rewrites every 4xx/5xx answer that is not already JSON (axum's own rejections: 405 with
+/// an empty body, 413 and the 400s of the `Path`/`Query` extractors in plain text) into the
+/// error shape of its surface: `{"message","documentation_url"}` under `/api/v3`, the Actions
+/// exception `{"typeName","message"}` everywhere else (tenant, broker, `/_sim`). Status and
+/// headers (`Allow`, `Retry-After`, ...) are kept; the diagnostic headers are added by the
+/// outer layer.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let rest = req.uri().path().starts_with("/api/v3/");
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let fresh = ApiError {
+        rest,
+        ..ApiError::new(status.as_u16(), rejection_type_name(status), message)
+    }
+    .into_response();
+    let (fresh_parts, fresh_body) = fresh.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    drop(fresh_parts);
+    Response::from_parts(parts, fresh_body)
 }
 
 // ----- middleware: faults, diagnostic headers, request log -----
