@@ -691,7 +691,7 @@ async fn fault_layer(AxState(s): S, req: Request, next: Next) -> Response {
     let query = req.uri().query().map(str::to_owned);
     let headers = logged_headers(req.headers());
     let started = Instant::now();
-    let time = jiff::Timestamp::now().to_string();
+    let time = crate::state::fmt_ts(jiff::Timestamp::now());
     let seq = s.seq.fetch_add(1, Ordering::Relaxed);
     let (latency, action) = {
         let mut f = lock(&s.faults);
@@ -839,7 +839,8 @@ async fn installation_token(
 fn expiry(ttl: Duration) -> String {
     let secs = now_secs().saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 4));
     jiff::Timestamp::from_second(secs)
-        .map(|t| t.to_string())
+        .or_else(|_| jiff::Timestamp::from_second(jiff::Timestamp::MAX.as_second()))
+        .map(crate::state::fmt_ts)
         .unwrap_or_default()
 }
 

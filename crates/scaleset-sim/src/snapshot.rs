@@ -142,13 +142,13 @@ pub struct JobState {
     /// How many times the job was canceled and requeued.
     pub requeues: u32,
     /// When the job was first enqueued (kept across requeues).
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::state::ser_ts")]
     pub queued_at: jiff::Timestamp,
     /// When a runner took the job (`JobStarted`); `None` until then.
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::state::ser_opt_ts")]
     pub started_at: Option<jiff::Timestamp>,
     /// When the job completed; `None` until then.
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::state::ser_opt_ts")]
     pub finished_at: Option<jiff::Timestamp>,
 }
 
@@ -158,7 +158,7 @@ pub struct JobState {
 pub struct RequestLogEntry {
     /// Sequence number.
     pub seq: u64,
-    /// RFC 3339 time the request arrived.
+    /// RFC 3339 time the request arrived (UTC, 7 fractional digits, `Z`).
     pub time: String,
     /// HTTP method.
     pub method: String,

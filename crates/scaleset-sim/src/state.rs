@@ -15,10 +15,43 @@ use uuid::Uuid;
 use crate::auth::random_token;
 use crate::config::{AssignmentMode, SimConfig};
 
-pub(crate) const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+/// The zero time the service writes for "unset" (.NET `DateTime.MinValue`).
+pub(crate) const ZERO_TIME: &str = "0001-01-01T00:00:00.0000000Z";
+
+/// A timestamp the way the service writes it: UTC, exactly 7 fractional digits (.NET ticks,
+/// truncated) and `Z`, e.g. `2025-01-01T10:00:00.1234567Z`.
+pub(crate) fn fmt_ts(t: jiff::Timestamp) -> String {
+    let dt = jiff::tz::Offset::UTC.to_datetime(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
+        dt.year(),
+        dt.month(),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second(),
+        dt.subsec_nanosecond() / 100
+    )
+}
+
+/// [`fmt_ts`] for a serde field.
+pub(crate) fn ser_ts<S: serde::Serializer>(t: &jiff::Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&fmt_ts(*t))
+}
+
+/// [`fmt_ts`] for an optional serde field (`null` when unset).
+pub(crate) fn ser_opt_ts<S: serde::Serializer>(
+    t: &Option<jiff::Timestamp>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&fmt_ts(*t)),
+        None => s.serialize_none(),
+    }
+}
 
 pub(crate) fn ts(t: Option<jiff::Timestamp>) -> String {
-    t.map_or_else(|| ZERO_TIME.to_owned(), |t| t.to_string())
+    t.map_or_else(|| ZERO_TIME.to_owned(), fmt_ts)
 }
 
 /// Time from `since` to `now`, zero when `since` is later (never panics, unlike `now - since`
@@ -345,7 +378,7 @@ impl State {
             "runnerGroupName": group_name,
             "labels": labels,
             "RunnerSetting": Value::Object(ss.runner_setting.clone()),
-            "createdOn": ss.created_on.to_string(),
+            "createdOn": fmt_ts(ss.created_on),
             "runnerJitConfigUrl": format!("{}_apis/runtime/runnerscalesets/{}/generatejitconfig", self.tenant_url, ss.id),
             "statistics": self.stats(ss.id),
         })
@@ -819,7 +852,7 @@ impl State {
             "workflowRunId": j.workflow_run_id,
             "eventName": "push",
             "requestLabels": j.labels,
-            "queueTime": j.queue_time.to_string(),
+            "queueTime": fmt_ts(j.queue_time),
             "scaleSetAssignTime": ts(j.scale_set_assign_time),
             "runnerAssignTime": ts(j.runner_assign_time),
             "finishTime": ts(j.finish_time),
@@ -1275,5 +1308,21 @@ impl State {
             self.schedule(now);
         }
         changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_have_seven_fraction_digits() {
+        let t: jiff::Timestamp = "2025-01-01T10:00:00.123456789Z".parse().expect("ts");
+        assert_eq!(fmt_ts(t), "2025-01-01T10:00:00.1234567Z");
+        let t: jiff::Timestamp = "2025-01-01T10:00:00Z".parse().expect("ts");
+        assert_eq!(fmt_ts(t), "2025-01-01T10:00:00.0000000Z");
+        assert_eq!(ts(None), "0001-01-01T00:00:00.0000000Z");
+        let t: jiff::Timestamp = "1969-12-31T23:59:59.5Z".parse().expect("ts");
+        assert_eq!(fmt_ts(t), "1969-12-31T23:59:59.5000000Z");
     }
 }

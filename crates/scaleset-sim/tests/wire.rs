@@ -126,3 +126,98 @@ async fn framework_rejections_are_json_errors() {
     }
     ctx.sim.shutdown().await;
 }
+
+/// `YYYY-MM-DDTHH:MM:SS.fffffffZ`: exactly 7 fractional digits and `Z`.
+fn assert_net_ts(v: &Value, what: &str) {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: not a string: {v}"));
+    let b = s.as_bytes();
+    let ok = b.len() == 28
+        && b[19] == b'.'
+        && b[20..27].iter().all(u8::is_ascii_digit)
+        && b[27] == b'Z'
+        && s.parse::<jiff::Timestamp>().is_ok();
+    assert!(ok, "{what}: {s:?} is not a 7-digit UTC timestamp");
+}
+
+#[tokio::test]
+async fn every_timestamp_has_seven_fractional_digits() {
+    let ctx = Ctx::start(fast_cfg()).await;
+    let base = ctx.sim.base_url();
+
+    // REST token expiries.
+    let r = send(
+        &ctx.http,
+        Method::POST,
+        &format!("{base}/api/v3/orgs/sim-org/actions/runners/registration-token"),
+        Some(&format!("Bearer {}", ctx.sim.token())),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert_net_ts(&r.json()["expires_at"], "registration expires_at");
+
+    // Scale set createdOn (create and get).
+    let ss = ctx.create_scale_set("ts-set", &["ts"]).await;
+    let r = ctx
+        .tenant(
+            Method::GET,
+            &format!("_apis/runtime/runnerscalesets/{ss}"),
+            None,
+        )
+        .await;
+    assert_net_ts(&r.json()["createdOn"], "createdOn");
+
+    // Job message times, set and unset.
+    let session = ctx.create_session(ss).await;
+    ctx.sim
+        .enqueue_jobs(scaleset_sim::EnqueueJobs {
+            labels: vec!["ts".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue");
+    let msgs = ctx
+        .collect(&session, 1, |m| !of_type(m, "JobAssigned").is_empty())
+        .await;
+    let m = of_type(&msgs, "JobAssigned")[0];
+    for k in [
+        "queueTime",
+        "scaleSetAssignTime",
+        "runnerAssignTime",
+        "finishTime",
+    ] {
+        assert_net_ts(&m[k], k);
+    }
+    assert_eq!(m["finishTime"], "0001-01-01T00:00:00.0000000Z");
+
+    // Control API: job times in the state and request log times.
+    let r = send(
+        &ctx.http,
+        Method::GET,
+        &format!("{base}/_sim/state"),
+        None,
+        None,
+    )
+    .await;
+    let state = r.json();
+    assert_net_ts(&state["jobs"][0]["queuedAt"], "state queuedAt");
+    let r = send(
+        &ctx.http,
+        Method::GET,
+        &format!("{base}/_sim/requests"),
+        None,
+        None,
+    )
+    .await;
+    let log = r.json();
+    let entries = log.as_array().expect("log array");
+    assert!(!entries.is_empty());
+    for e in entries {
+        assert_net_ts(&e["time"], "request log time");
+    }
+    // The Rust view reads them back.
+    assert!(ctx.sim.state().jobs[0].queued_at.as_second() > 0);
+    ctx.sim.shutdown().await;
+}
