@@ -11,16 +11,22 @@ pub const APP_PRIVATE_KEY_PEM: &str = include_str!("../keys/app-private-key.pem"
 /// SPKI PEM of the public half of [`APP_PRIVATE_KEY_PEM`]; the simulator verifies App JWTs
 /// with it.
 pub const APP_PUBLIC_KEY_PEM: &str = include_str!("../keys/app-public-key.pem");
-/// Client id the simulator expects as the App JWT `iss`.
+/// Client id the simulator accepts as the App JWT `iss`.
 pub const APP_CLIENT_ID: &str = "Iv1.5c4ff01dsim0001";
+/// Default numeric App id the simulator also accepts as the App JWT `iss` (GitHub accepts
+/// either the client id or the app id); see [`crate::SimConfig::app_id`].
+pub const APP_ID: u64 = 424_242;
 /// Installation id of the simulated App installation.
 pub const APP_INSTALLATION_ID: u64 = 4242;
 
 /// Credentials of the simulated GitHub App.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AppCredentials {
-    /// The App client id (the JWT issuer).
+    /// The App client id (a JWT issuer the simulator accepts).
     pub client_id: String,
+    /// The numeric App id (the other JWT issuer the simulator accepts, as a JSON number or
+    /// a string).
+    pub app_id: u64,
     /// The installation id to request tokens for.
     pub installation_id: u64,
     /// The PKCS#1 PEM private key.
@@ -31,6 +37,7 @@ impl std::fmt::Debug for AppCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppCredentials")
             .field("client_id", &self.client_id)
+            .field("app_id", &self.app_id)
             .field("installation_id", &self.installation_id)
             .field("private_key_pem", &"<redacted>")
             .finish()
@@ -38,10 +45,16 @@ impl std::fmt::Debug for AppCredentials {
 }
 
 impl AppCredentials {
-    /// The fixed test credentials.
+    /// The fixed test credentials (app id [`APP_ID`]).
     pub fn fixed() -> Self {
+        Self::with_app_id(APP_ID)
+    }
+
+    /// The fixed test credentials with another numeric app id.
+    pub fn with_app_id(app_id: u64) -> Self {
         Self {
             client_id: APP_CLIENT_ID.to_owned(),
+            app_id,
             installation_id: APP_INSTALLATION_ID,
             private_key_pem: APP_PRIVATE_KEY_PEM.to_owned(),
         }
@@ -50,7 +63,8 @@ impl AppCredentials {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct AppClaims {
-    iss: String,
+    /// A string (client id, or app id as text) or a number (app id).
+    iss: serde_json::Value,
     iat: i64,
     exp: i64,
 }
@@ -98,15 +112,30 @@ impl Keys {
         })
     }
 
-    /// Verify a GitHub App JWT: RS256 with the shipped key, `iss` = client id, sane `iat`/`exp`.
-    pub(crate) fn verify_app_jwt(&self, token: &str, client_id: &str) -> Result<(), String> {
+    /// Verify a GitHub App JWT: RS256 with the shipped key, `iss` = client id or numeric app
+    /// id (a JSON number or a decimal string), sane `iat`/`exp`.
+    pub(crate) fn verify_app_jwt(
+        &self,
+        token: &str,
+        client_id: &str,
+        app_id: u64,
+    ) -> Result<(), String> {
         let mut v = Validation::new(Algorithm::RS256);
         v.leeway = 30;
-        v.set_issuer(&[client_id]);
-        v.set_required_spec_claims(&["exp", "iat", "iss"]);
+        v.set_required_spec_claims(&["exp", "iat"]);
         let data = jsonwebtoken::decode::<AppClaims>(token, &self.app_public, &v)
             .map_err(|e| format!("invalid App JWT: {e}"))?;
         let c = data.claims;
+        let iss_ok = match &c.iss {
+            serde_json::Value::String(s) => s == client_id || s.parse::<u64>() == Ok(app_id),
+            serde_json::Value::Number(n) => n.as_u64() == Some(app_id),
+            _ => false,
+        };
+        if !iss_ok {
+            return Err(
+                "invalid App JWT: iss is neither the App's client id nor its app id".into(),
+            );
+        }
         let now = now_secs();
         if c.iat > now.saturating_add(60) {
             return Err("App JWT iat is in the future".into());

@@ -93,6 +93,13 @@ pub struct SimConfig {
     pub org: String,
     /// Repository name used in the default config URL and job messages (default `sim-repo`).
     pub repo: String,
+    /// Numeric GitHub App id accepted as the App JWT `iss`, besides the client id
+    /// [`crate::APP_CLIENT_ID`] (default [`crate::APP_ID`]).
+    pub app_id: u64,
+    /// How many completed jobs are kept (most recently completed); older ones are dropped
+    /// from the state so a long-running simulator does not grow without bound (default
+    /// 10,000; must be at least 1).
+    pub completed_jobs_capacity: usize,
 }
 
 /// Longest [`SimConfig::long_poll`] and [`SimConfig::runner_job_poll`] accepted (1 day): these
@@ -101,8 +108,8 @@ pub const MAX_POLL_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 impl SimConfig {
     /// Checks the fields [`crate::Simulator::start`] rejects: `long_poll` and
-    /// `runner_job_poll` above [`MAX_POLL_WAIT`], `max_jobs_per_message` or
-    /// `request_log_capacity` of 0. Lifetimes and timeouts take any value: a huge one (up to
+    /// `runner_job_poll` above [`MAX_POLL_WAIT`], `max_jobs_per_message`,
+    /// `request_log_capacity` or `completed_jobs_capacity` of 0. Lifetimes and timeouts take any value: a huge one (up to
     /// `Duration::MAX`) means "never".
     pub fn validate(&self) -> Result<(), SimError> {
         for (name, d) in [
@@ -119,6 +126,7 @@ impl SimConfig {
         for (name, n) in [
             ("max_jobs_per_message", self.max_jobs_per_message),
             ("request_log_capacity", self.request_log_capacity),
+            ("completed_jobs_capacity", self.completed_jobs_capacity),
         ] {
             if n == 0 {
                 return Err(SimError::InvalidConfig(format!(
@@ -151,6 +159,8 @@ impl Default for SimConfig {
             request_log_capacity: 10_000,
             org: "sim-org".to_owned(),
             repo: "sim-repo".to_owned(),
+            app_id: crate::auth::APP_ID,
+            completed_jobs_capacity: 10_000,
         }
     }
 }
@@ -179,6 +189,8 @@ impl fmt::Debug for SimConfig {
             .field("request_log_capacity", &self.request_log_capacity)
             .field("org", &self.org)
             .field("repo", &self.repo)
+            .field("app_id", &self.app_id)
+            .field("completed_jobs_capacity", &self.completed_jobs_capacity)
             .finish()
     }
 }

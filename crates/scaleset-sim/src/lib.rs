@@ -71,7 +71,7 @@
 //!
 //! | Method & path | Body | Answer |
 //! |---|---|---|
-//! | `GET /_sim/info` | | `{"baseUrl","configUrl","orgConfigUrl","enterpriseConfigUrl","token","controlUrl","mode","app":{"clientId","installationId","privateKeyPem"}}` |
+//! | `GET /_sim/info` | | `{"baseUrl","configUrl","orgConfigUrl","enterpriseConfigUrl","token","controlUrl","mode","app":{"clientId","appId","installationId","privateKeyPem"}}` |
 //! | `POST /_sim/jobs` | `{"labels":[..],"count":N,"durationSeconds":S,"durationMs":M,"result":"succeeded"}` (all optional; count 1 (1 to [`MAX_ENQUEUE`]), duration 0 (at most [`MAX_JOB_DURATION`])) | 201 `{"jobIds":[..]}` |
 //! | `GET /_sim/state` | | 200 [`SimState`] |
 //! | `GET /_sim/requests` | | 200 `[`[`RequestLogEntry`]`]` |
@@ -126,7 +126,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use auth::{
-    APP_CLIENT_ID, APP_INSTALLATION_ID, APP_PRIVATE_KEY_PEM, APP_PUBLIC_KEY_PEM, AppCredentials,
+    APP_CLIENT_ID, APP_ID, APP_INSTALLATION_ID, APP_PRIVATE_KEY_PEM, APP_PUBLIC_KEY_PEM,
+    AppCredentials,
 };
 pub use config::{AssignmentMode, MAX_POLL_WAIT, SimConfig};
 pub use error::SimError;
@@ -329,9 +330,10 @@ impl Simulator {
         self.shared.read_state(|st| st.tenant_url.clone())
     }
 
-    /// The fixed GitHub App credentials the simulator accepts.
+    /// The fixed GitHub App credentials the simulator accepts (with the configured
+    /// [`SimConfig::app_id`]).
     pub fn app_credentials(&self) -> AppCredentials {
-        AppCredentials::fixed()
+        AppCredentials::with_app_id(self.shared.cfg.app_id)
     }
 
     /// `{"configUrl": ..., "token": ..., "controlUrl": ...}`.

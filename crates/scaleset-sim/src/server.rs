@@ -819,7 +819,7 @@ async fn installation_token(
     let tok = auth_header(&headers, "Bearer")
         .ok_or_else(|| ApiError::rest(401, "A JSON web token could not be decoded"))?;
     s.keys
-        .verify_app_jwt(tok, APP_CLIENT_ID)
+        .verify_app_jwt(tok, APP_CLIENT_ID, s.cfg.app_id)
         .map_err(|e| ApiError::rest(401, e))?;
     if p.id.parse::<u64>().ok() != Some(APP_INSTALLATION_ID) {
         return Err(ApiError::rest(404, "Not Found"));
@@ -1457,7 +1457,7 @@ async fn acquirable_jobs(AxState(s): S, Path(p): Path<IdPath>, headers: HeaderMa
 // ----- control API -----
 
 async fn control_info(AxState(s): S) -> ApiResult {
-    let creds = crate::auth::AppCredentials::fixed();
+    let creds = crate::auth::AppCredentials::with_app_id(s.cfg.app_id);
     ok(&json!({
         "baseUrl": s.base_url,
         "configUrl": format!("{}/{}/{}", s.base_url, s.cfg.org, s.cfg.repo),
@@ -1468,6 +1468,7 @@ async fn control_info(AxState(s): S) -> ApiResult {
         "mode": s.cfg.mode,
         "app": {
             "clientId": creds.client_id,
+            "appId": creds.app_id,
             "installationId": creds.installation_id,
             "privateKeyPem": creds.private_key_pem,
         },

@@ -221,3 +221,92 @@ async fn every_timestamp_has_seven_fractional_digits() {
     assert!(ctx.sim.state().jobs[0].queued_at.as_second() > 0);
     ctx.sim.shutdown().await;
 }
+
+fn signed_app_jwt(iss: Value, pem: &str) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let now = jiff::Timestamp::now().as_second();
+    let key = EncodingKey::from_rsa_pem(pem.as_bytes()).expect("pem");
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &json!({"iss": iss, "iat": now - 60, "exp": now + 480}),
+        &key,
+    )
+    .expect("sign")
+}
+
+#[tokio::test]
+async fn app_jwt_issuer_may_be_the_numeric_app_id() {
+    let sim = scaleset_sim::Simulator::start(scaleset_sim::SimConfig {
+        app_id: 987_654,
+        ..fast_cfg()
+    })
+    .await
+    .expect("start");
+    let http = client();
+    let creds = sim.app_credentials();
+    assert_eq!(creds.app_id, 987_654);
+    let url = format!(
+        "{}/api/v3/app/installations/{}/access_tokens",
+        sim.base_url(),
+        creds.installation_id
+    );
+    let pem = &creds.private_key_pem;
+    for (iss, want) in [
+        (json!(creds.client_id), 201),
+        (json!(987_654), 201),
+        (json!("987654"), 201),
+        (json!(scaleset_sim::APP_ID), 401),
+        (json!(1), 401),
+        (json!("someone-else"), 401),
+        (json!(true), 401),
+    ] {
+        let jwt = signed_app_jwt(iss.clone(), pem);
+        let r = send(
+            &http,
+            Method::POST,
+            &url,
+            Some(&format!("Bearer {jwt}")),
+            None,
+        )
+        .await;
+        assert_eq!(
+            r.status,
+            want,
+            "iss {iss}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let info = send(
+        &http,
+        Method::GET,
+        &format!("{}/_sim/info", sim.base_url()),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(info.json()["app"]["appId"], 987_654);
+    sim.shutdown().await;
+
+    // The default configuration accepts the default app id.
+    let sim = scaleset_sim::Simulator::start(fast_cfg())
+        .await
+        .expect("start");
+    let creds = sim.app_credentials();
+    assert_eq!(creds.app_id, scaleset_sim::APP_ID);
+    let url = format!(
+        "{}/api/v3/app/installations/{}/access_tokens",
+        sim.base_url(),
+        creds.installation_id
+    );
+    let jwt = signed_app_jwt(json!(scaleset_sim::APP_ID), &creds.private_key_pem);
+    let r = send(
+        &http,
+        Method::POST,
+        &url,
+        Some(&format!("Bearer {jwt}")),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    sim.shutdown().await;
+}
