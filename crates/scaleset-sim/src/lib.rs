@@ -67,6 +67,12 @@
 //! 400) are rewritten into that shape too, keeping the status and the `ActivityId` /
 //! `X-GitHub-Request-Id` headers.
 //!
+//! # Memory
+//!
+//! Only the [`SimConfig::completed_jobs_capacity`] most recently completed jobs are kept;
+//! expired installation/registration tokens are dropped when a new one is issued; the request
+//! log keeps [`SimConfig::request_log_capacity`] entries.
+//!
 //! # Control API (`/_sim`, JSON; never faulted, never logged)
 //!
 //! | Method & path | Body | Answer |
@@ -370,7 +376,8 @@ impl Simulator {
     }
 
     /// Wait until `pred` holds for the state, at most `timeout`. Returns the last snapshot
-    /// and whether the predicate held.
+    /// and whether the predicate held. The predicate is re-checked on every change a snapshot
+    /// shows (including `in_flight_polls`), not on poll bookkeeping that changes nothing.
     pub async fn wait_until(
         &self,
         timeout: Duration,
@@ -513,6 +520,145 @@ pub async fn serve(cfg: SimConfig, shutdown: impl Future<Output = ()>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn http() -> reqwest::Client {
+        reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client")
+    }
+
+    #[tokio::test]
+    async fn poll_bookkeeping_does_not_wake_state_waiters() {
+        let sim = Simulator::start(SimConfig::default()).await.expect("start");
+        let (ss, sid, token, ss_notify) = sim.shared.with_state(|st| {
+            let ss = st
+                .create_scale_set("quiet".into(), 1, Vec::new(), Default::default())
+                .expect("scale set");
+            let sid = st.create_session(ss, "me".into()).expect("session");
+            let token = st.sessions[&sid].token.clone();
+            (ss, sid, token, st.scale_sets[&ss].notify.clone())
+        });
+        let http = http();
+        let base = sim.base_url();
+        let poll = {
+            let (http, base, token) = (http.clone(), base.clone(), token.clone());
+            tokio::spawn(async move {
+                http.get(format!("{base}/_broker/{ss}/message?sessionId={sid}"))
+                    .bearer_auth(token)
+                    .header("X-ScaleSetMaxCapacity", "1")
+                    .send()
+                    .await
+                    .expect("poll")
+            })
+        };
+        let (held, _) = sim
+            .wait_until(Duration::from_secs(15), |st| {
+                st.in_flight_polls == 1
+                    && st.scale_set(ss).is_some_and(|s| s.max_capacity == Some(1))
+            })
+            .await;
+        assert!(held, "the poll is held open");
+
+        let shared = sim.shared.clone();
+        let notified = shared.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // Wake-ups of the held poll that deliver nothing, an ack of an unknown message and an
+        // acquire of nothing change nothing a snapshot shows.
+        for _ in 0..3 {
+            ss_notify.notify_waiters();
+            tokio::task::yield_now().await;
+        }
+        let r = http
+            .delete(format!("{base}/_broker/{ss}/message/999?sessionId={sid}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("delete");
+        assert_eq!(r.status(), 204);
+        let r = http
+            .post(format!(
+                "{base}/tenant/1/_apis/runtime/runnerscalesets/{ss}/acquirejobs"
+            ))
+            .bearer_auth(&token)
+            .header("Content-Type", "application/json")
+            .body("[]")
+            .send()
+            .await
+            .expect("acquire");
+        assert_eq!(r.status(), 200);
+        assert!(
+            futures::poll!(notified.as_mut()).is_pending(),
+            "bookkeeping woke the wait_until waiters"
+        );
+
+        // A real change still wakes them, and the poll answers.
+        sim.enqueue_jobs(EnqueueJobs::default())
+            .await
+            .expect("enqueue");
+        assert!(futures::poll!(notified.as_mut()).is_ready());
+        let resp = tokio::time::timeout(Duration::from_secs(15), poll)
+            .await
+            .expect("poll answered")
+            .expect("join");
+        assert_eq!(resp.status(), 200);
+        let (answered, _) = sim
+            .wait_until(Duration::from_secs(15), |st| st.in_flight_polls == 0)
+            .await;
+        assert!(answered);
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn expired_tokens_are_pruned_on_insert() {
+        let sim = Simulator::start(SimConfig {
+            installation_token_ttl: Duration::ZERO,
+            registration_token_ttl: Duration::ZERO,
+            ..SimConfig::default()
+        })
+        .await
+        .expect("start");
+        let http = http();
+        let base = sim.base_url();
+        let creds = sim.app_credentials();
+        let key =
+            jsonwebtoken::EncodingKey::from_rsa_pem(creds.private_key_pem.as_bytes()).expect("pem");
+        let now = auth::now_secs();
+        let jwt = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &serde_json::json!({"iss": creds.client_id, "iat": now - 60, "exp": now + 300}),
+            &key,
+        )
+        .expect("sign");
+        for _ in 0..3 {
+            let r = http
+                .post(format!(
+                    "{base}/api/v3/app/installations/{}/access_tokens",
+                    creds.installation_id
+                ))
+                .bearer_auth(&jwt)
+                .send()
+                .await
+                .expect("installation token");
+            assert_eq!(r.status(), 201);
+            let r = http
+                .post(format!(
+                    "{base}/api/v3/orgs/sim-org/actions/runners/registration-token"
+                ))
+                .bearer_auth(sim.token())
+                .send()
+                .await
+                .expect("registration token");
+            assert_eq!(r.status(), 201);
+        }
+        let (inst, reg) = sim
+            .shared
+            .read_state(|st| (st.install_tokens.len(), st.reg_tokens.len()));
+        assert_eq!((inst, reg), (1, 1), "expired tokens are dropped on insert");
+        sim.shutdown().await;
+    }
 
     #[tokio::test]
     async fn a_dead_reaper_is_reported() {

@@ -52,19 +52,22 @@ pub(crate) struct Shared {
     seq: AtomicU64,
 }
 
-/// Counts a long poll as in flight while alive.
-struct PollGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+/// Counts a long poll as in flight while alive ([`crate::SimState::in_flight_polls`] is
+/// observable, so its start and end wake `wait_until` waiters).
+struct PollGuard<'a>(&'a Shared);
 
 impl<'a> PollGuard<'a> {
-    fn new(c: &'a std::sync::atomic::AtomicUsize) -> Self {
-        c.fetch_add(1, Ordering::Relaxed);
-        Self(c)
+    fn new(s: &'a Shared) -> Self {
+        s.in_flight_polls.fetch_add(1, Ordering::Relaxed);
+        s.changed.notify_waiters();
+        Self(s)
     }
 }
 
 impl Drop for PollGuard<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight_polls.fetch_sub(1, Ordering::Relaxed);
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -109,6 +112,22 @@ impl Shared {
     pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         let r = f(&mut lock(&self.state));
         self.changed.notify_waiters();
+        r
+    }
+
+    /// Runs `f` on the state and wakes [`crate::Simulator::wait_until`] waiters only when it
+    /// changed [`State::rev`]: for bookkeeping (poll checks, acks, acquires, session touches)
+    /// that mostly changes nothing a snapshot shows.
+    pub(crate) fn with_state_if_changed<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let (r, changed) = {
+            let mut st = lock(&self.state);
+            let before = st.rev;
+            let r = f(&mut st);
+            (r, st.rev != before)
+        };
+        if changed {
+            self.changed.notify_waiters();
+        }
         r
     }
 
@@ -827,8 +846,8 @@ async fn installation_token(
     let token = random_token("ghs_");
     let ttl = s.cfg.installation_token_ttl;
     s.with_state(|st| {
-        st.install_tokens
-            .insert(token.clone(), add_or_far(Instant::now(), ttl))
+        let now = Instant::now();
+        st.insert_install_token(token.clone(), add_or_far(now, ttl), now);
     });
     Ok(json_response(
         StatusCode::CREATED,
@@ -856,7 +875,7 @@ async fn registration_token(AxState(s): S, headers: HeaderMap) -> ApiResult {
     }
     let token = random_token("AREG");
     let ttl = s.cfg.registration_token_ttl;
-    s.with_state(|st| st.reg_tokens.insert(token.clone(), add_or_far(now, ttl)));
+    s.with_state(|st| st.insert_reg_token(token.clone(), add_or_far(now, ttl), now));
     Ok(json_response(
         StatusCode::CREATED,
         &json!({"token": token, "expires_at": expiry(ttl)}),
@@ -1304,7 +1323,7 @@ async fn wait_on<T>(
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let wake = match s.with_state(&mut check)? {
+        let wake = match s.with_state_if_changed(&mut check)? {
             Ok(v) => return Ok(Some(v)),
             Err(wake) => wake,
         };
@@ -1341,7 +1360,7 @@ async fn get_message(
         ),
     };
     let session_q = q.get("sessionId").cloned();
-    let notify = s.with_state(|st| {
+    let notify = s.with_state_if_changed(|st| {
         let sid = st.check_queue_token(&token, ss_id, Instant::now())?;
         check_session_query(session_q.as_deref(), sid)?;
         if let Some(c) = capacity {
@@ -1356,7 +1375,7 @@ async fn get_message(
         return Err(ApiError::new(404, EX_SS_NOT_FOUND, "scale set not found"));
     };
     let deadline = add_or_far(Instant::now(), s.cfg.long_poll);
-    let _guard = PollGuard::new(&s.in_flight_polls);
+    let _guard = PollGuard::new(&s);
     let msg = wait_on(&s, &notify, deadline, |st| {
         let sid = st.check_queue_token(&token, ss_id, Instant::now())?;
         // Also wake when the token expires: the poll then answers 401 at once.
@@ -1407,7 +1426,7 @@ async fn delete_message(
         .parse()
         .map_err(|_| ApiError::bad_request(format!("invalid message id {:?}", p.mid)))?;
     let token = queue_token(&headers)?;
-    s.with_state(|st| {
+    s.with_state_if_changed(|st| {
         let sid = st.check_queue_token(&token, ss_id, Instant::now())?;
         check_session_query(q.get("sessionId").map(String::as_str), sid)?;
         st.touch_session(sid, 0, Instant::now());
@@ -1426,7 +1445,7 @@ async fn acquire_jobs(
     let ss_id = p.id()?;
     let token = queue_token(&headers)?;
     let ids: Vec<i64> = parse_json(&body)?;
-    let acquired = s.with_state(|st| {
+    let acquired = s.with_state_if_changed(|st| {
         let sid = st.check_queue_token(&token, ss_id, Instant::now())?;
         st.touch_session(sid, 0, Instant::now());
         Ok::<_, OpError>(st.acquire(ss_id, &ids))

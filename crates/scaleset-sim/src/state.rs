@@ -239,6 +239,13 @@ pub(crate) struct State {
     pub admin_generation: u64,
     pub runner_faults: VecDeque<RunnerBehavior>,
     pub empty_mq_url_next: u32,
+    /// Revision of what [`crate::SimState`] shows from this state: bumped by changes that
+    /// bookkeeping paths (polls, acks, acquires) may or may not make, so they wake
+    /// `wait_until` waiters only when something changed (see `Shared::with_state_if_changed`).
+    pub rev: u64,
+    /// Completed jobs, oldest completion first; beyond `completed_jobs_capacity` the oldest
+    /// are dropped from `jobs`.
+    completed: VecDeque<i64>,
     next_group_id: i64,
     next_scale_set_id: i64,
     next_runner_id: i64,
@@ -274,6 +281,8 @@ impl State {
             admin_generation: 0,
             runner_faults: VecDeque::new(),
             empty_mq_url_next: 0,
+            rev: 0,
+            completed: VecDeque::new(),
             next_group_id: 2,
             next_scale_set_id: 1,
             next_runner_id: 1,
@@ -717,6 +726,7 @@ impl State {
     // ----- messages -----
 
     fn emit(&mut self, ss_id: i64, msg: Value) {
+        self.rev += 1;
         if let Some(ss) = self.scale_sets.get_mut(&ss_id) {
             ss.pending.push(msg);
             ss.notify.notify_waiters();
@@ -739,6 +749,9 @@ impl State {
             Some(ss) => std::mem::take(&mut ss.pending),
             None => return Err(None),
         };
+        if !pending.is_empty() {
+            self.rev += 1;
+        }
         let mut new_msgs = Vec::new();
         for chunk in pending.chunks(per) {
             let id = self.next_message_id;
@@ -780,13 +793,20 @@ impl State {
 
     pub(crate) fn ack_message(&mut self, ss_id: i64, message_id: i64) {
         if let Some(ss) = self.scale_sets.get_mut(&ss_id) {
+            let before = ss.messages.len();
             ss.messages.retain(|m| m.id != message_id);
+            if ss.messages.len() != before {
+                self.rev += 1;
+            }
         }
     }
 
     pub(crate) fn set_capacity(&mut self, ss_id: i64, cap: u32) {
         if let Some(ss) = self.scale_sets.get_mut(&ss_id) {
             let grew = ss.max_capacity.is_none_or(|c| cap > c);
+            if ss.max_capacity != Some(cap) {
+                self.rev += 1;
+            }
             ss.max_capacity = Some(cap);
             if grew {
                 self.schedule(Instant::now());
@@ -1003,6 +1023,7 @@ impl State {
         };
         j.phase = JobPhase::Completed;
         j.final_result = Some(result.to_owned());
+        self.completed.push_back(jid);
         j.finish_time = Some(jiff::Timestamp::now());
         let ss = j.scale_set;
         let runner = j.runner.as_ref().map(|r| r.0);
@@ -1013,7 +1034,37 @@ impl State {
         if let Some(rid) = runner {
             self.remove_runner_entry(rid);
         }
+        self.prune_completed();
         self.schedule(Instant::now());
+    }
+
+    /// Drops the oldest completed jobs beyond `completed_jobs_capacity`.
+    fn prune_completed(&mut self) {
+        let cap = self.cfg.completed_jobs_capacity.max(1);
+        while self.completed.len() > cap {
+            let Some(old) = self.completed.pop_front() else {
+                break;
+            };
+            if self
+                .jobs
+                .get(&old)
+                .is_some_and(|j| j.phase == JobPhase::Completed)
+            {
+                self.jobs.remove(&old);
+            }
+        }
+    }
+
+    /// Stores an installation token, dropping the expired ones first.
+    pub(crate) fn insert_install_token(&mut self, token: String, expires: Instant, now: Instant) {
+        self.install_tokens.retain(|_, exp| *exp > now);
+        self.install_tokens.insert(token, expires);
+    }
+
+    /// Stores a registration token, dropping the expired ones first.
+    pub(crate) fn insert_reg_token(&mut self, token: String, expires: Instant, now: Instant) {
+        self.reg_tokens.retain(|_, exp| *exp > now);
+        self.reg_tokens.insert(token, expires);
     }
 
     /// Cancels an assigned job nobody took: `JobCompleted` canceled, then requeue.
@@ -1035,6 +1086,8 @@ impl State {
         j.requeues += 1;
         if j.requeues > max {
             j.phase = JobPhase::Completed;
+            self.completed.push_back(jid);
+            self.prune_completed();
             return;
         }
         j.phase = JobPhase::Queued;

@@ -310,3 +310,47 @@ async fn app_jwt_issuer_may_be_the_numeric_app_id() {
     assert_eq!(r.status, 201);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn completed_jobs_beyond_the_cap_are_pruned() {
+    let ctx = Ctx::start(scaleset_sim::SimConfig {
+        assignment_timeout: std::time::Duration::from_millis(20),
+        max_requeues: 0,
+        completed_jobs_capacity: 3,
+        ..fast_cfg()
+    })
+    .await;
+    let ss = ctx.create_scale_set("prune", &["prune"]).await;
+    let session = ctx.create_session(ss).await;
+    let ids = ctx
+        .sim
+        .enqueue_jobs(scaleset_sim::EnqueueJobs {
+            labels: vec!["prune".into()],
+            count: 5,
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue");
+    // The poll sets the capacity; every job is assigned, nobody runs it, each is canceled
+    // and given up (no requeue left).
+    let r = ctx.poll(&session, 0, 10).await;
+    assert_eq!(r.status, 200);
+    let (done, st) = ctx
+        .sim
+        .wait_until(DEADLINE, |st| {
+            st.jobs.len() == 3 && st.jobs.iter().all(|j| j.status == "completed")
+        })
+        .await;
+    assert!(done, "jobs: {:?}", st.jobs);
+    let kept: Vec<i64> = st.jobs.iter().map(|j| j.request_id).collect();
+    assert_eq!(
+        kept,
+        ids[2..].to_vec(),
+        "the most recently completed are kept"
+    );
+    assert_eq!(
+        st.scale_set(ss).map(|s| s.statistics.total_assigned_jobs),
+        Some(0)
+    );
+    ctx.sim.shutdown().await;
+}
