@@ -80,7 +80,7 @@
 //! | `GET /_sim/info` | | `{"baseUrl","configUrl","orgConfigUrl","enterpriseConfigUrl","token","controlUrl","mode","app":{"clientId","appId","installationId","privateKeyPem"}}` |
 //! | `POST /_sim/jobs` | `{"labels":[..],"count":N,"durationSeconds":S,"durationMs":M,"result":"succeeded"}` (all optional; count 1 (1 to [`MAX_ENQUEUE`]), duration 0 (at most [`MAX_JOB_DURATION`])) | 201 `{"jobIds":[..]}` |
 //! | `GET /_sim/state` | | 200 [`SimState`] |
-//! | `GET /_sim/requests` | | 200 `[`[`RequestLogEntry`]`]` |
+//! | `GET /_sim/requests` | | 200 `[`[`RequestLogEntry`]`]` in `seq` order, oldest first (a request abandoned by its client: status 499) |
 //! | `DELETE /_sim/requests` | | 204, log cleared |
 //! | `POST /_sim/faults` | one [`Fault`] object or an array of them | 204, or 400 with the reason |
 //! | `GET /_sim/faults` | | 200 pending faults |
@@ -409,7 +409,9 @@ impl Simulator {
         }
     }
 
-    /// The request log (oldest first; control endpoints are not logged).
+    /// The request log in `seq` (arrival) order, oldest first; control endpoints are not
+    /// logged. A request is added once answered (or abandoned by its client: status 499),
+    /// at its arrival place.
     pub fn requests(&self) -> Vec<RequestLogEntry> {
         self.shared.requests()
     }

@@ -146,6 +146,20 @@ impl Shared {
         lock(&self.log).iter().cloned().collect()
     }
 
+    /// Adds an entry to the request log in `seq` order (a long poll is logged when it ends
+    /// but placed where it arrived), dropping the oldest beyond the capacity.
+    fn log_request(&self, entry: RequestLogEntry) {
+        let mut log = lock(&self.log);
+        let pos = log
+            .iter()
+            .rposition(|e| e.seq < entry.seq)
+            .map_or(0, |i| i + 1);
+        log.insert(pos, entry);
+        while log.len() > self.cfg.request_log_capacity.max(1) {
+            log.pop_front();
+        }
+    }
+
     pub(crate) fn clear_requests(&self) {
         lock(&self.log).clear();
     }
@@ -701,6 +715,42 @@ fn auth_scheme_for_log(v: &str) -> String {
     }
 }
 
+/// Status logged for a request whose handler never answered because the client went away
+/// (nginx's "client closed request").
+pub(crate) const STATUS_CLIENT_CLOSED: u16 = 499;
+
+/// Logs a request that is dropped before it is answered (the client closed the connection,
+/// say a listener abandoning a long poll) with [`STATUS_CLIENT_CLOSED`].
+struct PendingLog<'a> {
+    s: &'a Shared,
+    entry: Option<RequestLogEntry>,
+    started: Instant,
+}
+
+impl PendingLog<'_> {
+    fn finish(mut self, status: u16) {
+        if let Some(mut e) = self.entry.take() {
+            e.status = status;
+            e.duration_ms = millis(self.started.elapsed());
+            self.s.log_request(e);
+        }
+    }
+}
+
+impl Drop for PendingLog<'_> {
+    fn drop(&mut self) {
+        if let Some(mut e) = self.entry.take() {
+            e.status = STATUS_CLIENT_CLOSED;
+            e.duration_ms = millis(self.started.elapsed());
+            self.s.log_request(e);
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 async fn fault_layer(AxState(s): S, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     let Some(class) = EndpointClass::classify(&path) else {
@@ -719,6 +769,22 @@ async fn fault_layer(AxState(s): S, req: Request, next: Next) -> Response {
             f.take_response(class, &method),
         )
     };
+    let mut pending = PendingLog {
+        s: &s,
+        entry: Some(RequestLogEntry {
+            seq,
+            time,
+            method: method.clone(),
+            path,
+            query,
+            class,
+            status: 0,
+            headers,
+            fault: None,
+            duration_ms: 0,
+        }),
+        started,
+    };
     if let Some(d) = latency {
         tokio::select! {
             () = tokio::time::sleep(d) => {}
@@ -736,6 +802,9 @@ async fn fault_layer(AxState(s): S, req: Request, next: Next) -> Response {
         }
         .to_owned()
     });
+    if let Some(e) = pending.entry.as_mut() {
+        e.fault.clone_from(&fault_name);
+    }
     let mut dropped = false;
     let mut resp = match action {
         None => next.run(req).await,
@@ -801,25 +870,7 @@ async fn fault_layer(AxState(s): S, req: Request, next: Next) -> Response {
         };
         resp.headers_mut().insert(name, v);
     }
-    let entry = RequestLogEntry {
-        seq,
-        time,
-        method,
-        path,
-        query,
-        class,
-        status: if dropped { 0 } else { resp.status().as_u16() },
-        headers,
-        fault: fault_name,
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    };
-    {
-        let mut log = lock(&s.log);
-        while log.len() >= s.cfg.request_log_capacity.max(1) {
-            log.pop_front();
-        }
-        log.push_back(entry);
-    }
+    pending.finish(if dropped { 0 } else { resp.status().as_u16() });
     resp
 }
 

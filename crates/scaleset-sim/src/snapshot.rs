@@ -156,7 +156,8 @@ pub struct JobState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestLogEntry {
-    /// Sequence number.
+    /// Sequence number, in arrival order; the log is sorted by it (oldest first), so a long
+    /// poll answered late sits where it arrived.
     pub seq: u64,
     /// RFC 3339 time the request arrived (UTC, 7 fractional digits, `Z`).
     pub time: String,
@@ -168,7 +169,10 @@ pub struct RequestLogEntry {
     pub query: Option<String>,
     /// Endpoint class.
     pub class: EndpointClass,
-    /// Status answered; 0 when the connection was dropped.
+    /// Status answered; 0 when the connection was dropped by a `dropConnection` fault; 499
+    /// when the client closed the connection before an answer (an abandoned long poll is
+    /// logged when the server notices, in its arrival place; a request cut off by a hard
+    /// shutdown, which answers 503, is logged as 499 too).
     pub status: u16,
     /// Selected headers (`authorization` holds only a known scheme: `Bearer`, `RemoteAuth`,
     /// `token` or `Basic`; any other value is logged as `<redacted>`).

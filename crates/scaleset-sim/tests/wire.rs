@@ -354,3 +354,112 @@ async fn completed_jobs_beyond_the_cap_are_pruned() {
     );
     ctx.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn request_log_is_in_seq_order_and_logs_abandoned_polls() {
+    let ctx = Ctx::start(scaleset_sim::SimConfig {
+        long_poll: std::time::Duration::from_secs(60),
+        ..fast_cfg()
+    })
+    .await;
+    let ss = ctx.create_scale_set("log", &["log"]).await;
+    let session = ctx.create_session(ss).await;
+    ctx.sim.clear_requests();
+
+    // A long poll arrives first and is answered last.
+    let poll = {
+        let http = ctx.http.clone();
+        let (url, token) = (session.mq_url.clone(), session.token.clone());
+        tokio::spawn(async move {
+            http.get(url)
+                .bearer_auth(token)
+                .header("X-ScaleSetMaxCapacity", "5")
+                .send()
+                .await
+                .expect("poll")
+                .status()
+                .as_u16()
+        })
+    };
+    let (held, _) = ctx
+        .sim
+        .wait_until(DEADLINE, |st| st.in_flight_polls == 1)
+        .await;
+    assert!(held);
+    let r = ctx
+        .tenant(
+            Method::GET,
+            &format!("_apis/runtime/runnerscalesets/{ss}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    ctx.sim
+        .enqueue_jobs(scaleset_sim::EnqueueJobs {
+            labels: vec!["log".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue");
+    let status = tokio::time::timeout(DEADLINE, poll)
+        .await
+        .expect("poll answered")
+        .expect("join");
+    assert_eq!(status, 200);
+    let log = ctx.sim.requests();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(log.windows(2).all(|w| w[0].seq < w[1].seq), "{log:?}");
+    assert!(
+        log[0].path.starts_with("/_broker/"),
+        "the poll first: {log:?}"
+    );
+    assert_eq!(log[0].status, 200);
+    // The HTTP view has the same order.
+    let r = send(
+        &ctx.http,
+        Method::GET,
+        &format!("{}/_sim/requests", ctx.sim.base_url()),
+        None,
+        None,
+    )
+    .await;
+    let seqs: Vec<u64> = r
+        .json()
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, log.iter().map(|e| e.seq).collect::<Vec<_>>());
+
+    // A poll the client abandons is logged as 499 once the server sees the connection close.
+    ctx.sim.clear_requests();
+    let abandoned = {
+        let http = client();
+        let (url, token) = (session.mq_url.clone(), session.token.clone());
+        tokio::spawn(async move {
+            let _ = http
+                .get(format!("{url}&lastMessageId=1000"))
+                .bearer_auth(token)
+                .header("X-ScaleSetMaxCapacity", "5")
+                .send()
+                .await;
+        })
+    };
+    let (held, _) = ctx
+        .sim
+        .wait_until(DEADLINE, |st| st.in_flight_polls == 1)
+        .await;
+    assert!(held);
+    abandoned.abort();
+    let _ = abandoned.await;
+    let (ended, _) = ctx
+        .sim
+        .wait_until(DEADLINE, |st| st.in_flight_polls == 0)
+        .await;
+    assert!(ended, "the server dropped the abandoned poll");
+    let log = ctx.sim.requests();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].status, 499);
+    ctx.sim.shutdown().await;
+}
