@@ -1303,35 +1303,30 @@ impl State {
     pub(crate) fn tick(&mut self, now: Instant) -> bool {
         let timeout = self.cfg.assignment_timeout;
         let hb = self.cfg.runner_heartbeat_timeout;
-        let expired: Vec<i64> = self
+        // Assigned jobs no runner took, and offered jobs nobody acquired, both past the
+        // assignment timeout: one pass over the scale sets' jobs.
+        let (mut expired, mut unacquired) = (Vec::new(), Vec::new());
+        for jid in self
             .scale_sets
             .values()
             .flat_map(|ss| ss.jobs.iter())
             .copied()
-            .filter(|jid| {
-                self.jobs.get(jid).is_some_and(|j| {
-                    matches!(j.phase, JobPhase::Assigned(_))
-                        && j.assigned_at.is_some_and(|t| elapsed(now, t) >= timeout)
-                })
-            })
-            .collect();
+        {
+            let Some(j) = self.jobs.get(&jid) else {
+                continue;
+            };
+            let overdue = |t: Option<Instant>| t.is_some_and(|t| elapsed(now, t) >= timeout);
+            match j.phase {
+                JobPhase::Assigned(_) if overdue(j.assigned_at) => expired.push(jid),
+                JobPhase::Available(_) if overdue(j.offered_at) => unacquired.push(jid),
+                _ => {}
+            }
+        }
         let dead: Vec<(i64, i64)> = self
             .runners
             .values()
             .filter(|r| r.job.is_some() && elapsed(now, r.last_heartbeat) >= hb)
             .filter_map(|r| r.job.map(|j| (r.id, j)))
-            .collect();
-        let unacquired: Vec<i64> = self
-            .scale_sets
-            .values()
-            .flat_map(|ss| ss.jobs.iter())
-            .copied()
-            .filter(|jid| {
-                self.jobs.get(jid).is_some_and(|j| {
-                    matches!(j.phase, JobPhase::Available(_))
-                        && j.offered_at.is_some_and(|t| elapsed(now, t) >= timeout)
-                })
-            })
             .collect();
         let idle = self.cfg.session_idle_timeout;
         let idle_sessions: Vec<Uuid> = self
