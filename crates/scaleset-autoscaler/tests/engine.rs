@@ -574,8 +574,18 @@ async fn a_failed_removal_never_stops_the_runner_and_is_retried() {
     tokio::time::sleep(Duration::from_secs(300)).await;
     assert!(env.fake.stopped().is_empty(), "{:?}", env.fake.stopped());
     assert_eq!(env.fake.running(), vec![name.clone()]);
+    // Idle between attempts, or removing while a retry is in flight: never stopped, never
+    // dropped from the books.
     let snap = env.engine.snapshot();
-    assert_eq!((snap.idle, snap.removing), (1, 0), "{snap:?}");
+    assert_eq!(snap.idle + snap.removing, 1, "{snap:?}");
+    assert_eq!(snap.runners.len(), 1, "{snap:?}");
+    let deletes = env
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "DELETE" && r.path.contains("/agents/"))
+        .count();
+    assert!(deletes >= 2, "the removal is retried: {deletes} attempt(s)");
     // GitHub recovers: the retry removes it, then stops it.
     env.sim.faults().clear();
     env.engine
