@@ -708,44 +708,36 @@ impl<P: Provisioner> Shared<P> {
             // Timeouts.
             let mut expired = Vec::new();
             for (name, r) in st.runners.iter_mut() {
-                match r.phase {
-                    Phase::Exited => match after(r.since, set.exit_grace) {
+                if r.phase == Phase::Exited {
+                    match after(r.since, set.exit_grace) {
                         _ if stopping => expired.push(name.clone()),
                         Some(due) if due <= now => expired.push(name.clone()),
                         Some(due) => at(due),
                         None => {}
-                    },
-                    Phase::Finished => match after(r.since, set.finish_grace) {
-                        _ if r.backing_off(now) => at(r.retry_at.unwrap_or(now)),
-                        Some(due) if due <= now => {
-                            r.phase = Phase::Removing;
-                            retire.push((
-                                name.clone(),
-                                r.id,
-                                Phase::Finished,
-                                "finished but did not exit",
-                            ));
-                        }
-                        Some(due) => at(due),
-                        None => {}
-                    },
-                    Phase::Idle if waiting > 0 && !stopping => {
-                        match after(r.since, set.registration_timeout) {
-                            _ if r.backing_off(now) => at(r.retry_at.unwrap_or(now)),
-                            Some(due) if due <= now => {
-                                r.phase = Phase::Removing;
-                                retire.push((
-                                    name.clone(),
-                                    r.id,
-                                    Phase::Idle,
-                                    "idle past the registration timeout while jobs wait",
-                                ));
-                            }
-                            Some(due) => at(due),
-                            None => {}
-                        }
                     }
-                    _ => {}
+                    continue;
+                }
+                // A finished runner whose process does not exit, and an idle one that never
+                // took a job while jobs wait, are retired once their grace has passed.
+                let retire_after = match r.phase {
+                    Phase::Finished => Some((set.finish_grace, "finished but did not exit")),
+                    Phase::Idle if waiting > 0 && !stopping => Some((
+                        set.registration_timeout,
+                        "idle past the registration timeout while jobs wait",
+                    )),
+                    _ => None,
+                };
+                let Some((grace, reason)) = retire_after else {
+                    continue;
+                };
+                match after(r.since, grace) {
+                    _ if r.backing_off(now) => at(r.retry_at.unwrap_or(now)),
+                    Some(due) if due <= now => {
+                        retire.push((name.clone(), r.id, r.phase, reason));
+                        r.phase = Phase::Removing;
+                    }
+                    Some(due) => at(due),
+                    None => {}
                 }
             }
             for name in expired {
@@ -993,7 +985,8 @@ impl<P: Provisioner> Shared<P> {
             }
         };
         match self.client.remove_runner(id).await {
-            Ok(()) | Err(ApiError::RunnerNotFound(_)) => Removal::Removed,
+            // A runner the service no longer has is reported as removed by the client.
+            Ok(()) => Removal::Removed,
             Err(ApiError::JobStillRunning(_)) => Removal::StillRunning,
             Err(e) => {
                 tracing::warn!(scale_set = %self.settings.scale_set_name, runner = %name, runner_id = id, error = %e, "could not remove a runner from GitHub");
