@@ -588,3 +588,42 @@ async fn every_scale_set_log_line_names_the_scale_set() {
     assert!(checked > 5, "too few lines checked: {}", out.stderr);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// `--shutdown delete`: drain, then delete the scale set; nothing of it is left on the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_delete_drains_then_deletes_the_scale_set() {
+    let sim = common::sim().await;
+    let dir = workdir("delete");
+    let mut run = run_cmd(&sim, &dir, "deleteme", &["--shutdown", "delete"]);
+    run.wait_stderr("listening").await;
+    assert!(sim.state().scale_set_by_name("deleteme").is_some());
+    sim.enqueue_jobs(EnqueueJobs {
+        labels: vec!["deleteme".into()],
+        count: 2,
+        ..Default::default()
+    })
+    .await
+    .expect("enqueue");
+    let (done, state) = sim
+        .wait_until(LONG, |s| {
+            s.jobs.iter().filter(|j| j.status == "completed").count() == 2
+        })
+        .await;
+    assert!(done, "{:?}", state.jobs);
+    run.sigterm();
+    let out = run.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let state = sim.state();
+    assert!(
+        state.scale_set_by_name("deleteme").is_none(),
+        "{:?}",
+        state.scale_sets
+    );
+    assert!(state.runners.is_empty(), "{:?}", state.runners);
+    assert!(state.sessions.is_empty(), "{:?}", state.sessions);
+    assert!(
+        processes_under(&dir).is_empty(),
+        "no runner process is left"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
