@@ -23,7 +23,9 @@
 //! max_concurrent_starts = 16
 //! shutdown = "keep"                        # keep | drain | delete
 //! drain_timeout_secs = 600
-//! provisioner = "process"
+//!
+//! [scale_set.provisioner]                  # see [`provisioner`] for every kind's keys
+//! kind = "process"                         # process | docker
 //! command = "/opt/runner/run.sh"
 //! args = []                                # `{name}` and `{jitconfig}` are substituted
 //! workdir = "/var/lib/scaleset/linux-x64"  # runner N works in workdir/N
@@ -31,8 +33,8 @@
 //! ```
 //!
 //! Runners never inherit the daemon's environment (it holds credentials): they get `PATH`,
-//! `HOME`, `LANG`, `LC_ALL`, `TMPDIR`, `USER`, `TZ`, the variables named in `env`, and
-//! their JIT config.
+//! `HOME`, `LANG`, `LC_ALL`, `TMPDIR`, `USER`, `TZ` (processes only), the variables named in
+//! the provisioner's `env`, and their JIT config.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -41,6 +43,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+
+pub mod provisioner;
+
+pub use provisioner::{DockerSettings, ProcessSettings, ProvisionerConfig, PullPolicy};
 
 /// The whole configuration.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -127,15 +133,6 @@ impl std::str::FromStr for ShutdownPolicy {
     }
 }
 
-/// Which provisioner starts the runners.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProvisionerKind {
-    /// A local process per runner.
-    #[default]
-    Process,
-}
-
 /// One scale set.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,21 +173,13 @@ pub struct ScaleSetConfig {
     /// How long `drain`/`delete` wait for busy runners.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout_secs: u64,
-    /// The provisioner.
-    #[serde(default)]
-    pub provisioner: ProvisionerKind,
-    /// Program run per runner (process provisioner).
-    pub command: Option<String>,
-    /// Its arguments; `{name}` and `{jitconfig}` are substituted.
-    #[serde(default)]
-    pub args: Vec<String>,
-    /// Base work directory; each runner gets `workdir/<runner name>`. Default:
-    /// `$XDG_STATE_HOME/scaleset/runners/<name>`, else `$HOME/.local/state/scaleset/runners/<name>`,
-    /// else `<temp dir>/scaleset-runners/<name>`.
-    pub workdir: Option<PathBuf>,
-    /// Names of the daemon's environment variables passed through to runners.
-    #[serde(default)]
-    pub env: Vec<String>,
+    /// The provisioner and its settings (`[scale_set.provisioner]`).
+    #[serde(skip)]
+    pub provisioner: ProvisionerConfig,
+    /// The `[scale_set.provisioner]` table as read, parsed into `provisioner` by
+    /// [`Config::from_toml_str`] so that its errors name the kind's own keys.
+    #[serde(default, rename = "provisioner")]
+    provisioner_table: Option<toml::Value>,
 }
 
 /// The longest `*_secs` duration accepted (7 days): larger values would overflow timers.
@@ -235,11 +224,8 @@ impl ScaleSetConfig {
             runner_name_prefix: None,
             shutdown: ShutdownPolicy::Keep,
             drain_timeout_secs: default_drain_timeout(),
-            provisioner: ProvisionerKind::Process,
-            command: None,
-            args: Vec::new(),
-            workdir: None,
-            env: Vec::new(),
+            provisioner: ProvisionerConfig::default(),
+            provisioner_table: None,
         }
     }
 
@@ -259,13 +245,23 @@ impl ScaleSetConfig {
             .unwrap_or_else(|| format!("{}-", self.name))
     }
 
-    /// The base work directory (see [`workdir`](Self::workdir) for the default).
-    pub fn effective_workdir(&self) -> PathBuf {
-        self.effective_workdir_with(|n| std::env::var_os(n))
+    /// The process provisioner's base work directory (see [`ProcessSettings::workdir`] for
+    /// the default); `None` for other provisioners.
+    pub fn effective_workdir(&self) -> Option<PathBuf> {
+        match &self.provisioner {
+            ProvisionerConfig::Process(p) => {
+                Some(self.effective_workdir_with(p.workdir.as_ref(), |n| std::env::var_os(n)))
+            }
+            _ => None,
+        }
     }
 
-    fn effective_workdir_with(&self, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
-        if let Some(dir) = &self.workdir {
+    fn effective_workdir_with(
+        &self,
+        configured: Option<&PathBuf>,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> PathBuf {
+        if let Some(dir) = configured {
             return dir.clone();
         }
         let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
@@ -303,12 +299,31 @@ impl Config {
             e.span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
         };
+        let value: toml::Value = toml::from_str(text).map_err(|e: toml::de::Error| {
+            let place = at_line(&e).map_or_else(|| "config".to_string(), |l| format!("line {l}"));
+            Error::config(place, e.message().to_string())
+        })?;
+        if let Some(sets) = value.get("scale_set").and_then(toml::Value::as_array) {
+            for (i, set) in sets.iter().enumerate() {
+                if let Some(old) = ["command", "args", "workdir", "env"]
+                    .into_iter()
+                    .find(|k| set.get(k).is_some())
+                {
+                    return Err(Error::config(
+                        format!("scale_set[{i}].{old}"),
+                        format!(
+                            "provisioner settings live in their own table now: write it under [scale_set.provisioner] with kind = \"process\" (or \"docker\")"
+                        ),
+                    ));
+                }
+            }
+        }
         let de = toml::Deserializer::parse(text).map_err(|e| {
             let place = at_line(&e).map_or_else(|| "config".to_string(), |l| format!("line {l}"));
             Error::config(place, e.message().to_string())
         })?;
         // serde_path_to_error names the key that failed, e.g. `scale_set[0].max_runners`.
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             let key = if path.is_empty() || path == "." {
@@ -321,6 +336,12 @@ impl Config {
                 .unwrap_or_default();
             Error::config(key, format!("{}{line}", inner.message()))
         })?;
+        for (i, s) in config.scale_sets.iter_mut().enumerate() {
+            if let Some(table) = s.provisioner_table.take() {
+                s.provisioner =
+                    ProvisionerConfig::from_toml(&format!("scale_set[{i}].provisioner"), table)?;
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -464,27 +485,19 @@ impl Config {
                     ));
                 }
             }
-            if let Some(bad) = s
-                .env
-                .iter()
-                .find(|n| n.is_empty() || n.contains('=') || n.contains('\0'))
-            {
-                return Err(Error::config(
-                    key("env"),
-                    format!("{bad:?} is not an environment variable name"),
-                ));
-            }
-            let dir = s.effective_workdir();
-            if let Some(j) = workdirs.get(&dir) {
-                return Err(Error::config(
-                    key("workdir"),
+            s.provisioner.validate(&key("provisioner"))?;
+            if let Some(dir) = s.effective_workdir() {
+                if let Some(j) = workdirs.get(&dir) {
+                    return Err(Error::config(
+                        key("provisioner.workdir"),
                     format!(
                         "{} is also the work directory of scale_set[{j}] (give each scale set its own workdir)",
-                        dir.display()
-                    ),
-                ));
+                            dir.display()
+                        ),
+                    ));
+                }
+                workdirs.insert(dir, i);
             }
-            workdirs.insert(dir, i);
             let prefix = s.name_prefix();
             if prefix.is_empty()
                 || !prefix
@@ -495,20 +508,6 @@ impl Config {
                     key("runner_name_prefix"),
                     format!("{prefix:?}: use letters, digits, '-', '_' or '.'"),
                 ));
-            }
-            match s.provisioner {
-                ProvisionerKind::Process => match &s.command {
-                    None => {
-                        return Err(Error::config(
-                            key("command"),
-                            "required by the process provisioner",
-                        ));
-                    }
-                    Some(c) if c.trim().is_empty() => {
-                        return Err(Error::config(key("command"), "must not be empty"));
-                    }
-                    Some(_) => {}
-                },
             }
         }
         Ok(())
@@ -525,6 +524,8 @@ mod tests {
         [[scale_set]]
         name = "a"
         max_runners = 5
+        [scale_set.provisioner]
+        kind = "process"
         command = "/bin/true"
         [[scale_set]]
         name = "b"
@@ -532,6 +533,8 @@ mod tests {
         min_runners = 1
         max_runners = 2
         shutdown = "drain"
+        [scale_set.provisioner]
+        kind = "process"
         command = "/bin/true"
         args = ["--name", "{name}"]
     "#;
@@ -542,7 +545,7 @@ mod tests {
         let e = Config::from_toml_str(&bad).expect_err("negative max_runners");
         let text = e.to_string();
         assert!(text.contains("scale_set[1].max_runners"), "{text}");
-        assert!(text.contains("line 12"), "{text}");
+        assert!(text.contains("line 14"), "{text}");
         let e = Config::from_toml_str("[connection]\nurl = 5\n").expect_err("url is a number");
         assert!(e.to_string().contains("connection.url"), "{e}");
         let e = Config::from_toml_str("[[scale_set]\n").expect_err("broken TOML");
@@ -570,7 +573,7 @@ mod tests {
         let e = err(&GOOD.replace("min_runners = 1", "min_runners = 3"));
         assert_eq!(e, "scale_set[1].max_runners: must be >= min_runners");
         let e = err(&GOOD.replace("command = \"/bin/true\"\n        [[", "[["));
-        assert!(e.starts_with("scale_set[0].command:"), "{e}");
+        assert!(e.starts_with("scale_set[0].provisioner.command:"), "{e}");
         let e = err(&GOOD.replace("https://github.com/org", "https://github.com/"));
         assert!(e.starts_with("connection.url:"), "{e}");
         let e = err(&GOOD.replace("shutdown = \"drain\"", "shutdown = \"later\""));
@@ -584,13 +587,33 @@ mod tests {
     }
 
     #[test]
+    fn provisioner_settings_live_in_their_own_table() {
+        let flat = "[connection]\nurl = \"https://github.com/org\"\n[[scale_set]]\nname = \"a\"\ncommand = \"/bin/true\"\n";
+        let e = err(flat);
+        assert!(e.starts_with("scale_set[0].command:"), "{e}");
+        assert!(e.contains("[scale_set.provisioner]"), "{e}");
+        let docker = GOOD.replace(
+            "kind = \"process\"\n        command = \"/bin/true\"\n        [[",
+            "kind = \"docker\"\n        image = \"runner:1\"\n        network = \"host\"\n        [[",
+        );
+        let c = Config::from_toml_str(&docker).expect("docker kind");
+        assert_eq!(c.scale_sets[0].provisioner.kind(), "docker");
+        assert_eq!(c.scale_sets[0].effective_workdir(), None);
+        let e = err(&docker.replace("image = \"runner:1\"", "image = \"runner:1\"\n        workdir = \"/x\""));
+        assert!(e.starts_with("scale_set[0].provisioner"), "{e}");
+        assert!(e.contains("workdir"), "{e}");
+        let e = err(&GOOD.replacen("kind = \"process\"", "kind = \"vm\"", 1));
+        assert!(e.starts_with("scale_set[0].provisioner.kind:"), "{e}");
+    }
+
+    #[test]
     fn two_scale_sets_cannot_share_a_workdir() {
         let text = GOOD.replace(
             "command = \"/bin/true\"\n",
             "command = \"/bin/true\"\n        workdir = \"/srv/runners\"\n",
         );
         let e = err(&text);
-        assert!(e.starts_with("scale_set[1].workdir:"), "{e}");
+        assert!(e.starts_with("scale_set[1].provisioner.workdir:"), "{e}");
         assert!(
             e.contains("scale_set[0]") && e.contains("/srv/runners"),
             "{e}"
@@ -630,15 +653,15 @@ mod tests {
             }
         };
         assert_eq!(
-            s.effective_workdir_with(env(&[("XDG_STATE_HOME", "/st"), ("HOME", "/h")])),
+            s.effective_workdir_with(None, env(&[("XDG_STATE_HOME", "/st"), ("HOME", "/h")])),
             PathBuf::from("/st/scaleset/runners/x")
         );
         assert_eq!(
-            s.effective_workdir_with(env(&[("HOME", "/h")])),
+            s.effective_workdir_with(None, env(&[("HOME", "/h")])),
             PathBuf::from("/h/.local/state/scaleset/runners/x")
         );
         assert_eq!(
-            s.effective_workdir_with(env(&[])),
+            s.effective_workdir_with(None, env(&[])),
             std::env::temp_dir().join("scaleset-runners/x")
         );
     }

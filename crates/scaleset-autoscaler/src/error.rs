@@ -1,7 +1,5 @@
 //! The crate's error type.
 
-use std::path::PathBuf;
-
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -60,35 +58,33 @@ impl Error {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProvisionError {
-    /// An I/O operation failed (spawning a process, writing the state file, ...).
-    #[error("{what} ({path}): {source}")]
-    Io {
-        /// What the provisioner was doing.
-        what: &'static str,
-        /// The file, directory or program involved.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
+    /// The backend (the process spawner, the Docker engine, the cluster) failed; `message`
+    /// is its own account, with the file, container or object involved.
+    #[error("{backend}: {message}")]
+    Backend {
+        /// The provisioner kind (`process`, `docker`, ...).
+        backend: &'static str,
+        /// What failed and why.
+        message: String,
     },
     /// A runner with this name is already owned.
     #[error("a runner named {0:?} already exists")]
     AlreadyExists(String),
-    /// Another instance holds the work directory's lock.
-    #[error("the work directory {} is in use by another autoscaler instance", .0.display())]
-    Locked(PathBuf),
-    /// The work directory is not private to this user.
-    #[error("unsafe work directory {}: {why}", path.display())]
-    UnsafeWorkdir {
-        /// The directory.
-        path: PathBuf,
-        /// What is wrong with it.
-        why: &'static str,
-    },
+    /// Another instance owns the scale set's runners on this backend (the text says which
+    /// lock).
+    #[error("{0} is held by another autoscaler instance")]
+    Locked(String),
     /// The operation was cancelled (shutdown while waiting).
     #[error("cancelled")]
     Cancelled,
-    /// Any other failure.
-    #[error("{0}")]
-    Other(String),
+}
+
+impl ProvisionError {
+    /// A [`ProvisionError::Backend`].
+    pub fn backend(backend: &'static str, message: impl Into<String>) -> ProvisionError {
+        ProvisionError::Backend {
+            backend,
+            message: message.into(),
+        }
+    }
 }

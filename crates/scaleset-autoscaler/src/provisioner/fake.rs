@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 
-use super::{OwnedRunner, Provisioner, RunnerExit, RunnerSpec};
+use super::{
+    ExitStatus, OwnedRunner, Provisioner, ProvisionerEvent, RunnerEvent, RunnerSpec, RunnerState,
+};
 use crate::error::ProvisionError;
 
 #[derive(Default)]
@@ -18,13 +20,15 @@ struct State {
     in_flight: usize,
     max_in_flight: usize,
     fail_next: usize,
+    fail_start_next: Option<(usize, String)>,
     reserved: BTreeSet<String>,
+    owned: bool,
 }
 
 struct Inner {
     state: Mutex<State>,
-    exits_tx: mpsc::UnboundedSender<RunnerExit>,
-    exits_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<RunnerExit>>,
+    exits_tx: mpsc::UnboundedSender<ProvisionerEvent>,
+    exits_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<ProvisionerEvent>>,
     changed: Notify,
     create_delay: Duration,
 }
@@ -105,21 +109,46 @@ impl FakeProvisioner {
     /// Adds a leftover runner, as if a previous run had left it behind.
     pub fn add_leftover(&self, runner: OwnedRunner) {
         self.with(|s| {
-            if runner.alive {
+            if runner.state.is_alive() {
                 s.running.insert(runner.name.clone(), runner.runner_id);
             }
             s.leftovers.insert(runner.name.clone(), runner);
         });
     }
 
-    /// Makes a running runner exit (as if its process ended). Returns whether it was running.
+    /// Makes the next `n` creates succeed but the runners fail to start with `reason`
+    /// (reported as [`RunnerEvent::FailedToStart`]), as an image that cannot be pulled does.
+    pub fn fail_next_starts(&self, n: usize, reason: &str) {
+        self.with(|s| s.fail_start_next = Some((n, reason.to_string())));
+    }
+
+    /// Makes a running runner exit with code 0 (`success`) or 1. Returns whether it was
+    /// running.
     pub fn exit(&self, name: &str, success: bool) -> bool {
+        self.exit_with(name, ExitStatus::code(if success { 0 } else { 1 }))
+    }
+
+    /// Makes a running runner exit with `status`. Returns whether it was running.
+    pub fn exit_with(&self, name: &str, status: ExitStatus) -> bool {
+        self.end(name, RunnerEvent::Exited(status))
+    }
+
+    /// Makes a running runner disappear behind the engine's back: it is no longer listed and
+    /// [`RunnerEvent::Vanished`] is reported.
+    pub fn vanish(&self, name: &str) -> bool {
+        self.end(name, RunnerEvent::Vanished)
+    }
+
+    /// Makes a running runner disappear without any event (a lost event stream): only a
+    /// resync against [`list`](Provisioner::list) can notice.
+    pub fn vanish_silently(&self, name: &str) -> bool {
+        self.with(|s| s.running.remove(name).is_some())
+    }
+
+    fn end(&self, name: &str, event: RunnerEvent) -> bool {
         let was = self.with(|s| s.running.remove(name).is_some());
         if was {
-            let _ = self.inner.exits_tx.send(RunnerExit {
-                name: name.to_string(),
-                success,
-            });
+            let _ = self.inner.exits_tx.send(ProvisionerEvent::new(name, event));
         }
         was
     }
@@ -151,6 +180,24 @@ impl FakeProvisioner {
 }
 
 impl Provisioner for FakeProvisioner {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+
+    /// The first caller owns the fake; a second one waits (ownership is never given back)
+    /// until `cancel` fires.
+    async fn acquire(
+        &self,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), ProvisionError> {
+        let got = self.with(|s| !std::mem::replace(&mut s.owned, true));
+        if got {
+            return Ok(());
+        }
+        cancel.cancelled().await;
+        Err(ProvisionError::Cancelled)
+    }
+
     async fn reserve(&self, name: &str) -> Result<(), ProvisionError> {
         self.with(|s| s.reserved.insert(name.to_string()));
         Ok(())
@@ -175,41 +222,71 @@ impl Provisioner for FakeProvisioner {
         if !self.inner.create_delay.is_zero() {
             tokio::time::sleep(self.inner.create_delay).await;
         }
-        self.with(|s| {
+        let started = self.with(|s| {
             s.in_flight -= 1;
             s.reserved.remove(&spec.name);
             if fail {
-                return Err(ProvisionError::Other("injected create failure".into()));
+                return Err(ProvisionError::backend("fake", "injected create failure"));
             }
             if s.running.contains_key(&spec.name) {
                 return Err(ProvisionError::AlreadyExists(spec.name.clone()));
             }
-            s.running.insert(spec.name.clone(), spec.runner_id);
             s.created.push(spec.name.clone());
-            Ok(())
-        })
+            if let Some((n, reason)) = s.fail_start_next.take() {
+                if n > 1 {
+                    s.fail_start_next = Some((n - 1, reason.clone()));
+                }
+                return Ok(RunnerEvent::FailedToStart { reason });
+            }
+            s.running.insert(spec.name.clone(), spec.runner_id);
+            Ok(RunnerEvent::Running)
+        })?;
+        let _ = self
+            .inner
+            .exits_tx
+            .send(ProvisionerEvent::new(spec.name, started));
+        Ok(())
     }
 
     async fn stop(&self, name: &str) -> Result<(), ProvisionError> {
         self.with(|s| s.stopped.push(name.to_string()));
-        self.exit(name, false);
+        self.exit_with(
+            name,
+            ExitStatus {
+                code: None,
+                reason: Some("stopped".into()),
+            },
+        );
         Ok(())
     }
 
     async fn list(&self) -> Result<Vec<OwnedRunner>, ProvisionError> {
-        Ok(self.read(|s| s.leftovers.values().cloned().collect()))
+        Ok(self.read(|s| {
+            let mut out: BTreeMap<String, OwnedRunner> = s.leftovers.clone();
+            for (name, id) in &s.running {
+                out.entry(name.clone()).or_insert_with(|| OwnedRunner {
+                    name: name.clone(),
+                    runner_id: *id,
+                    state: RunnerState::Running,
+                });
+            }
+            out.into_values().collect()
+        }))
     }
 
-    async fn watch(&self, name: &str) -> bool {
-        self.with(|s| s.leftovers.remove(name).is_some() && s.running.contains_key(name))
+    async fn adopt(&self, name: &str) -> Result<bool, ProvisionError> {
+        Ok(self.with(|s| s.leftovers.remove(name).is_some() && s.running.contains_key(name)))
     }
 
-    async fn forget(&self, name: &str) -> Result<(), ProvisionError> {
-        self.with(|s| s.leftovers.remove(name));
+    async fn release(&self, name: &str) -> Result<(), ProvisionError> {
+        self.with(|s| {
+            s.leftovers.remove(name);
+            s.running.remove(name);
+        });
         Ok(())
     }
 
-    async fn next_exit(&self) -> Option<RunnerExit> {
+    async fn next_event(&self) -> Option<ProvisionerEvent> {
         self.inner.exits_rx.lock().await.recv().await
     }
 }

@@ -13,16 +13,16 @@
 //!   runner's directory once the runner is reaped (its content is in the daemon's log by
 //!   then).
 //! * The work directory must belong to the effective user and must not be writable by group
-//!   or others; `WORKDIR/.lock` is locked (`flock`) for the provisioner's whole life, so two
-//!   autoscalers never manage the same runners (a hot standby waits for it with
-//!   [`ProcessProvisioner::open`]).
+//!   or others; `WORKDIR/.lock` is locked (`flock`, see [`HostLock`]) by
+//!   [`acquire`](Provisioner::acquire) for the provisioner's whole life, so two autoscalers
+//!   never manage the same runners (a hot standby waits in `acquire`).
 //! * Each runner is the leader of its own process group, so a Ctrl-C at the terminal does
 //!   not reach it and [`stop`](Provisioner::stop) ends the whole group (SIGTERM, then
 //!   SIGKILL after the stop timeout).
 //! * Owned runners are recorded in `WORKDIR/.scaleset-runners.json` (name, runner id, pid,
 //!   process start time), written before a JIT config is minted and before a start is
 //!   reported, so a restarted daemon finds what a crashed one left behind
-//!   ([`list`](Provisioner::list)) and can stop or adopt it ([`watch`](Provisioner::watch)
+//!   ([`list`](Provisioner::list)) and can stop or adopt it ([`adopt`](Provisioner::adopt)
 //!   polls a leftover's liveness). A recorded pid is only signalled while its start time
 //!   still matches (pid reuse), and names read back must carry the runner-name prefix.
 //! * Dropping the provisioner leaves running runners alone (the `keep` policy relies on it).
@@ -35,7 +35,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -43,11 +42,18 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{OwnedRunner, Provisioner, RunnerExit, RunnerSpec};
+use super::ownership::HostLock;
+pub use super::JIT_CONFIG_ENV;
+use super::{
+    ExitStatus, OwnedRunner, Provisioner, ProvisionerEvent, RunnerEvent, RunnerSpec, RunnerState,
+    VERSION_DEPRECATED_ENV,
+};
 use crate::error::ProvisionError;
 
-/// The environment variable the runner reads its JIT config from.
-pub const JIT_CONFIG_ENV: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
+const BACKEND: &str = "process";
+
+/// The longest line of runner output forwarded as one log line; longer ones are split.
+const MAX_LINE: usize = 16 * 1024;
 
 /// Variables of the daemon's environment every runner gets (when set).
 pub const ALLOWED_ENV: [&str; 7] = ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "TZ"];
@@ -118,10 +124,10 @@ struct Inner {
     live: Mutex<HashMap<String, Live>>,
     /// Records found at start-up and not yet forgotten or adopted.
     leftovers: Mutex<BTreeMap<String, Record>>,
-    exits_tx: mpsc::UnboundedSender<RunnerExit>,
-    exits_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<RunnerExit>>,
-    /// Held for the provisioner's life: the work directory belongs to this instance.
-    _lock: Flock<std::fs::File>,
+    exits_tx: mpsc::UnboundedSender<ProvisionerEvent>,
+    exits_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<ProvisionerEvent>>,
+    /// Held from [`Provisioner::acquire`] on: the work directory belongs to this instance.
+    lock: Mutex<Option<HostLock>>,
 }
 
 /// The process provisioner. Clones share their state.
@@ -140,7 +146,7 @@ impl std::fmt::Debug for ProcessProvisioner {
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ProvisionError {
     let path = path.to_path_buf();
-    move |source| ProvisionError::Io { what, path, source }
+    move |source| ProvisionError::backend(BACKEND, format!("{what} ({}): {source}", path.display()))
 }
 
 /// The start time of `pid` (field 22 of `/proc/<pid>/stat`), if it exists.
@@ -204,60 +210,68 @@ fn prepare_workdir(dir: &Path) -> Result<(), ProvisionError> {
 
 fn check_private_dir(dir: &Path) -> Result<(), ProvisionError> {
     let meta = std::fs::symlink_metadata(dir).map_err(io("inspecting the work directory", dir))?;
+    let unsafe_dir = |why: &str| {
+        ProvisionError::backend(
+            BACKEND,
+            format!("unsafe work directory {}: {why}", dir.display()),
+        )
+    };
     if !meta.is_dir() {
-        return Err(ProvisionError::UnsafeWorkdir {
-            path: dir.to_path_buf(),
-            why: "not a directory",
-        });
+        return Err(unsafe_dir("not a directory"));
     }
     if meta.uid() != nix::unistd::geteuid().as_raw() {
-        return Err(ProvisionError::UnsafeWorkdir {
-            path: dir.to_path_buf(),
-            why: "owned by another user",
-        });
+        return Err(unsafe_dir("owned by another user"));
     }
     if meta.permissions().mode() & 0o022 != 0 {
-        return Err(ProvisionError::UnsafeWorkdir {
-            path: dir.to_path_buf(),
-            why: "writable by group or others (chmod go-w it)",
-        });
+        return Err(unsafe_dir("writable by group or others (chmod go-w it)"));
     }
     Ok(())
 }
 
-/// Tries to lock `workdir/.lock`; `None` when another holder has it.
-fn try_lock(workdir: &Path) -> Result<Option<Flock<std::fs::File>>, ProvisionError> {
-    let path = workdir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io("opening the work directory's lock file", &path))?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(Some(lock)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, errno)) => Err(io("locking the work directory", &path)(errno.into())),
-    }
-}
-
 impl ProcessProvisioner {
-    /// A provisioner working under `config.workdir` (created if missing). Locks the work
-    /// directory and loads the state file a previous run left.
+    /// A provisioner working under `config.workdir` (created if missing), owning nothing
+    /// yet: [`acquire`](Provisioner::acquire) locks the work directory and loads the state
+    /// file a previous run left.
     ///
     /// # Errors
-    /// When the work directory cannot be created, is not private to this user, or is in use
-    /// by another instance ([`ProvisionError::Locked`]).
-    pub fn new(config: ProcessConfig) -> Result<ProcessProvisioner, ProvisionError> {
+    /// When the work directory cannot be created or is not private to this user.
+    pub fn unlocked(config: ProcessConfig) -> Result<ProcessProvisioner, ProvisionError> {
         prepare_workdir(&config.workdir)?;
-        let lock = try_lock(&config.workdir)?
-            .ok_or_else(|| ProvisionError::Locked(config.workdir.clone()))?;
-        Ok(Self::with_lock(config, lock))
+        let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        Ok(ProcessProvisioner {
+            inner: Arc::new(Inner {
+                config,
+                records: Mutex::new(StateFile::default()),
+                live: Mutex::new(HashMap::new()),
+                leftovers: Mutex::new(BTreeMap::new()),
+                exits_tx,
+                exits_rx: tokio::sync::Mutex::new(exits_rx),
+                lock: Mutex::new(None),
+            }),
+        })
     }
 
-    /// Like [`new`](Self::new), but waits while another instance holds the work directory
-    /// (a hot standby), until `cancel` fires.
+    /// [`unlocked`](Self::unlocked), then takes the work directory now.
+    ///
+    /// # Errors
+    /// As [`unlocked`](Self::unlocked); [`ProvisionError::Locked`] when another instance
+    /// holds the work directory.
+    pub fn new(config: ProcessConfig) -> Result<ProcessProvisioner, ProvisionError> {
+        let p = Self::unlocked(config)?;
+        let lock = HostLock::try_acquire(BACKEND, &p.inner.config.workdir.join(LOCK_FILE))
+            .map_err(|e| match e {
+                ProvisionError::Locked(_) => ProvisionError::Locked(format!(
+                    "the work directory {}",
+                    p.inner.config.workdir.display()
+                )),
+                e => e,
+            })?;
+        p.owned(lock);
+        Ok(p)
+    }
+
+    /// [`unlocked`](Self::unlocked), then [`acquire`](Provisioner::acquire): waits while
+    /// another instance holds the work directory (a hot standby), until `cancel` fires.
     ///
     /// # Errors
     /// As [`new`](Self::new); [`ProvisionError::Cancelled`] when `cancel` fired first.
@@ -265,24 +279,14 @@ impl ProcessProvisioner {
         config: ProcessConfig,
         cancel: &CancellationToken,
     ) -> Result<ProcessProvisioner, ProvisionError> {
-        prepare_workdir(&config.workdir)?;
-        let mut logged = false;
-        loop {
-            if let Some(lock) = try_lock(&config.workdir)? {
-                return Ok(Self::with_lock(config, lock));
-            }
-            if !logged {
-                tracing::info!(workdir = %config.workdir.display(), "another instance uses the work directory; waiting for it to finish");
-                logged = true;
-            }
-            tokio::select! {
-                () = cancel.cancelled() => return Err(ProvisionError::Cancelled),
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-        }
+        let p = Self::unlocked(config)?;
+        p.acquire(cancel).await?;
+        Ok(p)
     }
 
-    fn with_lock(config: ProcessConfig, lock: Flock<std::fs::File>) -> ProcessProvisioner {
+    /// Keeps `lock` and loads the state file (now that no other instance writes it).
+    fn owned(&self, lock: HostLock) {
+        let config = &self.inner.config;
         let path = config.workdir.join(STATE_FILE);
         let mut state: StateFile = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
@@ -302,19 +306,9 @@ impl ProcessProvisioner {
             }
             ok
         });
-        let leftovers = state.runners.clone();
-        let (exits_tx, exits_rx) = mpsc::unbounded_channel();
-        ProcessProvisioner {
-            inner: Arc::new(Inner {
-                config,
-                records: Mutex::new(state),
-                live: Mutex::new(HashMap::new()),
-                leftovers: Mutex::new(leftovers),
-                exits_tx,
-                exits_rx: tokio::sync::Mutex::new(exits_rx),
-                _lock: lock,
-            }),
-        }
+        *lock_of(&self.inner.leftovers) = state.runners.clone();
+        *lock_of(&self.inner.records) = state;
+        *lock_of(&self.inner.lock) = Some(lock);
     }
 
     /// The settings.
@@ -333,7 +327,7 @@ impl ProcessProvisioner {
         let path = self.inner.config.workdir.join(STATE_FILE);
         let tmp = self.inner.config.workdir.join(format!("{STATE_FILE}.tmp"));
         let bytes = serde_json::to_vec_pretty(&*state)
-            .map_err(|e| ProvisionError::Other(format!("encoding the state file: {e}")))?;
+            .map_err(|e| ProvisionError::backend(BACKEND, format!("encoding the state file: {e}")))?;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -355,25 +349,39 @@ impl ProcessProvisioner {
         self.inner.config.workdir.join(format!("{name}.log"))
     }
 
-    /// Reaps `name` after its process ended: directory, log, record, exit event.
-    fn finished(&self, name: &str, success: bool) {
-        let dir = self.runner_dir(name);
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(runner = %name, dir = %dir.display(), error = %e, "could not remove the runner's work directory");
-        }
-        let _ = std::fs::remove_file(self.log_path(name));
+    /// Reaps `name` after its process ended: directory and log (off the async workers: a
+    /// work directory can hold gigabytes after a job), record, exit event.
+    async fn finished(&self, name: &str, status: ExitStatus) {
+        self.remove_files(name).await;
         if let Err(e) = self.update(|r| {
             r.remove(name);
         }) {
             tracing::warn!(runner = %name, error = %e, "could not update the state file");
         }
         lock(&self.inner.live).remove(name);
-        let _ = self.inner.exits_tx.send(RunnerExit {
-            name: name.to_string(),
-            success,
-        });
+        let _ = self
+            .inner
+            .exits_tx
+            .send(ProvisionerEvent::new(name, RunnerEvent::Exited(status)));
+    }
+
+    /// Removes the runner's work directory and log file on a blocking thread.
+    async fn remove_files(&self, name: &str) {
+        let dir = self.runner_dir(name);
+        let log = self.log_path(name);
+        let runner = name.to_string();
+        let removed = tokio::task::spawn_blocking(move || {
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(runner = %runner, dir = %dir.display(), error = %e, "could not remove the runner's work directory");
+            }
+            let _ = std::fs::remove_file(&log);
+        })
+        .await;
+        if let Err(e) = removed {
+            tracing::warn!(runner = %name, error = %e, "removing the runner's files failed");
+        }
     }
 
     async fn stop_pid(&self, name: &str, pid: i32, done: Option<watch::Receiver<bool>>) {
@@ -437,13 +445,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+use lock as lock_of;
+
 /// Splits complete lines off `pending` and logs them (lossy UTF-8: a bad byte never stops
-/// the forwarding). With `flush`, a trailing partial line is logged too.
+/// the forwarding). A line longer than [`MAX_LINE`] is logged in pieces, so `pending` never
+/// holds more than that. With `flush`, a trailing partial line is logged too.
 fn forward_lines(pending: &mut Vec<u8>, name: &str, flush: bool) {
     while let Some(i) = pending.iter().position(|b| *b == b'\n') {
         let line: Vec<u8> = pending.drain(..=i).collect();
         let text = String::from_utf8_lossy(&line[..line.len() - 1]);
         tracing::debug!(runner = %name, "{}", text.trim_end_matches('\r'));
+    }
+    while pending.len() >= MAX_LINE {
+        let piece: Vec<u8> = pending.drain(..MAX_LINE).collect();
+        tracing::debug!(runner = %name, "{}", String::from_utf8_lossy(&piece));
     }
     if flush && !pending.is_empty() {
         tracing::debug!(runner = %name, "{}", String::from_utf8_lossy(pending));
@@ -483,6 +498,20 @@ async fn tail_log(path: PathBuf, name: String, mut exited: watch::Receiver<bool>
 }
 
 impl Provisioner for ProcessProvisioner {
+    fn kind(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn acquire(&self, cancel: &CancellationToken) -> Result<(), ProvisionError> {
+        if lock(&self.inner.lock).is_some() {
+            return Ok(());
+        }
+        let lock = HostLock::acquire(BACKEND, &self.inner.config.workdir.join(LOCK_FILE), cancel)
+            .await?;
+        self.owned(lock);
+        Ok(())
+    }
+
     async fn reserve(&self, name: &str) -> Result<(), ProvisionError> {
         self.update(|r| {
             r.insert(name.to_string(), Record::default());
@@ -498,9 +527,10 @@ impl Provisioner for ProcessProvisioner {
     async fn create(&self, spec: RunnerSpec) -> Result<(), ProvisionError> {
         let name = spec.name.clone();
         if !valid_runner_name(&name, &self.inner.config.name_prefix) {
-            return Err(ProvisionError::Other(format!(
-                "invalid runner name {name:?}"
-            )));
+            return Err(ProvisionError::backend(
+                BACKEND,
+                format!("invalid runner name {name:?}"),
+            ));
         }
         if lock(&self.inner.live).contains_key(&name) {
             return Err(ProvisionError::AlreadyExists(name));
@@ -508,7 +538,7 @@ impl Provisioner for ProcessProvisioner {
         let cfg = &self.inner.config;
         let dir = self.runner_dir(&name);
         // A stale directory of the same name (not ours any more) goes first.
-        if let Err(e) = std::fs::remove_dir_all(&dir)
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
             && e.kind() != std::io::ErrorKind::NotFound
         {
             return Err(io("removing a stale runner directory", &dir)(e));
@@ -534,6 +564,7 @@ impl Provisioner for ProcessProvisioner {
             .env_clear()
             .envs(self.runner_env(|n| std::env::var_os(n)))
             .env(JIT_CONFIG_ENV, jit)
+            .env(VERSION_DEPRECATED_ENV, "1")
             .env("RUNNER_NAME", &name)
             .current_dir(&dir)
             .process_group(0)
@@ -564,9 +595,10 @@ impl Provisioner for ProcessProvisioner {
             let _ = child.start_kill();
             let _ = child.wait().await;
             cleanup(&dir);
-            return Err(ProvisionError::Other(format!(
-                "the runner process of {name} has no pid"
-            )));
+            return Err(ProvisionError::backend(
+                BACKEND,
+                format!("the runner process of {name} has no pid"),
+            ));
         };
         let started = start_time(pid);
         if let Err(e) = self.update(|r| {
@@ -595,7 +627,19 @@ impl Provisioner for ProcessProvisioner {
         tokio::spawn(async move {
             let name = task_name;
             let status = child.wait().await;
-            let success = status.as_ref().map(|s| s.success()).unwrap_or(false);
+            let exit = match &status {
+                Ok(s) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    ExitStatus {
+                        code: s.code(),
+                        reason: s.signal().map(|n| format!("killed by signal {n}")),
+                    }
+                }
+                Err(e) => ExitStatus {
+                    code: None,
+                    reason: Some(format!("could not wait for it: {e}")),
+                },
+            };
             match &status {
                 Ok(s) => tracing::debug!(runner = %name, pid, status = %s, "runner process exited"),
                 Err(e) => {
@@ -606,10 +650,14 @@ impl Provisioner for ProcessProvisioner {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = exited_tx.send(true);
             let _ = tail.await;
-            this.finished(&name, success);
+            this.finished(&name, exit).await;
             let _ = done_tx.send(true);
         }.in_current_span());
         tracing::debug!(runner = %name, pid, "runner process started");
+        let _ = self
+            .inner
+            .exits_tx
+            .send(ProvisionerEvent::new(name, RunnerEvent::Running));
         Ok(())
     }
 
@@ -633,53 +681,85 @@ impl Provisioner for ProcessProvisioner {
     }
 
     async fn list(&self) -> Result<Vec<OwnedRunner>, ProvisionError> {
-        Ok(lock(&self.inner.leftovers)
+        let mut out: BTreeMap<String, OwnedRunner> = lock(&self.inner.leftovers)
             .iter()
-            .map(|(name, r)| OwnedRunner {
-                name: name.clone(),
-                runner_id: r.runner_id,
-                alive: r.pid.is_some_and(|p| recorded_alive(p, r.start_time)),
+            .map(|(name, r)| {
+                let alive = r.pid.is_some_and(|p| recorded_alive(p, r.start_time));
+                let state = match (alive, r.pid) {
+                    (true, _) => RunnerState::Running,
+                    (false, None) => RunnerState::Failed {
+                        reason: "reserved, never started".into(),
+                    },
+                    (false, Some(_)) => RunnerState::Exited(ExitStatus::default()),
+                };
+                let owned = OwnedRunner {
+                    name: name.clone(),
+                    runner_id: r.runner_id,
+                    state,
+                };
+                (name.clone(), owned)
             })
-            .collect())
+            .collect();
+        let records = lock(&self.inner.records);
+        for name in lock(&self.inner.live).keys() {
+            let runner_id = records.runners.get(name).map_or(0, |r| r.runner_id);
+            out.insert(
+                name.clone(),
+                OwnedRunner {
+                    name: name.clone(),
+                    runner_id,
+                    state: RunnerState::Running,
+                },
+            );
+        }
+        Ok(out.into_values().collect())
     }
 
-    async fn watch(&self, name: &str) -> bool {
-        let Some(record) = lock(&self.inner.leftovers).remove(name) else {
-            return false;
+    async fn adopt(&self, name: &str) -> Result<bool, ProvisionError> {
+        let Some(record) = lock(&self.inner.leftovers).get(name).cloned() else {
+            return Ok(false);
         };
         let Some(pid) = record.pid.filter(|p| recorded_alive(*p, record.start_time)) else {
-            return false;
+            return Ok(false);
         };
+        lock(&self.inner.leftovers).remove(name);
         let (done_tx, done_rx) = watch::channel(false);
         lock(&self.inner.live).insert(name.to_string(), Live { pid, done: done_rx });
         let this = self.clone();
         let name = name.to_string();
         let started = record.start_time;
-        tokio::spawn(async move {
-            while recorded_alive(pid, started) {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::spawn(
+            async move {
+                while recorded_alive(pid, started) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                // Not our child: its exit code is not ours to read.
+                let status = ExitStatus {
+                    code: None,
+                    reason: Some("adopted process ended".into()),
+                };
+                this.finished(&name, status).await;
+                let _ = done_tx.send(true);
             }
-            this.finished(&name, true);
-            let _ = done_tx.send(true);
-        });
-        true
+            .in_current_span(),
+        );
+        Ok(true)
     }
 
-    async fn forget(&self, name: &str) -> Result<(), ProvisionError> {
-        lock(&self.inner.leftovers).remove(name);
-        let dir = self.runner_dir(name);
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(runner = %name, dir = %dir.display(), error = %e, "could not remove a leftover work directory");
+    async fn release(&self, name: &str) -> Result<(), ProvisionError> {
+        if lock(&self.inner.live).contains_key(name) {
+            // Started or adopted here: stopping it reaps it.
+            return self.stop(name).await;
         }
-        let _ = std::fs::remove_file(self.log_path(name));
+        self.stop(name).await?;
+        lock(&self.inner.leftovers).remove(name);
+        self.remove_files(name).await;
         self.update(|r| {
             r.remove(name);
         })
     }
 
-    async fn next_exit(&self) -> Option<RunnerExit> {
+    async fn next_event(&self) -> Option<ProvisionerEvent> {
         self.inner.exits_rx.lock().await.recv().await
     }
 }
@@ -726,11 +806,19 @@ mod tests {
         }
     }
 
-    async fn next_exit(p: &ProcessProvisioner) -> RunnerExit {
-        tokio::time::timeout(DEADLINE, p.next_exit())
-            .await
-            .expect("the runner exits in time")
-            .expect("an exit")
+    /// The next exit, skipping `Running` events.
+    async fn next_exit(p: &ProcessProvisioner) -> ExitStatus {
+        loop {
+            let e = tokio::time::timeout(DEADLINE, p.next_event())
+                .await
+                .expect("the runner exits in time")
+                .expect("an event");
+            match e.event {
+                RunnerEvent::Running => continue,
+                RunnerEvent::Exited(status) => return status,
+                other => panic!("unexpected event {other:?}"),
+            }
+        }
     }
 
     #[tokio::test]
@@ -776,7 +864,7 @@ mod tests {
         c.env = vec![passed.clone()];
         let p = ProcessProvisioner::new(c).expect("provisioner");
         p.create(spec("t-env")).await.expect("create");
-        assert!(next_exit(&p).await.success);
+        assert!(next_exit(&p).await.success());
         let env = std::fs::read_to_string(dir.join("t-env.env")).expect("env dump");
         assert!(
             !env.lines().any(|l| l.starts_with(&format!("{hidden}="))),
@@ -798,7 +886,7 @@ mod tests {
                       stat -c %a . > ../$RUNNER_NAME.mode; printf 'a\\377b\\nafter\\n'";
         let p = ProcessProvisioner::new(sh(&dir, script)).expect("provisioner");
         p.create(spec("t-log")).await.expect("create");
-        assert!(next_exit(&p).await.success);
+        assert!(next_exit(&p).await.success());
         let fd1 = std::fs::read_to_string(dir.join("t-log.fd1")).expect("fd1");
         assert_eq!(fd1.trim(), dir.join("t-log.log").display().to_string());
         let mode = std::fs::read_to_string(dir.join("t-log.mode")).expect("mode");
@@ -853,7 +941,8 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
         let e = ProcessProvisioner::new(sh(&dir, "true")).expect_err("unsafe");
-        assert!(matches!(e, ProvisionError::UnsafeWorkdir { .. }), "{e}");
+        assert!(matches!(e, ProvisionError::Backend { .. }), "{e}");
+        assert!(e.to_string().contains("writable by group or others"), "{e}");
         assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
         // A fresh one is created private.
@@ -892,10 +981,10 @@ mod tests {
         );
         let p = ProcessProvisioner::new(sh(&dir, "true")).expect("provisioner");
         let listed = p.list().await.expect("list");
-        assert!(listed.iter().all(|r| !r.alive), "{listed:?}");
+        assert!(listed.iter().all(|r| !r.state.is_alive()), "{listed:?}");
         p.stop("t-reused").await.expect("stop");
         p.stop("t-unknown").await.expect("stop");
-        assert!(!p.watch("t-reused").await);
+        assert!(!p.adopt("t-reused").await.expect("adopt"));
         assert!(exited.try_recv().is_err(), "the stranger lives");
         drop(p);
         // The same record with the right start time is ours.
@@ -904,7 +993,7 @@ mod tests {
             serde_json::json!({"runners": {"t-mine": {"runner_id": 1, "pid": pid, "start_time": real}}}),
         );
         let p = ProcessProvisioner::new(sh(&dir, "true")).expect("provisioner");
-        assert!(p.list().await.expect("list")[0].alive);
+        assert!(p.list().await.expect("list")[0].state.is_alive());
         p.stop("t-mine").await.expect("stop");
         let status = exited
             .recv_timeout(DEADLINE)

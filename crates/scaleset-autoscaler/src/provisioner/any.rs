@@ -1,0 +1,131 @@
+//! The provisioner the daemon builds from a scale set's `[scale_set.provisioner]` table: one
+//! type over every kind, so one engine type serves them all.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+#[cfg(feature = "docker")]
+use super::docker::DockerProvisioner;
+use super::process::{ProcessConfig, ProcessProvisioner};
+use super::{OwnedRunner, Provisioner, ProvisionerEvent, RunnerSpec, ScaleSetIdentity};
+use crate::config::{ProvisionerConfig, ScaleSetConfig};
+use crate::error::{Error, ProvisionError, Result};
+
+/// Any provisioner kind.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum AnyProvisioner {
+    /// Local processes.
+    Process(ProcessProvisioner),
+    /// Docker containers.
+    #[cfg(feature = "docker")]
+    Docker(DockerProvisioner),
+}
+
+impl AnyProvisioner {
+    /// Builds the provisioner of `cfg` for the scale set `identity`, owning nothing yet (call
+    /// [`acquire`](Provisioner::acquire)). `state_dir` holds the daemon's own files (lock
+    /// files of backends that have no directory of their own).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a kind this build lacks; [`Error::Provision`] when the backend
+    /// cannot be prepared (work directory unusable, Docker engine unreachable).
+    pub async fn build(
+        cfg: &ScaleSetConfig,
+        identity: ScaleSetIdentity,
+        state_dir: PathBuf,
+    ) -> Result<AnyProvisioner> {
+        match &cfg.provisioner {
+            ProvisionerConfig::Process(p) => {
+                let command = p.command.clone().ok_or_else(|| {
+                    Error::config(
+                        "scale_set.provisioner.command",
+                        "required by the process provisioner",
+                    )
+                })?;
+                let workdir = cfg.effective_workdir().unwrap_or_else(|| state_dir.clone());
+                let mut pc = ProcessConfig::new(command, p.args.clone(), workdir);
+                pc.stop_timeout = Duration::from_secs(10);
+                pc.env = p.env.clone();
+                pc.name_prefix = cfg.name_prefix();
+                Ok(AnyProvisioner::Process(ProcessProvisioner::unlocked(pc)?))
+            }
+            #[cfg(feature = "docker")]
+            ProvisionerConfig::Docker(d) => {
+                std::fs::create_dir_all(&state_dir).map_err(|e| {
+                    ProvisionError::backend(
+                        "docker",
+                        format!("creating the state directory {}: {e}", state_dir.display()),
+                    )
+                })?;
+                let lock = state_dir.join(format!("docker-{}.lock", identity.id));
+                Ok(AnyProvisioner::Docker(
+                    DockerProvisioner::connect(d.clone(), identity, lock).await?,
+                ))
+            }
+            #[cfg(not(feature = "docker"))]
+            ProvisionerConfig::Docker(_) => {
+                let _ = (identity, state_dir);
+                Err(Error::config(
+                    "scale_set.provisioner.kind",
+                    "this build has no Docker support (cargo feature `docker`)",
+                ))
+            }
+        }
+    }
+}
+
+/// Calls `$method` on whichever provisioner `$self` holds.
+macro_rules! each {
+    ($self:ident, $p:ident => $call:expr) => {
+        match $self {
+            AnyProvisioner::Process($p) => $call,
+            #[cfg(feature = "docker")]
+            AnyProvisioner::Docker($p) => $call,
+        }
+    };
+}
+
+impl Provisioner for AnyProvisioner {
+    fn kind(&self) -> &'static str {
+        each!(self, p => p.kind())
+    }
+
+    async fn acquire(&self, cancel: &CancellationToken) -> Result<(), ProvisionError> {
+        each!(self, p => p.acquire(cancel).await)
+    }
+
+    async fn reserve(&self, name: &str) -> Result<(), ProvisionError> {
+        each!(self, p => p.reserve(name).await)
+    }
+
+    async fn unreserve(&self, name: &str) -> Result<(), ProvisionError> {
+        each!(self, p => p.unreserve(name).await)
+    }
+
+    async fn create(&self, spec: RunnerSpec) -> Result<(), ProvisionError> {
+        each!(self, p => p.create(spec).await)
+    }
+
+    async fn stop(&self, name: &str) -> Result<(), ProvisionError> {
+        each!(self, p => p.stop(name).await)
+    }
+
+    async fn list(&self) -> Result<Vec<OwnedRunner>, ProvisionError> {
+        each!(self, p => p.list().await)
+    }
+
+    async fn adopt(&self, name: &str) -> Result<bool, ProvisionError> {
+        each!(self, p => p.adopt(name).await)
+    }
+
+    async fn release(&self, name: &str) -> Result<(), ProvisionError> {
+        each!(self, p => p.release(name).await)
+    }
+
+    async fn next_event(&self) -> Option<ProvisionerEvent> {
+        each!(self, p => p.next_event().await)
+    }
+}
