@@ -75,7 +75,7 @@ pub use types::{
     DEFAULT_RUNNER_GROUP, DEFAULT_RUNNER_GROUP_ID, EncodedJitConfig, JitRunnerConfig,
     JitRunnerSetting, JobAssigned, JobAvailable, JobCompleted, JobMessageBase, JobStarted, Label,
     RunnerGroup, RunnerReference, RunnerScaleSet, RunnerScaleSetSession, RunnerScaleSetStatistic,
-    RunnerScaleSetUpdate, RunnerSetting, SystemInfo,
+    RunnerScaleSetUpdate, RunnerSetting, SystemInfo, scale_set_labels,
 };
 
 /// `tokio_util`'s cancellation token, re-exported: [`Listener::run`] stops when it fires.
