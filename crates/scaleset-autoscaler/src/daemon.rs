@@ -21,7 +21,7 @@ use crate::engine::{Engine, EngineSettings};
 use crate::error::{Error, ProvisionError, Result};
 use crate::metrics::{Metrics, ScaleSetLabels, ScaleSetMetrics};
 use crate::provisioner::process::{ProcessConfig, ProcessProvisioner};
-use crate::server::{self, Readiness};
+use crate::server::{self, Readiness, ReadinessSlot};
 
 /// Gets or creates a scale set by name in its runner group and reconciles its labels.
 ///
@@ -134,8 +134,15 @@ pub async fn run(
                 c
             }
         };
-        readiness.add(&s.name);
-        sets.push((s.clone(), client));
+        // Names may repeat across runner groups and URLs; the label says which one it is.
+        let shared = config.scale_sets.iter().filter(|o| o.name == s.name).count() > 1;
+        let label = if shared {
+            format!("{} (runner group {}, {url})", s.name, s.runner_group)
+        } else {
+            s.name.clone()
+        };
+        let slot = readiness.add(label);
+        sets.push((s.clone(), client, slot));
     }
     let server_stop = CancellationToken::new();
     let server_task = match &config.metrics.addr {
@@ -148,8 +155,8 @@ pub async fn run(
         None => None,
     };
     let mut tasks = tokio::task::JoinSet::new();
-    for (cfg, client) in sets {
-        let labels = ScaleSetLabels::new(&cfg.name, client.config());
+    for (cfg, client, slot) in sets {
+        let labels = ScaleSetLabels::new(&cfg.name, &cfg.runner_group, client.config());
         let m = metrics.scale_set(labels);
         let readiness = readiness.clone();
         let shutdown = shutdown.clone();
@@ -159,7 +166,7 @@ pub async fn run(
         tasks.spawn(
             async move {
                 let name = cfg.name.clone();
-                let r = run_scale_set(cfg, client, m, readiness, shutdown.clone()).await;
+                let r = run_scale_set(cfg, client, m, (readiness, slot), shutdown.clone()).await;
                 if let Err(e) = &r {
                     tracing::error!(scale_set = %name, error = %e, "the scale set stopped");
                 }
@@ -207,7 +214,7 @@ pub async fn run_scale_set(
     cfg: ScaleSetConfig,
     client: Client,
     metrics: ScaleSetMetrics,
-    readiness: Arc<Readiness>,
+    (readiness, slot): (Arc<Readiness>, ReadinessSlot),
     shutdown: CancellationToken,
 ) -> Result<()> {
     let set = get_or_create_scale_set(&client, &cfg).await?;
@@ -269,12 +276,11 @@ pub async fn run_scale_set(
         let engine = engine.clone();
         let stop = stop.clone();
         let readiness = readiness.clone();
-        let name = cfg.name.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = engine.failed() => {
-                    readiness.fail(&name, "engine stopped");
+                    readiness.fail(slot, "engine stopped");
                     stop.cancel();
                 }
             }
@@ -286,7 +292,7 @@ pub async fn run_scale_set(
     ) {
         Ok(listener) => {
             let listener = listener.with_metrics(Arc::new(metrics.clone()));
-            readiness.attach(&cfg.name, listener.health_handle());
+            readiness.attach(slot, listener.health_handle());
             tracing::info!(scale_set = %cfg.name, id = set.id, min = cfg.min_runners, max = cfg.max_runners, "listening");
             // `run` deletes the session before it returns.
             listener.run(&engine, &stop).await.map_err(Error::from)
