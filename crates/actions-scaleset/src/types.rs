@@ -1,4 +1,4 @@
-//! Wire types of the scale set API (PROTOCOL.md section 4).
+//! Wire types of the scale set API.
 //!
 //! Decoding is as tolerant as the reference client: unknown fields are ignored, `null` reads as
 //! the field's default, `RunnerSetting` and `runnerSetting` are both accepted, timestamps may
@@ -78,7 +78,7 @@ pub(crate) mod timestamp {
     }
 }
 
-/// Who is calling: sent to the service as a JSON `User-Agent` (PROTOCOL.md 3.3).
+/// Who is calling: sent to the service as a JSON `User-Agent`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SystemInfo {
     /// The calling system, e.g. `my-autoscaler`.
