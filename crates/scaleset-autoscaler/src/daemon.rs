@@ -139,7 +139,12 @@ pub async fn run(
             }
         };
         // Names may repeat across runner groups and URLs; the label says which one it is.
-        let shared = config.scale_sets.iter().filter(|o| o.name == s.name).count() > 1;
+        let shared = config
+            .scale_sets
+            .iter()
+            .filter(|o| o.name == s.name)
+            .count()
+            > 1;
         let label = if shared {
             format!("{} (runner group {}, {url})", s.name, s.runner_group)
         } else {

@@ -418,6 +418,9 @@ mod tests {
             .filter(|l| l.starts_with("gha_max_runners{"))
             .collect();
         assert_eq!(max.len(), 2, "{text}");
-        assert!(max.iter().any(|l| l.contains("runner_group=\"gpu\"") && l.ends_with(" 2")));
+        assert!(
+            max.iter()
+                .any(|l| l.contains("runner_group=\"gpu\"") && l.ends_with(" 2"))
+        );
     }
 }

@@ -96,7 +96,10 @@ async fn ready_while_the_first_long_poll_is_in_flight() {
         tokio::spawn(async move { listener.run(&Idle, &stop).await })
     };
     wait_ready(&readiness, true).await;
-    assert!(listener.health().last_successful_poll.is_none(), "no poll returned yet");
+    assert!(
+        listener.health().last_successful_poll.is_none(),
+        "no poll returned yet"
+    );
     stop.cancel();
     tokio::time::timeout(DEADLINE, run)
         .await
@@ -139,7 +142,10 @@ async fn unready_as_soon_as_the_session_is_lost_then_ready_again() {
             .expect("fault");
     sim.faults().inject(evict).expect("inject");
     let problems = wait_ready(&readiness, false).await;
-    assert_eq!(problems, ["ready: message session lost, not yet re-created"]);
+    assert_eq!(
+        problems,
+        ["ready: message session lost, not yet re-created"]
+    );
 
     sim.faults().clear();
     wait_ready(&readiness, true).await;
