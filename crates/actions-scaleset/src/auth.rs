@@ -837,6 +837,43 @@ fn token_from(resp: &Incoming, what: &str) -> Result<SecretString, Error> {
 mod tests {
     use super::*;
 
+    /// A token file rotated in place is read again; a file caught mid-rotation keeps the
+    /// token read before unless GitHub refused it; no token reaches `Debug` or an error.
+    #[tokio::test]
+    async fn a_token_file_is_read_again_when_it_changes() {
+        let dir = std::env::temp_dir().join(format!("scaleset-tokenfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("token");
+        let missing = TokenFile::new(dir.join("absent")).expect_err("no file");
+        assert!(missing.to_string().contains("absent"), "{missing}");
+        std::fs::write(&path, "ghp_first_secret_token\n").expect("write");
+        let file = TokenFile::new(&path).expect("readable");
+        let got = file.token(false).await.expect("token");
+        assert_eq!(got.expose_secret(), "ghp_first_secret_token");
+        // Rotated in place (another length, so the change is seen whatever the clock).
+        std::fs::write(&path, "ghp_second_secret_token_longer\n").expect("rewrite");
+        let got = file.token(false).await.expect("token");
+        assert_eq!(got.expose_secret(), "ghp_second_secret_token_longer");
+        let creds = format!("{:?}", Credentials::token_file(&path).expect("readable"));
+        // Mid-rotation: the file is briefly gone.
+        std::fs::remove_file(&path).expect("remove");
+        let got = file.token(false).await.expect("the token read before");
+        assert_eq!(got.expose_secret(), "ghp_second_secret_token_longer");
+        let refused = file.token(true).await.expect_err("refused and unreadable");
+        assert!(refused.to_string().contains("token"), "{refused}");
+        std::fs::write(&path, "   \n").expect("empty");
+        let empty = file.token(true).await.expect_err("empty file");
+        for text in [
+            format!("{file:?}"),
+            creds,
+            refused.to_string(),
+            empty.to_string(),
+        ] {
+            assert!(!text.contains("secret_token"), "{text}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn credentials_are_validated() {
         assert!(matches!(
