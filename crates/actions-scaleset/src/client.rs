@@ -489,8 +489,9 @@ impl Client {
         resp.json()
     }
 
-    /// Creates a scale set. Labels default to one `System` label named after the scale set,
-    /// and every label without a type gets `System`.
+    /// Creates a scale set. Its labels follow [`scale_set_labels`](crate::scale_set_labels):
+    /// the name first, then the given labels without case-insensitive duplicates; every label
+    /// without a type gets `System`.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] (no request sent) when the scale set has neither a name nor
@@ -500,13 +501,12 @@ impl Client {
         scale_set: &RunnerScaleSet,
     ) -> Result<RunnerScaleSet> {
         let mut body = scale_set.clone();
-        if body.labels.is_empty() {
-            if body.name.is_empty() {
-                return Err(Error::InvalidArgument(
-                    "runner scale set must have a name or at least one label".into(),
-                ));
-            }
-            body.labels = vec![Label::system(body.name.clone())];
+        if !body.name.trim().is_empty() {
+            body.labels = crate::types::scale_set_labels(&body.name, body.labels);
+        } else if body.labels.is_empty() {
+            return Err(Error::InvalidArgument(
+                "runner scale set must have a name or at least one label".into(),
+            ));
         }
         default_label_types(&mut body.labels);
         let resp = self

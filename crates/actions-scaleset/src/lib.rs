@@ -75,7 +75,7 @@ pub use types::{
     DEFAULT_RUNNER_GROUP, DEFAULT_RUNNER_GROUP_ID, EncodedJitConfig, JitRunnerConfig,
     JitRunnerSetting, JobAssigned, JobAvailable, JobCompleted, JobMessageBase, JobStarted, Label,
     RunnerGroup, RunnerReference, RunnerScaleSet, RunnerScaleSetSession, RunnerScaleSetStatistic,
-    RunnerScaleSetUpdate, RunnerSetting, SystemInfo,
+    RunnerScaleSetUpdate, RunnerSetting, SystemInfo, scale_set_labels,
 };
 
 /// The `url` crate's URL type, re-exported: [`GitHubConfig::config_url`] is one, and

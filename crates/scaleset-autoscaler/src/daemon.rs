@@ -36,21 +36,26 @@ pub async fn get_or_create_scale_set(
     } else {
         client.get_runner_group_by_name(&cfg.runner_group).await?.id
     };
-    let wanted: BTreeSet<String> = cfg.effective_labels().into_iter().collect();
-    let labels: Vec<Label> = wanted.iter().map(Label::system).collect();
+    let labels: Vec<Label> = cfg.effective_labels().into_iter().map(Label::system).collect();
+    let wanted = label_set(&labels);
     let got = match client.get_runner_scale_set(group_id, &cfg.name).await? {
         Some(existing) => {
-            let have: BTreeSet<String> = existing.labels.iter().map(|l| l.name.clone()).collect();
+            let have = label_set(&existing.labels);
             if have == wanted {
-                tracing::info!(scale_set = %cfg.name, id = existing.id, "adopted the existing scale set");
+                tracing::debug!(id = existing.id, "adopted the existing scale set");
                 existing
             } else {
-                tracing::info!(scale_set = %cfg.name, id = existing.id, ?have, ?wanted, "updating the scale set's labels");
+                tracing::info!(
+                    id = existing.id,
+                    had = %label_list(&existing.labels),
+                    labels = %label_list(&labels),
+                    "updating the scale set's labels"
+                );
                 client
                     .update_runner_scale_set(
                         existing.id,
                         &RunnerScaleSetUpdate {
-                            labels: Some(labels),
+                            labels: Some(labels.clone()),
                             ..Default::default()
                         },
                     )
@@ -62,22 +67,39 @@ pub async fn get_or_create_scale_set(
                 .create_runner_scale_set(&RunnerScaleSet {
                     name: cfg.name.clone(),
                     runner_group_id: group_id,
-                    labels,
+                    labels: labels.clone(),
                     runner_setting: RunnerSetting {
                         disable_update: true,
                     },
                     ..Default::default()
                 })
                 .await?;
-            tracing::info!(scale_set = %cfg.name, id = created.id, "created the scale set");
+            tracing::info!(id = created.id, "created the scale set");
             created
         }
     };
-    let read_back: BTreeSet<String> = got.labels.iter().map(|l| l.name.clone()).collect();
-    if read_back != wanted {
-        tracing::warn!(scale_set = %cfg.name, asked = ?wanted, got = ?read_back, "the service kept different labels than asked for (GHES without custom labels?)");
+    if label_set(&got.labels) != wanted {
+        tracing::warn!(
+            asked = %label_list(&labels),
+            got = %label_list(&got.labels),
+            "the service kept other labels than asked for (a GHES without custom labels?)"
+        );
     }
     Ok(got)
+}
+
+/// Label names compared as the service does: ignoring case and order.
+fn label_set(labels: &[Label]) -> BTreeSet<String> {
+    labels.iter().map(|l| l.name.to_lowercase()).collect()
+}
+
+/// Label names for a log line: `linux, x64`.
+fn label_list(labels: &[Label]) -> String {
+    labels
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Runs every scale set of `config` until `shutdown` fires (then applies each one's shutdown
