@@ -75,7 +75,10 @@ impl Credentials {
     /// # Errors
     /// [`Error::InvalidCredentials`] when the token is empty or not printable ASCII.
     pub fn token(token: impl Into<String>) -> Result<Credentials, Error> {
-        Ok(Credentials::Token(checked_token(token.into(), "the token")?))
+        Ok(Credentials::Token(checked_token(
+            token.into(),
+            "the token",
+        )?))
     }
 
     /// GitHub App credentials: a client id (or the numeric app id), a non-zero installation id
@@ -324,14 +327,14 @@ impl GitHubApp {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT"}"#);
         let claims = URL_SAFE_NO_PAD.encode(crate::client::to_json(&claims));
         let input = format!("{header}.{claims}");
-        let signature = self
-            .signer
-            .sign(input.as_bytes())
-            .await
-            .map_err(|e| Error::CredentialSource {
-                what: "GitHub App JWT signer".into(),
-                source: Arc::from(e),
-            })?;
+        let signature =
+            self.signer
+                .sign(input.as_bytes())
+                .await
+                .map_err(|e| Error::CredentialSource {
+                    what: "GitHub App JWT signer".into(),
+                    source: Arc::from(e),
+                })?;
         if signature.is_empty() {
             return Err(Error::CredentialSource {
                 what: "GitHub App JWT signer".into(),

@@ -264,10 +264,12 @@ async fn b56_skip_tls_verify() {
 
 /// A client CA and a client certificate it issued: (CA cert, client cert PEM, client key PEM).
 fn client_pki() -> (CertificateDer<'static>, String, String) {
-    let ca = CertifiedIssuer::self_signed(ca_params("client ca"), KeyPair::generate().expect("key"))
-        .expect("client ca");
+    let ca =
+        CertifiedIssuer::self_signed(ca_params("client ca"), KeyPair::generate().expect("key"))
+            .expect("client ca");
     let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.distinguished_name.push(DnType::CommonName, "scaleset client");
+    p.distinguished_name
+        .push(DnType::CommonName, "scaleset client");
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let key = KeyPair::generate().expect("key");
     let cert = p.signed_by(&key, &ca).expect("client cert");

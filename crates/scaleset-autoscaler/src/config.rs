@@ -618,7 +618,10 @@ mod tests {
         "#;
         let e = err(text);
         assert!(e.starts_with("scale_set[1].name:"), "{e}");
-        assert!(e.contains("scale_set[0]") && e.contains("scale_set[1]"), "{e}");
+        assert!(
+            e.contains("scale_set[0]") && e.contains("scale_set[1]"),
+            "{e}"
+        );
         // Another runner group or another URL is another scale set.
         Config::from_toml_str(&text.replace(
             "name = \"Linux\"",

@@ -36,7 +36,11 @@ pub async fn get_or_create_scale_set(
     } else {
         client.get_runner_group_by_name(&cfg.runner_group).await?.id
     };
-    let labels: Vec<Label> = cfg.effective_labels().into_iter().map(Label::system).collect();
+    let labels: Vec<Label> = cfg
+        .effective_labels()
+        .into_iter()
+        .map(Label::system)
+        .collect();
     let wanted = label_set(&labels);
     let got = match client.get_runner_scale_set(group_id, &cfg.name).await? {
         Some(existing) => {
