@@ -186,7 +186,7 @@ impl GitHubConfig {
 
 /// Whether `url` is GitHub-hosted: its host (with any port) is `github.com`, `www.github.com` or
 /// `github.localhost` (any case), or ends with `.ghe.com`; always `false` while
-/// [`GITHUB_ACTIONS_FORCE_GHES`] is set. Takes a `&str` or a [`Url`](crate::Url); text that is
+/// [`GITHUB_ACTIONS_FORCE_GHES`] is set. Takes a `&str` or a [`Url`]; text that is
 /// not an absolute URL is not hosted.
 ///
 /// ```
