@@ -264,7 +264,7 @@ pub enum Error {
     #[error("{0}: unexpected status code: {tail}", tail = .0.tail())]
     UnexpectedStatus(Box<ApiError>),
     /// No answer: connection refused or dropped, timeout, TLS failure.
-    #[error("request {method} {url} failed after {attempts} attempt(s): {cause}", cause = chain(.source.as_ref()))]
+    #[error("request {method} {url} failed after {attempts} attempt(s): {cause}", cause = transport_cause(.source.as_ref()))]
     Transport {
         /// HTTP method.
         method: Method,
@@ -554,6 +554,20 @@ pub(crate) fn is_certificate_error(err: &reqwest::Error) -> bool {
     text.contains("certificate")
         || text.contains("unknownissuer")
         || text.contains("unknown issuer")
+}
+
+/// The cause of a transport failure, with a hint when the server asked for a TLS client
+/// certificate that was not given.
+fn transport_cause(err: &reqwest::Error) -> String {
+    let text = chain(err);
+    if text.to_ascii_lowercase().contains("certificaterequired") {
+        format!(
+            "{text} (the server requires a TLS client certificate: give one with \
+             ClientBuilder::client_certificate_pem)"
+        )
+    } else {
+        text
+    }
 }
 
 /// Renders an error and all its sources, `a: b: c`.
