@@ -4,6 +4,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretSlice};
 use serde::Serialize;
 use url::Url;
 
@@ -27,6 +28,8 @@ pub struct DebugInfo {
     pub insecure_skip_tls_verify: bool,
     /// Whether the caller supplied its own HTTP client.
     pub custom_http_client: bool,
+    /// Whether a TLS client certificate is presented (mutual TLS).
+    pub has_client_certificate: bool,
     /// The `User-Agent` sent.
     pub user_agent: String,
 }
@@ -43,6 +46,50 @@ pub struct ClientBuilder {
     insecure: bool,
     proxy: Option<String>,
     http: Option<reqwest::Client>,
+    client_identity: Option<ClientIdentity>,
+}
+
+/// A TLS client certificate chain and its private key, both PEM.
+struct ClientIdentity {
+    cert_pem: Vec<u8>,
+    key_pem: SecretSlice<u8>,
+}
+
+impl ClientIdentity {
+    /// Checks both PEMs and builds reqwest's identity, with errors that say which half is
+    /// wrong and never quote the key.
+    fn to_reqwest(&self) -> Result<reqwest::Identity> {
+        let bad = |m: &str| Error::InvalidClientConfig(m.to_string());
+        let certs = reqwest::Certificate::from_pem_bundle(&self.cert_pem)
+            .map_err(|e| bad(&format!("cannot read the client certificate PEM: {e}")))?;
+        if certs.is_empty() || !contains(&self.cert_pem, b"-----BEGIN CERTIFICATE-----") {
+            return Err(bad("the client certificate PEM holds no certificate"));
+        }
+        let key = self.key_pem.expose_secret();
+        if contains(key, b"-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+            return Err(bad(
+                "the client key is encrypted; give it decrypted (e.g. `openssl pkey -in KEY`)",
+            ));
+        }
+        if !contains(key, b"PRIVATE KEY-----") {
+            return Err(bad(
+                "the client key PEM holds no private key (PKCS#8, PKCS#1 RSA or SEC1 EC)",
+            ));
+        }
+        let mut both = secrecy::zeroize::Zeroizing::new(self.cert_pem.clone());
+        both.push(b'\n');
+        both.extend_from_slice(key);
+        reqwest::Identity::from_pem(&both).map_err(|e| {
+            bad(&format!(
+                "cannot use the client certificate and key: {}",
+                crate::error::chain(&e)
+            ))
+        })
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 impl ClientBuilder {
@@ -83,6 +130,38 @@ impl ClientBuilder {
         self
     }
 
+    /// Presents a TLS client certificate (mutual TLS) on every connection: to the GitHub API,
+    /// the Actions service and the message queue. `cert_chain_pem` holds the certificate,
+    /// optionally followed by its intermediates; `key_pem` its private key (PKCS#8, PKCS#1 RSA
+    /// or SEC1 EC, unencrypted). Both are checked by [`build`](Self::build); the key is held as
+    /// a secret and never printed.
+    ///
+    /// ```no_run
+    /// use actions_scaleset::{Client, Credentials};
+    ///
+    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = Client::builder("https://ghes.example.com/my-org", Credentials::token("ghp_x")?)
+    ///     .client_certificate_pem(
+    ///         std::fs::read("/etc/scaleset/client.crt")?,
+    ///         std::fs::read("/etc/scaleset/client.key")?,
+    ///     )
+    ///     .build()?;
+    /// assert!(client.debug_info().has_client_certificate);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn client_certificate_pem(
+        mut self,
+        cert_chain_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.client_identity = Some(ClientIdentity {
+            cert_pem: cert_chain_pem.into(),
+            key_pem: SecretSlice::from(key_pem.into()),
+        });
+        self
+    }
+
     /// Disables TLS certificate verification. Only for tests against self-signed servers.
     pub fn insecure_skip_tls_verify(mut self, skip: bool) -> Self {
         self.insecure = skip;
@@ -107,10 +186,18 @@ impl ClientBuilder {
     ///
     /// # Errors
     /// [`Error::InvalidConfigUrl`] for a bad URL, [`Error::InvalidClientConfig`] for a bad CA
-    /// bundle or proxy URL.
+    /// bundle, client certificate or key, or proxy URL, or a client certificate together with
+    /// a caller-supplied HTTP client (configure it on that client instead).
     pub fn build(self) -> Result<Client> {
         let config = parse_github_config_from_url(&self.config_url)?;
         let custom = self.http.is_some();
+        if custom && self.client_identity.is_some() {
+            return Err(Error::InvalidClientConfig(
+                "a client certificate cannot be added to a caller-supplied HTTP client; \
+                 give it to that client (reqwest::ClientBuilder::identity) instead"
+                    .into(),
+            ));
+        }
         let env_proxy = [
             "HTTPS_PROXY",
             "https_proxy",
@@ -149,6 +236,9 @@ impl ClientBuilder {
                 if self.insecure {
                     b = b.tls_danger_accept_invalid_certs(true);
                 }
+                if let Some(identity) = &self.client_identity {
+                    b = b.identity(identity.to_reqwest()?);
+                }
                 if let Some(proxy) = &self.proxy {
                     let p = reqwest::Proxy::all(proxy.as_str()).map_err(|e| {
                         Error::InvalidClientConfig(format!("invalid proxy URL: {e}"))
@@ -167,6 +257,7 @@ impl ClientBuilder {
             has_root_ca: !self.root_cas.is_empty(),
             insecure: self.insecure,
             custom,
+            client_certificate: self.client_identity.is_some(),
         };
         Ok(Client {
             inner: Arc::new(Inner {
@@ -189,6 +280,7 @@ struct DebugFlags {
     has_root_ca: bool,
     insecure: bool,
     custom: bool,
+    client_certificate: bool,
 }
 
 /// A client of the scale set API.
@@ -229,6 +321,7 @@ impl Client {
             insecure: false,
             proxy: None,
             http: None,
+            client_identity: None,
         }
     }
 
@@ -257,7 +350,8 @@ impl Client {
             .unwrap_or_else(|e| e.into_inner()) = info;
     }
 
-    /// What the client was built with (proxy, custom CA, TLS verification), without secrets.
+    /// What the client was built with (proxy, custom CA, client certificate, TLS
+    /// verification), without secrets.
     pub fn debug_info(&self) -> DebugInfo {
         let d = &self.inner.debug;
         DebugInfo {
@@ -265,6 +359,7 @@ impl Client {
             has_root_ca: d.has_root_ca,
             insecure_skip_tls_verify: d.insecure,
             custom_http_client: d.custom,
+            has_client_certificate: d.client_certificate,
             user_agent: self.inner.transport.user_agent().to_string(),
         }
     }
@@ -394,8 +489,9 @@ impl Client {
         resp.json()
     }
 
-    /// Creates a scale set. Labels default to one `System` label named after the scale set,
-    /// and every label without a type gets `System`.
+    /// Creates a scale set. Its labels follow [`scale_set_labels`](crate::scale_set_labels):
+    /// the name first, then the given labels without case-insensitive duplicates; every label
+    /// without a type gets `System`.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] (no request sent) when the scale set has neither a name nor
@@ -405,13 +501,12 @@ impl Client {
         scale_set: &RunnerScaleSet,
     ) -> Result<RunnerScaleSet> {
         let mut body = scale_set.clone();
-        if body.labels.is_empty() {
-            if body.name.is_empty() {
-                return Err(Error::InvalidArgument(
-                    "runner scale set must have a name or at least one label".into(),
-                ));
-            }
-            body.labels = vec![Label::system(body.name.clone())];
+        if !body.name.trim().is_empty() {
+            body.labels = crate::types::scale_set_labels(&body.name, body.labels);
+        } else if body.labels.is_empty() {
+            return Err(Error::InvalidArgument(
+                "runner scale set must have a name or at least one label".into(),
+            ));
         }
         default_label_types(&mut body.labels);
         let resp = self
@@ -563,12 +658,29 @@ impl Client {
         at_most_one(list, &resp, &format!("runners found with name {name:?}"))
     }
 
-    /// Removes a runner. Succeeds when the service no longer has it (it answers 204, or 404
-    /// `AgentNotFoundException`).
+    /// Removes a runner. Idempotent: a runner the service no longer has is not an error, and
+    /// the answer says which case it was.
+    ///
+    /// The service usually answers 204 for a runner it does not have as well, so
+    /// [`RunnerRemoval::Removed`] means "the service no longer has it";
+    /// [`RunnerRemoval::AlreadyGone`] is returned when the service said explicitly that it
+    /// did not know the runner (404 `AgentNotFoundException`).
+    ///
+    /// ```no_run
+    /// use actions_scaleset::{Client, RunnerRemoval};
+    ///
+    /// # async fn run(client: Client) -> Result<(), actions_scaleset::Error> {
+    /// match client.remove_runner(42).await? {
+    ///     RunnerRemoval::Removed => println!("removed"),
+    ///     RunnerRemoval::AlreadyGone => println!("it was already gone"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// [`Error::JobStillRunning`] when the runner is running a job (try again later).
-    pub async fn remove_runner(&self, runner_id: i64) -> Result<()> {
+    pub async fn remove_runner(&self, runner_id: i64) -> Result<RunnerRemoval> {
         let resp = self
             .tenant(
                 Method::DELETE,
@@ -578,10 +690,22 @@ impl Client {
             )
             .await?;
         match resp.expect_status(StatusCode::NO_CONTENT) {
-            Ok(_) | Err(Error::RunnerNotFound(_)) => Ok(()),
+            Ok(_) => Ok(RunnerRemoval::Removed),
+            Err(Error::RunnerNotFound(_)) => Ok(RunnerRemoval::AlreadyGone),
             Err(e) => Err(e),
         }
     }
+}
+
+/// What [`Client::remove_runner`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunnerRemoval {
+    /// The service removed the runner, or answered as if it had (it answers 204 for a runner
+    /// it does not have too).
+    Removed,
+    /// The service said it did not know the runner (404 `AgentNotFoundException`): someone
+    /// removed it earlier, or the runner id is wrong.
+    AlreadyGone,
 }
 
 pub(crate) fn to_json<T: Serialize>(value: &T) -> Vec<u8> {

@@ -66,7 +66,8 @@ pub struct GitHubConfig {
     pub repository: String,
 }
 
-/// Parses a config URL (rules of PROTOCOL.md 1.3).
+/// Parses a config URL: `https://HOST/enterprises/ENT`, `https://HOST/ORG` or
+/// `https://HOST/OWNER/REPO` (see [`GitHubConfig`]).
 ///
 /// # Errors
 /// [`Error::InvalidConfigUrl`] when the input is not an absolute `http(s)` URL with a host, or its
@@ -150,7 +151,7 @@ impl GitHubConfig {
     ///
     /// Re-reads [`GITHUB_ACTIONS_FORCE_GHES`] on every call.
     pub fn is_hosted(&self) -> bool {
-        is_hosted_github_url(&self.config_url)
+        is_hosted_with(&self.config_url, force_ghes())
     }
 
     /// The URL of `path` on this config's GitHub REST API (see [`github_api_url`]).
@@ -185,9 +186,21 @@ impl GitHubConfig {
 
 /// Whether `url` is GitHub-hosted: its host (with any port) is `github.com`, `www.github.com` or
 /// `github.localhost` (any case), or ends with `.ghe.com`; always `false` while
-/// [`GITHUB_ACTIONS_FORCE_GHES`] is set.
-pub fn is_hosted_github_url(url: &Url) -> bool {
-    is_hosted_with(url, force_ghes())
+/// [`GITHUB_ACTIONS_FORCE_GHES`] is set. Takes a `&str` or a [`Url`]; text that is
+/// not an absolute URL is not hosted.
+///
+/// ```
+/// use actions_scaleset::is_hosted_github_url;
+///
+/// # if std::env::var_os(actions_scaleset::GITHUB_ACTIONS_FORCE_GHES).is_none() {
+/// assert!(is_hosted_github_url("https://github.com/my-org"));
+/// assert!(is_hosted_github_url("https://my-company.ghe.com/my-org"));
+/// assert!(!is_hosted_github_url("https://ghes.example.com/my-org"));
+/// assert!(!is_hosted_github_url("not a url"));
+/// # }
+/// ```
+pub fn is_hosted_github_url(url: impl AsRef<str>) -> bool {
+    Url::parse(url.as_ref().trim()).is_ok_and(|u| is_hosted_with(&u, force_ghes()))
 }
 
 fn force_ghes() -> bool {

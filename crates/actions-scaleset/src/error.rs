@@ -264,7 +264,7 @@ pub enum Error {
     #[error("{0}: unexpected status code: {tail}", tail = .0.tail())]
     UnexpectedStatus(Box<ApiError>),
     /// No answer: connection refused or dropped, timeout, TLS failure.
-    #[error("request {method} {url} failed after {attempts} attempt(s): {cause}", cause = chain(.source.as_ref()))]
+    #[error("request {method} {url} failed after {attempts} attempt(s): {cause}", cause = transport_cause(.source.as_ref()))]
     Transport {
         /// HTTP method.
         method: Method,
@@ -324,9 +324,21 @@ pub enum Error {
     /// A caller-supplied argument is invalid (no request was sent).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// The HTTP client could not be built (bad CA certificate, bad proxy URL...).
+    /// The HTTP client could not be built (bad CA certificate, client certificate or key,
+    /// proxy URL...).
     #[error("invalid client configuration: {0}")]
     InvalidClientConfig(String),
+    /// A caller-supplied credential source failed: a [`JwtSigner`](crate::JwtSigner) (a KMS or
+    /// HSM that did not answer) or a [`TokenProvider`](crate::TokenProvider) (a vault, a token
+    /// file that cannot be read). Retryable: the next call asks the source again.
+    #[error("the {what} failed: {cause}", cause = chain(.source.as_ref()))]
+    CredentialSource {
+        /// Which source failed, e.g. `GitHub App JWT signer`.
+        what: String,
+        /// The source's own error.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync + 'static>,
+    },
 }
 
 /// The kind of an [`Error`], for callers that want a plain value to match or print.
@@ -379,6 +391,8 @@ pub enum ErrorKind {
     InvalidArgument,
     /// See [`Error::InvalidClientConfig`].
     InvalidClientConfig,
+    /// See [`Error::CredentialSource`].
+    CredentialSource,
 }
 
 impl ErrorKind {
@@ -408,6 +422,7 @@ impl ErrorKind {
             ErrorKind::InvalidCredentials => "InvalidCredentials",
             ErrorKind::InvalidArgument => "InvalidArgument",
             ErrorKind::InvalidClientConfig => "InvalidClientConfig",
+            ErrorKind::CredentialSource => "CredentialSource",
         }
     }
 }
@@ -445,6 +460,7 @@ impl Error {
             Error::InvalidCredentials(_) => ErrorKind::InvalidCredentials,
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::InvalidClientConfig(_) => ErrorKind::InvalidClientConfig,
+            Error::CredentialSource { .. } => ErrorKind::CredentialSource,
         }
     }
 
@@ -481,12 +497,13 @@ impl Error {
     }
 
     /// Whether trying the same call again later may succeed: transport failures (except TLS
-    /// certificate rejections), 429, and 5xx other than 501.
+    /// certificate rejections), timeouts, a failing credential source, 429, and 5xx other than
+    /// 501.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::RateLimited(_) => true,
             Error::Transport { source, .. } => !is_certificate_error(source),
-            Error::Timeout(_) => true,
+            Error::Timeout(_) | Error::CredentialSource { .. } => true,
             Error::Service(e) | Error::UnexpectedStatus(e) => is_retryable_status(e.status()),
             _ => false,
         }
@@ -537,6 +554,20 @@ pub(crate) fn is_certificate_error(err: &reqwest::Error) -> bool {
     text.contains("certificate")
         || text.contains("unknownissuer")
         || text.contains("unknown issuer")
+}
+
+/// The cause of a transport failure, with a hint when the server asked for a TLS client
+/// certificate that was not given.
+fn transport_cause(err: &reqwest::Error) -> String {
+    let text = chain(err);
+    if text.to_ascii_lowercase().contains("certificaterequired") {
+        format!(
+            "{text} (the server requires a TLS client certificate: give one with \
+             ClientBuilder::client_certificate_pem)"
+        )
+    } else {
+        text
+    }
 }
 
 /// Renders an error and all its sources, `a: b: c`.

@@ -57,8 +57,8 @@ pub mod session;
 mod transport;
 pub mod types;
 
-pub use auth::{Credentials, GitHubApp};
-pub use client::{Client, ClientBuilder, DebugInfo};
+pub use auth::{Credentials, GitHubApp, JwtSigner, PemJwtSigner, TokenFile, TokenProvider};
+pub use client::{Client, ClientBuilder, DebugInfo, RunnerRemoval};
 pub use config::{
     GITHUB_ACTIONS_FORCE_GHES, GitHubConfig, Scope, github_api_base, github_api_url,
     is_hosted_github_url, parse_github_config_from_url,
@@ -75,8 +75,12 @@ pub use types::{
     DEFAULT_RUNNER_GROUP, DEFAULT_RUNNER_GROUP_ID, EncodedJitConfig, JitRunnerConfig,
     JitRunnerSetting, JobAssigned, JobAvailable, JobCompleted, JobMessageBase, JobStarted, Label,
     RunnerGroup, RunnerReference, RunnerScaleSet, RunnerScaleSetSession, RunnerScaleSetStatistic,
-    RunnerScaleSetUpdate, RunnerSetting, SystemInfo,
+    RunnerScaleSetUpdate, RunnerSetting, SystemInfo, scale_set_labels,
 };
+
+/// The `url` crate's URL type, re-exported: [`GitHubConfig::config_url`] is one, and
+/// [`is_hosted_github_url`] accepts one as well as a `&str`.
+pub use url::Url;
 
 /// `tokio_util`'s cancellation token, re-exported: [`Listener::run`] stops when it fires.
 pub use tokio_util::sync::CancellationToken;

@@ -200,6 +200,39 @@ pub struct ListenerHealth {
     pub session_recreations: u64,
     /// Whether the listener loop is running.
     pub running: bool,
+    /// When the poll now in flight started (`None` between polls).
+    pub poll_in_flight_since: Option<Timestamp>,
+}
+
+impl ListenerHealth {
+    /// Whether the listener serves its scale set at `now`, else why not: it runs, its session
+    /// is open (a lost session is reported at once, not when the last poll grows old), and
+    /// either a poll succeeded within `limit` or a poll is in flight for less than `limit`
+    /// with no failure since the last success (a healthy long poll waits up to a minute).
+    ///
+    /// # Errors
+    /// The reason, in words.
+    pub fn ready_at(&self, now: Timestamp, limit: Duration) -> std::result::Result<(), String> {
+        let limit = jiff::SignedDuration::try_from(limit).unwrap_or(jiff::SignedDuration::MAX);
+        let recent = |t: Timestamp| now.duration_since(t) <= limit;
+        if !self.running {
+            return Err("listener not running".into());
+        }
+        if self.session_id.is_none() {
+            return Err("message session lost, not yet re-created".into());
+        }
+        if self.last_successful_poll.is_some_and(recent) {
+            return Ok(());
+        }
+        if self.consecutive_failures == 0 && self.poll_in_flight_since.is_some_and(recent) {
+            return Ok(());
+        }
+        Err(match self.last_successful_poll {
+            None if self.consecutive_failures > 0 => "no successful poll yet".into(),
+            None => "no poll yet".into(),
+            Some(_) => "last successful poll too old".into(),
+        })
+    }
 }
 
 /// The message loop of one scale set. See the [module docs](self) for its semantics.
@@ -329,11 +362,13 @@ impl Listener {
             let capacity = i64::from(self.max_runners());
             let generation = self.session.generation();
             let started = tokio::time::Instant::now();
+            self.update_health(|h| h.poll_in_flight_since = Some(Timestamp::now()));
             let polled = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
                 polled = self.session.get_message(last_message_id, capacity) => polled,
             };
+            self.update_health(|h| h.poll_in_flight_since = None);
             match polled {
                 Ok(None) => {
                     self.metrics.record_poll_latency(started.elapsed());
@@ -386,6 +421,8 @@ impl Listener {
                     }
                 }
                 Err(e) if is_lost_session(&e) => {
+                    // Unready from now until a new session exists.
+                    self.update_health(|h| h.session_id = None);
                     tracing::warn!(scale_set_id, error = %e, "the message session was lost; creating a new one");
                     match self.recreate(generation, shutdown).await {
                         Ok(Some(stats)) => {

@@ -1,4 +1,4 @@
-//! Message envelopes from the queue and the job messages inside them (PROTOCOL.md 4.8-4.9).
+//! Message envelopes from the queue and the job messages inside them.
 //!
 //! The envelope's `body` is a JSON *string* holding an array of job messages. Parsing is
 //! forgiving where the reference is all-or-nothing: an element that is not an object or fails

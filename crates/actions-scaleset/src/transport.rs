@@ -413,7 +413,7 @@ fn strip_bom(mut body: Vec<u8>) -> Vec<u8> {
     body
 }
 
-/// Joins a tenant URL and a relative path (PROTOCOL.md 1.5): path segments joined with single
+/// Joins a tenant URL and a relative path: path segments joined with single
 /// slashes (a trailing slash on the path is kept), the tenant URL's query overlaid with
 /// `query`, `api-version=6.0-preview` added unless given, keys sorted, values form-encoded
 /// (so `&`, `#`, `+`, `%` and spaces in names survive).

@@ -1,4 +1,4 @@
-//! Wire types of the scale set API (PROTOCOL.md section 4).
+//! Wire types of the scale set API.
 //!
 //! Decoding is as tolerant as the reference client: unknown fields are ignored, `null` reads as
 //! the field's default, `RunnerSetting` and `runnerSetting` are both accepted, timestamps may
@@ -78,7 +78,7 @@ pub(crate) mod timestamp {
     }
 }
 
-/// Who is calling: sent to the service as a JSON `User-Agent` (PROTOCOL.md 3.3).
+/// Who is calling: sent to the service as a JSON `User-Agent`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SystemInfo {
     /// The calling system, e.g. `my-autoscaler`.
@@ -143,6 +143,37 @@ impl Label {
             name: name.into(),
         }
     }
+}
+
+/// The labels of scale set `name`: the name first (it is what `runs-on:` names), then `extra`
+/// in order, without blank names and without any name already present ignoring case.
+///
+/// The one label rule of the workspace: [`Client::create_runner_scale_set`] applies it, and so
+/// does every caller that sets labels (`scale-set create/update`, the autoscaler's
+/// get-or-create), so a scale set never loses the label its workflows target.
+///
+/// [`Client::create_runner_scale_set`]: crate::Client::create_runner_scale_set
+///
+/// ```
+/// use actions_scaleset::{Label, scale_set_labels};
+/// let labels = scale_set_labels("linux", [Label::system("x64"), Label::system("LINUX")]);
+/// let names: Vec<&str> = labels.iter().map(|l| l.name.as_str()).collect();
+/// assert_eq!(names, ["linux", "x64"]);
+/// ```
+pub fn scale_set_labels(name: &str, extra: impl IntoIterator<Item = Label>) -> Vec<Label> {
+    let mut labels: Vec<Label> = Vec::new();
+    let candidates = std::iter::once(Label::system(name)).chain(extra);
+    for mut label in candidates {
+        label.name = label.name.trim().to_string();
+        if label.name.is_empty() {
+            continue;
+        }
+        let key = label.name.to_lowercase();
+        if labels.iter().all(|l| l.name.to_lowercase() != key) {
+            labels.push(label);
+        }
+    }
+    labels
 }
 
 /// Runner settings of a scale set (sent as `RunnerSetting`).
@@ -542,6 +573,33 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(labels: &[Label]) -> Vec<&str> {
+        labels.iter().map(|l| l.name.as_str()).collect()
+    }
+
+    #[test]
+    fn the_name_is_always_the_first_label() {
+        assert_eq!(names(&scale_set_labels("linux", [])), ["linux"]);
+        let extra = [Label::system("x64"), Label::system("linux")];
+        assert_eq!(names(&scale_set_labels("linux", extra)), ["linux", "x64"]);
+        // Case-insensitive de-duplication keeps the first spelling; blanks are dropped; a
+        // caller's label type is kept.
+        let extra = [
+            Label::system("X64"),
+            Label::system(" "),
+            Label::system("x64"),
+            Label {
+                kind: "User".into(),
+                name: "gpu".into(),
+            },
+            Label::system("Linux"),
+        ];
+        let got = scale_set_labels("linux", extra);
+        assert_eq!(names(&got), ["linux", "X64", "gpu"]);
+        assert_eq!(got[0].kind, "System");
+        assert_eq!(got[2].kind, "User");
+    }
 
     // Behaviour 7 of the issue: tolerant decoding.
     #[test]

@@ -296,7 +296,8 @@ async fn b38_create_without_name_or_labels_sends_nothing() {
     assert!(s.requests().is_empty(), "{:?}", s.requests());
 }
 
-// Behaviour 39: caller labels keep names and order; an empty type becomes System.
+// Behaviour 39: the name is the first label, then the caller's labels in order (a duplicate of
+// the name, in any case, dropped); an empty type becomes System.
 #[tokio::test]
 async fn b39_create_preserves_labels_and_defaults_their_type() {
     let s = TestServer::with_auth().await;
@@ -316,6 +317,7 @@ async fn b39_create_preserves_labels_and_defaults_their_type() {
                 kind: String::new(),
                 name: "c-label".into(),
             },
+            Label::system("N"),
         ],
         ..Default::default()
     };
@@ -326,8 +328,8 @@ async fn b39_create_preserves_labels_and_defaults_their_type() {
     assert_eq!(
         body["labels"],
         json(
-            r#"[{"name":"b-label","type":"System"},{"name":"a-label","type":"User"},
-                {"name":"c-label","type":"System"}]"#
+            r#"[{"name":"n","type":"System"},{"name":"b-label","type":"System"},
+                {"name":"a-label","type":"User"},{"name":"c-label","type":"System"}]"#
         )
     );
 }

@@ -1,5 +1,5 @@
 //! Transport over HTTP: TLS (behaviours 53-56), proxy (57), byte-order mark (58-59),
-//! User-Agent (60), a caller's HTTP client (61-62), retries and `Retry-After` (issue items 3
+//! mutual TLS (issue 12), User-Agent (60), a caller's HTTP client (61-62), retries and `Retry-After` (issue items 3
 //! and 4), transport failures (95).
 
 mod common;
@@ -12,8 +12,8 @@ use std::time::Duration;
 use actions_scaleset::{Client, ErrorKind, SystemInfo};
 use common::*;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-    SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
@@ -117,13 +117,34 @@ async fn tls_server(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> (TestServer, String, Arc<AtomicUsize>) {
+    tls_server_with(chain, key, None).await
+}
+
+/// [`tls_server`]; with `client_ca`, the server requires a client certificate issued by it.
+async fn tls_server_with(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_ca: Option<CertificateDer<'static>>,
+) -> (TestServer, String, Arc<AtomicUsize>) {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("server cert");
+        .expect("protocol versions");
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca).expect("client CA");
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(chain, key).expect("server cert");
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -236,6 +257,114 @@ async fn b56_skip_tls_verify() {
         .expect("client");
     assert!(c.debug_info().insecure_skip_tls_verify);
     within(c.get_runner(1)).await.expect("accepted");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mutual TLS
+
+/// A client CA and a client certificate it issued: (CA cert, client cert PEM, client key PEM).
+fn client_pki() -> (CertificateDer<'static>, String, String) {
+    let ca =
+        CertifiedIssuer::self_signed(ca_params("client ca"), KeyPair::generate().expect("key"))
+            .expect("client ca");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.distinguished_name
+        .push(DnType::CommonName, "scaleset client");
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().expect("key");
+    let cert = p.signed_by(&key, &ca).expect("client cert");
+    (ca.der().clone(), cert.pem(), key.serialize_pem())
+}
+
+/// A server that requires a client certificate, trusted through its self-signed root.
+async fn mtls_server() -> (TestServer, String, Arc<AtomicUsize>, String, String, String) {
+    let (server_pem, chain, key) = self_signed_pki();
+    let (ca, cert_pem, key_pem) = client_pki();
+    let (server, base, connections) = tls_server_with(chain, key, Some(ca)).await;
+    (server, base, connections, server_pem, cert_pem, key_pem)
+}
+
+// Issue 12: a client certificate is presented on every connection (GitHub API and Actions
+// service here), and a server that requires one accepts the client.
+#[tokio::test]
+async fn mtls_with_a_client_certificate_succeeds() {
+    let (server, base, _, server_pem, cert_pem, key_pem) = mtls_server().await;
+    let c = tls_builder(&base)
+        .root_ca_pem(server_pem)
+        .client_certificate_pem(cert_pem, key_pem.clone())
+        .build()
+        .expect("client");
+    assert!(c.debug_info().has_client_certificate);
+    within(c.get_runner(1)).await.expect("mutual TLS accepted");
+    let paths: Vec<String> = server.requests().iter().map(|r| r.path.clone()).collect();
+    assert!(paths.iter().any(|p| p == REG_TOKEN_PATH), "{paths:?}");
+    assert_eq!(server.tenant_requests().len(), 1);
+    let body = key_pem
+        .lines()
+        .nth(1)
+        .expect("a PEM has a body line")
+        .to_string();
+    assert!(!format!("{c:?}").contains(&body), "the key is not in Debug");
+}
+
+// Issue 12: without a client certificate the server refuses the handshake: a clear error
+// after one attempt (no retry), and nothing reached the server's routes.
+#[tokio::test]
+async fn mtls_without_a_client_certificate_fails_clearly_without_retries() {
+    let (server, base, connections, server_pem, _, _) = mtls_server().await;
+    let c = tls_builder(&base)
+        .root_ca_pem(server_pem)
+        .build()
+        .expect("client");
+    let e = within(c.get_runner(1)).await.expect_err("refused");
+    assert_eq!(e.kind(), ErrorKind::Transport, "{e}");
+    assert!(!e.is_retryable(), "{e}");
+    assert!(
+        matches!(e, actions_scaleset::Error::Transport { attempts: 1, .. }),
+        "{e}"
+    );
+    let text = e.to_string().to_ascii_lowercase();
+    assert!(text.contains("client certificate"), "{text}");
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "no retry");
+    assert!(server.requests().is_empty());
+}
+
+// Issue 12: bad client certificate input is refused by `build`, naming the half that is
+// wrong and never quoting the key.
+#[test]
+fn bad_client_certificates_are_rejected_at_build() {
+    let (_, cert_pem, key_pem) = client_pki();
+    let key_line = key_pem.lines().nth(1).expect("body line").to_string();
+    let build = |cert: &str, key: &str| {
+        Client::builder("https://github.com/org", pat())
+            .client_certificate_pem(cert.to_string(), key.to_string())
+            .build()
+            .expect_err("refused")
+    };
+    let cases = [
+        (build("not a certificate", &key_pem), "certificate"),
+        (build(&cert_pem, "not a key"), "private key"),
+        (build(&cert_pem, &cert_pem), "private key"),
+        (
+            build(
+                &cert_pem,
+                "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+            ),
+            "encrypted",
+        ),
+    ];
+    for (e, wanted) in cases {
+        assert_eq!(e.kind(), ErrorKind::InvalidClientConfig, "{e}");
+        assert!(e.to_string().contains(wanted), "{e}");
+        assert!(!e.to_string().contains(&key_line), "{e}");
+        assert!(!format!("{e:?}").contains(&key_line), "{e:?}");
+    }
+    let e = Client::builder("https://github.com/org", pat())
+        .client_certificate_pem(cert_pem, key_pem)
+        .http_client(reqwest::Client::new())
+        .build()
+        .expect_err("custom client");
+    assert_eq!(e.kind(), ErrorKind::InvalidClientConfig, "{e}");
 }
 
 // A bad root CA bundle is a construction error.

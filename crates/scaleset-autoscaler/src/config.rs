@@ -13,7 +13,7 @@
 //!
 //! [[scale_set]]
 //! name = "linux-x64"
-//! labels = ["linux", "x64"]                # default: [name]
+//! labels = ["linux", "x64"]                # extra labels; the name is always the first
 //! runner_group = "default"
 //! min_runners = 0
 //! max_runners = 10
@@ -36,7 +36,6 @@
 //! `HOME`, `LANG`, `LC_ALL`, `TMPDIR`, `USER`, `TZ` (processes only), the variables named in
 //! the provisioner's `env`, and their JIT config.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -141,7 +140,7 @@ pub struct ScaleSetConfig {
     pub name: String,
     /// Config URL; defaults to `connection.url`.
     pub url: Option<String>,
-    /// Labels (`runs-on:`); default: the name.
+    /// Extra labels (`runs-on:`); the name is always the first label.
     #[serde(default)]
     pub labels: Vec<String>,
     /// Runner group name (default `default`).
@@ -229,13 +228,16 @@ impl ScaleSetConfig {
         }
     }
 
-    /// The labels to register: the configured ones, or the name.
+    /// The labels to register, by [`actions_scaleset::scale_set_labels`]: the name first,
+    /// then the configured labels without case-insensitive duplicates.
     pub fn effective_labels(&self) -> Vec<String> {
-        if self.labels.is_empty() {
-            vec![self.name.clone()]
-        } else {
-            self.labels.clone()
-        }
+        actions_scaleset::scale_set_labels(
+            &self.name,
+            self.labels.iter().map(actions_scaleset::Label::system),
+        )
+        .into_iter()
+        .map(|l| l.name)
+        .collect()
     }
 
     /// The runner name prefix.
@@ -418,17 +420,31 @@ impl Config {
                 "must be an environment variable name",
             ));
         }
-        let mut names = HashSet::new();
+        let mut names: std::collections::HashMap<_, usize> = Default::default();
         let mut workdirs: std::collections::HashMap<PathBuf, usize> = Default::default();
         for (i, s) in self.scale_sets.iter().enumerate() {
             let key = |field: &str| format!("scale_set[{i}].{field}");
             if s.name.trim().is_empty() {
                 return Err(Error::config(key("name"), "must not be empty"));
             }
-            if !names.insert((s.url.clone(), s.runner_group.clone(), s.name.clone())) {
+            // The same scale set is the same (config URL, runner group, name) after the
+            // `[connection]` default, compared as the service does: ignoring case.
+            let identity = (
+                self.url_of(i)
+                    .map(|u| u.trim().trim_end_matches('/').to_lowercase()),
+                s.runner_group.trim().to_lowercase(),
+                s.name.trim().to_lowercase(),
+            );
+            if let Some(j) = names.insert(identity, i) {
                 return Err(Error::config(
                     key("name"),
-                    format!("{:?} is configured twice", s.name),
+                    format!(
+                        "scale_set[{j}] and scale_set[{i}] are the same scale set ({:?} in runner \
+                         group {:?} at {}); give each entry its own name, runner group or url",
+                        s.name,
+                        s.runner_group,
+                        self.url_of(i).unwrap_or("no URL"),
+                    ),
                 ));
             }
             match self.url_of(i) {
@@ -604,6 +620,43 @@ mod tests {
         assert!(e.contains("workdir"), "{e}");
         let e = err(&GOOD.replacen("kind = \"process\"", "kind = \"vm\"", 1));
         assert!(e.starts_with("scale_set[0].provisioner.kind:"), "{e}");
+    }
+
+    #[test]
+    fn the_same_scale_set_twice_is_rejected_naming_both_entries() {
+        // One entry inherits the `[connection]` URL, the other spells it out: the same
+        // scale set all the same.
+        let text = r#"
+            [connection]
+            url = "https://github.com/org"
+            [[scale_set]]
+            name = "linux"
+            [scale_set.provisioner]
+            kind = "process"
+            command = "/bin/true"
+            workdir = "/srv/a"
+            [[scale_set]]
+            name = "Linux"
+            url = "https://github.com/org/"
+            [scale_set.provisioner]
+            kind = "process"
+            command = "/bin/true"
+            workdir = "/srv/b"
+        "#;
+        let e = err(text);
+        assert!(e.starts_with("scale_set[1].name:"), "{e}");
+        assert!(
+            e.contains("scale_set[0]") && e.contains("scale_set[1]"),
+            "{e}"
+        );
+        // Another runner group or another URL is another scale set.
+        Config::from_toml_str(&text.replace(
+            "name = \"Linux\"",
+            "name = \"Linux\"\n            runner_group = \"gpu\"",
+        ))
+        .expect("another runner group");
+        Config::from_toml_str(&text.replace("github.com/org/", "github.com/org/repo"))
+            .expect("another URL");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::engine::{Engine, EngineSettings};
 use crate::error::{Error, ProvisionError, Result};
 use crate::metrics::{Metrics, ScaleSetLabels, ScaleSetMetrics};
 use crate::provisioner::process::{ProcessConfig, ProcessProvisioner};
-use crate::server::{self, Readiness};
+use crate::server::{self, Readiness, ReadinessSlot};
 
 /// Gets or creates a scale set by name in its runner group and reconciles its labels.
 ///
@@ -36,21 +36,30 @@ pub async fn get_or_create_scale_set(
     } else {
         client.get_runner_group_by_name(&cfg.runner_group).await?.id
     };
-    let wanted: BTreeSet<String> = cfg.effective_labels().into_iter().collect();
-    let labels: Vec<Label> = wanted.iter().map(Label::system).collect();
+    let labels: Vec<Label> = cfg
+        .effective_labels()
+        .into_iter()
+        .map(Label::system)
+        .collect();
+    let wanted = label_set(&labels);
     let got = match client.get_runner_scale_set(group_id, &cfg.name).await? {
         Some(existing) => {
-            let have: BTreeSet<String> = existing.labels.iter().map(|l| l.name.clone()).collect();
+            let have = label_set(&existing.labels);
             if have == wanted {
-                tracing::info!(scale_set = %cfg.name, id = existing.id, "adopted the existing scale set");
+                tracing::debug!(id = existing.id, "adopted the existing scale set");
                 existing
             } else {
-                tracing::info!(scale_set = %cfg.name, id = existing.id, ?have, ?wanted, "updating the scale set's labels");
+                tracing::info!(
+                    id = existing.id,
+                    had = %label_list(&existing.labels),
+                    labels = %label_list(&labels),
+                    "updating the scale set's labels"
+                );
                 client
                     .update_runner_scale_set(
                         existing.id,
                         &RunnerScaleSetUpdate {
-                            labels: Some(labels),
+                            labels: Some(labels.clone()),
                             ..Default::default()
                         },
                     )
@@ -62,22 +71,39 @@ pub async fn get_or_create_scale_set(
                 .create_runner_scale_set(&RunnerScaleSet {
                     name: cfg.name.clone(),
                     runner_group_id: group_id,
-                    labels,
+                    labels: labels.clone(),
                     runner_setting: RunnerSetting {
                         disable_update: true,
                     },
                     ..Default::default()
                 })
                 .await?;
-            tracing::info!(scale_set = %cfg.name, id = created.id, "created the scale set");
+            tracing::info!(id = created.id, "created the scale set");
             created
         }
     };
-    let read_back: BTreeSet<String> = got.labels.iter().map(|l| l.name.clone()).collect();
-    if read_back != wanted {
-        tracing::warn!(scale_set = %cfg.name, asked = ?wanted, got = ?read_back, "the service kept different labels than asked for (GHES without custom labels?)");
+    if label_set(&got.labels) != wanted {
+        tracing::warn!(
+            asked = %label_list(&labels),
+            got = %label_list(&got.labels),
+            "the service kept other labels than asked for (a GHES without custom labels?)"
+        );
     }
     Ok(got)
+}
+
+/// Label names compared as the service does: ignoring case and order.
+fn label_set(labels: &[Label]) -> BTreeSet<String> {
+    labels.iter().map(|l| l.name.to_lowercase()).collect()
+}
+
+/// Label names for a log line: `linux, x64`.
+fn label_list(labels: &[Label]) -> String {
+    labels
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Runs every scale set of `config` until `shutdown` fires (then applies each one's shutdown
@@ -112,8 +138,20 @@ pub async fn run(
                 c
             }
         };
-        readiness.add(&s.name);
-        sets.push((s.clone(), client));
+        // Names may repeat across runner groups and URLs; the label says which one it is.
+        let shared = config
+            .scale_sets
+            .iter()
+            .filter(|o| o.name == s.name)
+            .count()
+            > 1;
+        let label = if shared {
+            format!("{} (runner group {}, {url})", s.name, s.runner_group)
+        } else {
+            s.name.clone()
+        };
+        let slot = readiness.add(label);
+        sets.push((s.clone(), client, slot));
     }
     let server_stop = CancellationToken::new();
     let server_task = match &config.metrics.addr {
@@ -126,8 +164,8 @@ pub async fn run(
         None => None,
     };
     let mut tasks = tokio::task::JoinSet::new();
-    for (cfg, client) in sets {
-        let labels = ScaleSetLabels::new(&cfg.name, client.config());
+    for (cfg, client, slot) in sets {
+        let labels = ScaleSetLabels::new(&cfg.name, &cfg.runner_group, client.config());
         let m = metrics.scale_set(labels);
         let readiness = readiness.clone();
         let shutdown = shutdown.clone();
@@ -137,7 +175,7 @@ pub async fn run(
         tasks.spawn(
             async move {
                 let name = cfg.name.clone();
-                let r = run_scale_set(cfg, client, m, readiness, shutdown.clone()).await;
+                let r = run_scale_set(cfg, client, m, (readiness, slot), shutdown.clone()).await;
                 if let Err(e) = &r {
                     tracing::error!(scale_set = %name, error = %e, "the scale set stopped");
                 }
@@ -185,7 +223,7 @@ pub async fn run_scale_set(
     cfg: ScaleSetConfig,
     client: Client,
     metrics: ScaleSetMetrics,
-    readiness: Arc<Readiness>,
+    (readiness, slot): (Arc<Readiness>, ReadinessSlot),
     shutdown: CancellationToken,
 ) -> Result<()> {
     let set = get_or_create_scale_set(&client, &cfg).await?;
@@ -247,12 +285,11 @@ pub async fn run_scale_set(
         let engine = engine.clone();
         let stop = stop.clone();
         let readiness = readiness.clone();
-        let name = cfg.name.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = engine.failed() => {
-                    readiness.fail(&name, "engine stopped");
+                    readiness.fail(slot, "engine stopped");
                     stop.cancel();
                 }
             }
@@ -264,7 +301,7 @@ pub async fn run_scale_set(
     ) {
         Ok(listener) => {
             let listener = listener.with_metrics(Arc::new(metrics.clone()));
-            readiness.attach(&cfg.name, listener.health_handle());
+            readiness.attach(slot, listener.health_handle());
             tracing::info!(scale_set = %cfg.name, id = set.id, min = cfg.min_runners, max = cfg.max_runners, "listening");
             // `run` deletes the session before it returns.
             listener.run(&engine, &stop).await.map_err(Error::from)

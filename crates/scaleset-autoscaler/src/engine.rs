@@ -986,7 +986,7 @@ impl<P: Provisioner> Shared<P> {
         };
         match self.client.remove_runner(id).await {
             // A runner the service no longer has is reported as removed by the client.
-            Ok(()) => Removal::Removed,
+            Ok(_) => Removal::Removed,
             Err(ApiError::JobStillRunning(_)) => Removal::StillRunning,
             Err(e) => {
                 tracing::warn!(scale_set = %self.settings.scale_set_name, runner = %name, runner_id = id, error = %e, "could not remove a runner from GitHub");

@@ -1,6 +1,7 @@
 //! Prometheus metrics with the names and labels of ARC's listener dashboards.
 //!
-//! Gauges carry the scale set labels (`name`, `repository`, `organization`, `enterprise`);
+//! Gauges carry the scale set labels (`name`, `runner_group`, `repository`, `organization`,
+//! `enterprise`; `runner_group` keeps apart scale sets of one name in different groups);
 //! job counters and histograms carry the job labels ARC uses (`job_name`,
 //! `job_workflow_ref`, `event_name`, and `job_result` for completed jobs).
 
@@ -24,6 +25,8 @@ use prometheus_client::registry::Registry;
 pub struct ScaleSetLabels {
     /// Scale set name.
     pub name: String,
+    /// Its runner group's name.
+    pub runner_group: String,
     /// Repository (repository scope).
     pub repository: String,
     /// Organization (organization and repository scopes).
@@ -33,8 +36,8 @@ pub struct ScaleSetLabels {
 }
 
 impl ScaleSetLabels {
-    /// The labels of scale set `name` under a config URL.
-    pub fn new(name: &str, config: &GitHubConfig) -> ScaleSetLabels {
+    /// The labels of scale set `name` in `runner_group` under a config URL.
+    pub fn new(name: &str, runner_group: &str, config: &GitHubConfig) -> ScaleSetLabels {
         let (organization, repository, enterprise) = match config.scope {
             Scope::Enterprise => (String::new(), String::new(), config.enterprise.clone()),
             Scope::Organization => (config.organization.clone(), String::new(), String::new()),
@@ -46,6 +49,7 @@ impl ScaleSetLabels {
         };
         ScaleSetLabels {
             name: name.to_string(),
+            runner_group: runner_group.to_string(),
             repository,
             organization,
             enterprise,
@@ -58,6 +62,8 @@ impl ScaleSetLabels {
 pub struct JobLabels {
     /// Scale set name.
     pub name: String,
+    /// Its runner group's name.
+    pub runner_group: String,
     /// Repository the job runs for.
     pub repository: String,
     /// Its owner.
@@ -154,79 +160,79 @@ impl Metrics {
         }
         reg!(
             "gha_assigned_jobs",
-            "Number of jobs assigned to this scale set.",
+            "Number of jobs assigned to this scale set",
             assigned_jobs
         );
         reg!(
             "gha_running_jobs",
-            "Number of jobs running (or about to run).",
+            "Number of jobs running (or about to run)",
             running_jobs
         );
         reg!(
             "gha_registered_runners",
-            "Number of runners registered.",
+            "Number of runners registered",
             registered_runners
         );
         reg!(
             "gha_busy_runners",
-            "Number of registered runners running a job.",
+            "Number of registered runners running a job",
             busy_runners
         );
         reg!(
             "gha_idle_runners",
-            "Number of registered runners not running a job.",
+            "Number of registered runners not running a job",
             idle_runners
         );
-        reg!("gha_min_runners", "Minimum number of runners.", min_runners);
-        reg!("gha_max_runners", "Maximum number of runners.", max_runners);
+        reg!("gha_min_runners", "Minimum number of runners", min_runners);
+        reg!("gha_max_runners", "Maximum number of runners", max_runners);
         reg!(
             "gha_desired_runners",
-            "Number of runners desired by the scale set.",
+            "Number of runners desired by the scale set",
             desired_runners
         );
         reg!(
             "gha_managed_runners",
-            "Number of runners this autoscaler manages.",
+            "Number of runners this autoscaler manages",
             managed_runners
         );
         reg!(
             "gha_last_successful_poll_timestamp_seconds",
-            "Unix time of the last successful message poll.",
+            "Unix time of the last successful message poll",
             last_poll
         );
         reg!(
             "gha_session_recreations",
-            "Message sessions re-created after a loss.",
+            "Message sessions re-created after a loss",
             session_recreations
         );
         reg!(
             "gha_provisioning_failures",
-            "Runners that failed to mint or start.",
+            "Runners that failed to mint or start",
             provisioning_failures
         );
         reg!(
             "gha_started_jobs",
-            "Total number of jobs started.",
+            "Total number of jobs started",
             started_jobs
         );
         reg!(
             "gha_completed_jobs",
-            "Total number of jobs completed.",
+            "Total number of jobs completed",
             completed_jobs
         );
         reg!(
             "gha_job_startup_duration_seconds",
-            "Seconds from assignment to the scale set until a runner was assigned.",
+            "Seconds from assignment to the scale set until a runner was assigned",
             startup_duration
         );
         reg!(
             "gha_job_queue_duration_seconds",
-            "Seconds from queueing until a runner was assigned.",
+            "Seconds from queueing until a runner was assigned",
             queue_duration
         );
         reg!(
             "gha_job_execution_duration_seconds",
-            "Seconds from runner assignment until the job finished.",
+            "Seconds from runner assignment until the job finished",
             execution_duration
         );
         m
@@ -273,6 +279,7 @@ impl ScaleSetMetrics {
     fn job_labels(&self, base: &JobMessageBase) -> JobLabels {
         JobLabels {
             name: self.labels.name.clone(),
+            runner_group: self.labels.runner_group.clone(),
             repository: base.repository_name.clone(),
             organization: base.owner_name.clone(),
             enterprise: self.labels.enterprise.clone(),
@@ -383,5 +390,37 @@ impl MetricsRecorder for ScaleSetMetrics {
             .session_recreations
             .get_or_create(&self.labels)
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_lines_end_in_one_period_and_groups_stay_apart() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let config = actions_scaleset::parse_github_config_from_url("https://github.com/org")
+            .expect("a valid URL");
+        // One name in two runner groups: two series, not one.
+        m.scale_set(ScaleSetLabels::new("linux", "default", &config))
+            .set_bounds(0, 1);
+        m.scale_set(ScaleSetLabels::new("linux", "gpu", &config))
+            .set_bounds(0, 2);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        for line in text.lines().filter(|l| l.starts_with("# HELP ")) {
+            assert!(line.ends_with('.') && !line.ends_with(".."), "{line}");
+        }
+        let max: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("gha_max_runners{"))
+            .collect();
+        assert_eq!(max.len(), 2, "{text}");
+        assert!(
+            max.iter()
+                .any(|l| l.contains("runner_group=\"gpu\"") && l.ends_with(" 2"))
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! The HTTP endpoints: `/metrics` (OpenMetrics text), `/healthz` (the process is up) and
-//! `/readyz` (every scale set has an open session and polled successfully within twice the
-//! poll window).
+//! `/readyz` (every scale set has an open session, and a poll succeeded or is in flight within
+//! twice the poll window).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,82 +16,83 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 
-/// Readiness of the scale sets.
+/// Readiness of the scale sets, one slot per configured scale set (not per name: two scale
+/// sets may share a name in different runner groups or config URLs).
 #[derive(Debug)]
 pub struct Readiness {
     window: Duration,
-    sets: Mutex<Vec<(String, Option<HealthHandle>)>>,
-    failed: Mutex<Vec<(String, String)>>,
+    sets: Mutex<Vec<Slot>>,
 }
 
+#[derive(Debug)]
+struct Slot {
+    label: String,
+    health: Option<HealthHandle>,
+    failed: Option<String>,
+}
+
+/// A scale set's place in [`Readiness`], from [`Readiness::add`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadinessSlot(usize);
+
 impl Readiness {
-    /// Readiness with a poll window (a poll must have succeeded within twice this).
+    /// Readiness with a poll window (a poll must have succeeded, or be in flight, within
+    /// twice this).
     pub fn new(poll_window: Duration) -> Readiness {
         Readiness {
             window: poll_window,
             sets: Mutex::new(Vec::new()),
-            failed: Mutex::new(Vec::new()),
         }
     }
 
-    /// Marks scale set `name` as failed for good (not ready until the process restarts).
-    pub fn fail(&self, name: &str, why: impl Into<String>) {
-        self.failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((name.to_string(), why.into()));
-    }
-
-    /// Declares a scale set (not ready until its listener runs).
-    pub fn add(&self, name: &str) {
-        self.lock().push((name.to_string(), None));
-    }
-
-    /// Attaches the listener of scale set `name`.
-    pub fn attach(&self, name: &str, health: HealthHandle) {
+    /// Declares a scale set, named `label` in the reasons `/readyz` gives (not ready until
+    /// its listener is attached).
+    pub fn add(&self, label: impl Into<String>) -> ReadinessSlot {
         let mut sets = self.lock();
-        match sets.iter_mut().find(|(n, _)| n == name) {
-            Some(entry) => entry.1 = Some(health),
-            None => sets.push((name.to_string(), Some(health))),
+        sets.push(Slot {
+            label: label.into(),
+            health: None,
+            failed: None,
+        });
+        ReadinessSlot(sets.len() - 1)
+    }
+
+    /// Marks a scale set as failed for good (not ready until the process restarts).
+    pub fn fail(&self, slot: ReadinessSlot, why: impl Into<String>) {
+        if let Some(s) = self.lock().get_mut(slot.0) {
+            s.failed = Some(why.into());
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, Option<HealthHandle>)>> {
+    /// Attaches the listener of a scale set.
+    pub fn attach(&self, slot: ReadinessSlot, health: HealthHandle) {
+        if let Some(s) = self.lock().get_mut(slot.0) {
+            s.health = Some(health);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
         self.sets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `Ok` when ready, else the reasons.
+    /// `Ok` when ready, else the reasons (see [`actions_scaleset::ListenerHealth::ready_at`]).
     pub fn check(&self) -> std::result::Result<(), Vec<String>> {
         let now = jiff::Timestamp::now();
-        let limit =
-            jiff::SignedDuration::try_from(self.window * 2).unwrap_or(jiff::SignedDuration::MAX);
-        let mut problems = Vec::new();
+        let limit = self.window.saturating_mul(2);
         let sets = self.lock();
+        let mut problems = Vec::new();
         if sets.is_empty() {
             problems.push("no scale sets".to_string());
         }
-        for (name, health) in sets.iter() {
-            let Some(h) = health.as_ref().map(HealthHandle::get) else {
-                problems.push(format!("{name}: no listener yet"));
-                continue;
+        for s in sets.iter() {
+            let verdict = match (&s.failed, &s.health) {
+                (Some(why), _) => Err(why.clone()),
+                (None, None) => Err("no listener yet".to_string()),
+                (None, Some(h)) => h.get().ready_at(now, limit),
             };
-            if !h.running {
-                problems.push(format!("{name}: listener not running"));
-            } else if h.session_id.is_none() {
-                problems.push(format!("{name}: no session"));
-            } else {
-                match h.last_successful_poll {
-                    None => problems.push(format!("{name}: no successful poll yet")),
-                    Some(t) if now.duration_since(t) > limit => {
-                        problems.push(format!("{name}: last successful poll too old"))
-                    }
-                    Some(_) => {}
-                }
+            if let Err(why) = verdict {
+                problems.push(format!("{}: {why}", s.label));
             }
-        }
-        drop(sets);
-        for (name, why) in self.failed.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            problems.push(format!("{name}: {why}"));
         }
         if problems.is_empty() {
             Ok(())

@@ -72,3 +72,40 @@ async fn created_then_adopted_then_labels_reconciled() {
     assert_eq!(on_service.scale_sets.len(), 1, "no second scale set");
     sim.shutdown().await;
 }
+
+// One label rule: a scale set created as `create --name linux --label x64` has
+// `[linux, x64]`; the autoscaler configured with `name = "linux"`, `labels = ["x64"]` wants
+// the same labels, so it adopts the scale set without rewriting it to `[x64]` (which would
+// strand every workflow with `runs-on: linux`).
+#[tokio::test]
+async fn the_name_stays_the_first_label_when_extra_labels_are_configured() {
+    let sim = Simulator::start(SimConfig::default())
+        .await
+        .expect("sim starts");
+    let client = Client::builder(
+        sim.config_url(),
+        Credentials::token(sim.token()).expect("token"),
+    )
+    .build()
+    .expect("client");
+    let created = client
+        .create_runner_scale_set(&actions_scaleset::RunnerScaleSet {
+            name: "linux".into(),
+            runner_group_id: actions_scaleset::DEFAULT_RUNNER_GROUP_ID,
+            labels: vec![actions_scaleset::Label::system("x64")],
+            ..Default::default()
+        })
+        .await
+        .expect("created");
+    assert_eq!(label_names(&created), ["linux", "x64"]);
+
+    let cfg = config(&sim, r#""x64", "LINUX""#);
+    assert_eq!(cfg.scale_sets[0].effective_labels(), ["linux", "x64"]);
+    let adopted = get_or_create_scale_set(&client, &cfg.scale_sets[0])
+        .await
+        .expect("adopted");
+    assert_eq!(adopted.id, created.id);
+    assert_eq!(label_names(&adopted), ["linux", "x64"]);
+    assert_eq!(patches(&sim), 0, "the labels were not rewritten");
+    sim.shutdown().await;
+}

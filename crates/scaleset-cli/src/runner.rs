@@ -83,7 +83,11 @@ pub(crate) async fn run(g: &GlobalArgs, cmd: RunnerCommand) -> Result<(), CliErr
         RunnerCommand::Get(args) => get(g, args).await,
         RunnerCommand::Remove(args) => {
             let client = client_from_globals(g)?;
-            client.remove_runner(args.id).await.or_cli("runner remove")
+            client
+                .remove_runner(args.id)
+                .await
+                .map(drop)
+                .or_cli("runner remove")
         }
     }
 }

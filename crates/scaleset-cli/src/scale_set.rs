@@ -1,6 +1,8 @@
 //! `scaleset scale-set list|get|create|update|delete`.
 
-use actions_scaleset::{Label, RunnerScaleSet, RunnerScaleSetUpdate, RunnerSetting};
+use actions_scaleset::{
+    Label, RunnerScaleSet, RunnerScaleSetUpdate, RunnerSetting, scale_set_labels,
+};
 use clap::{ArgGroup, Args, Subcommand};
 
 use crate::error::{CliError, OrCli};
@@ -42,7 +44,8 @@ Examples:
     Create(CreateArgs),
     /// Update a scale set's name, labels or runner group.
     #[command(after_help = "\
-Only the given fields change; --label replaces all labels. Prints the updated scale set.
+Only the given fields change. The scale set's name stays its first label: --label replaces the
+other labels, and --name renames the first label too. Prints the updated scale set.
 
 Examples:
   scaleset scale-set update --id 7 --name new-name
@@ -111,7 +114,7 @@ pub(crate) struct UpdateArgs {
     /// New name.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
-    /// New labels (repeatable; replaces all labels).
+    /// New extra labels (repeatable; replace all but the name).
     #[arg(long = "label", value_name = "LABEL")]
     labels: Vec<String>,
     /// New runner group, by name.
@@ -178,15 +181,7 @@ async fn get(g: &GlobalArgs, args: GetArgs) -> Result<(), CliError> {
 
 async fn create(g: &GlobalArgs, args: CreateArgs) -> Result<(), CliError> {
     let name = non_empty(Some(args.name), "--name")?;
-    let mut labels = vec![Label::system(name.clone())];
-    for label in labels_from(args.labels)? {
-        if !labels
-            .iter()
-            .any(|l| l.name.eq_ignore_ascii_case(&label.name))
-        {
-            labels.push(label);
-        }
-    }
+    let labels = scale_set_labels(&name, labels_from(args.labels)?);
     let client = client_from_globals(g)?;
     let group = resolve_group(&client, args.runner_group.as_deref(), CREATE).await?;
     let wanted = RunnerScaleSet {
@@ -222,6 +217,32 @@ async fn update(g: &GlobalArgs, args: UpdateArgs) -> Result<(), CliError> {
         Some(labels_from(args.labels)?)
     };
     let client = client_from_globals(g)?;
+    // The name is always the first label, so a new name or new labels need the other half
+    // from the scale set as it is.
+    let labels = if name.is_some() || labels.is_some() {
+        let current = client
+            .get_runner_scale_set_by_id(args.id)
+            .await
+            .or_cli(UPDATE)?
+            .ok_or_else(|| {
+                CliError::not_found(
+                    "ScaleSetNotFound",
+                    format!("{UPDATE}: no scale set with id {}", args.id),
+                )
+            })?;
+        let extra = labels.unwrap_or_else(|| {
+            current
+                .labels
+                .iter()
+                .filter(|l| !l.name.eq_ignore_ascii_case(&current.name))
+                .cloned()
+                .collect()
+        });
+        let first = name.as_deref().unwrap_or(&current.name);
+        Some(scale_set_labels(first, extra))
+    } else {
+        None
+    };
     let runner_group_id = match &args.runner_group {
         Some(group) => Some(resolve_group(&client, Some(group), UPDATE).await?),
         None => None,

@@ -200,7 +200,7 @@ async fn hundred_jobs_with_max_20_runners_all_complete_then_drain_leaves_nothing
             "gha_started_jobs counter",
         ]
     );
-    let set_labels = r#"{name="e2e",repository="sim-repo",organization="sim-org",enterprise=""}"#;
+    let set_labels = r#"{name="e2e",runner_group="default",repository="sim-repo",organization="sim-org",enterprise=""}"#;
     assert!(
         body.contains(&format!("gha_max_runners{set_labels} 20")),
         "{body}"

@@ -128,7 +128,7 @@ fn get_ci<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
         .map(|(_, v)| v)
 }
 
-/// Decode an `encodedJITConfig` (PROTOCOL.md section 8).
+/// Decode an `encodedJITConfig` (base64 of a JSON object mapping file names to base64 contents).
 pub fn decode_jit_config(jit_config: &str) -> Result<JitRunnerInfo, RunnerError> {
     if jit_config.trim().is_empty() {
         return Err(RunnerError::InvalidJitConfig("empty JIT config".into()));
