@@ -258,6 +258,13 @@ impl ScaleSetConfig {
         }
     }
 
+    /// The daemon's own state directory for this host and user (lock files of backends
+    /// that have no directory of their own): `$XDG_STATE_HOME/scaleset`, else
+    /// `$HOME/.local/state/scaleset`, else `<temp dir>/scaleset-state`.
+    pub fn state_dir() -> PathBuf {
+        state_dir_with(|n| std::env::var_os(n))
+    }
+
     fn effective_workdir_with(
         &self,
         configured: Option<&PathBuf>,
@@ -301,11 +308,14 @@ impl Config {
             e.span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
         };
-        let value: toml::Value = toml::from_str(text).map_err(|e: toml::de::Error| {
-            let place = at_line(&e).map_or_else(|| "config".to_string(), |l| format!("line {l}"));
-            Error::config(place, e.message().to_string())
-        })?;
-        if let Some(sets) = value.get("scale_set").and_then(toml::Value::as_array) {
+        // Old flat provisioner keys get a pointer to their new table. A document that does not
+        // even parse as untyped TOML is left to the typed pass below, which names the key.
+        let value: Option<toml::Value> = toml::from_str(text).ok();
+        if let Some(sets) = value
+            .as_ref()
+            .and_then(|v| v.get("scale_set"))
+            .and_then(toml::Value::as_array)
+        {
             for (i, set) in sets.iter().enumerate() {
                 if let Some(old) = ["command", "args", "workdir", "env"]
                     .into_iter()
@@ -313,9 +323,7 @@ impl Config {
                 {
                     return Err(Error::config(
                         format!("scale_set[{i}].{old}"),
-                        format!(
-                            "provisioner settings live in their own table now: write it under [scale_set.provisioner] with kind = \"process\" (or \"docker\")"
-                        ),
+                        "provisioner settings live in their own table now: write it under [scale_set.provisioner] with kind = \"process\" (or \"docker\")",
                     ));
                 }
             }
@@ -506,8 +514,8 @@ impl Config {
                 if let Some(j) = workdirs.get(&dir) {
                     return Err(Error::config(
                         key("provisioner.workdir"),
-                    format!(
-                        "{} is also the work directory of scale_set[{j}] (give each scale set its own workdir)",
+                        format!(
+                            "{} is also the work directory of scale_set[{j}] (give each scale set its own workdir)",
                             dir.display()
                         ),
                     ));
@@ -527,6 +535,19 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+fn state_dir_with(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    let state = env("XDG_STATE_HOME").and_then(absolute).or_else(|| {
+        env("HOME")
+            .and_then(absolute)
+            .map(|h| h.join(".local/state"))
+    });
+    match state {
+        Some(state) => state.join("scaleset"),
+        None => std::env::temp_dir().join("scaleset-state"),
     }
 }
 
@@ -615,7 +636,10 @@ mod tests {
         let c = Config::from_toml_str(&docker).expect("docker kind");
         assert_eq!(c.scale_sets[0].provisioner.kind(), "docker");
         assert_eq!(c.scale_sets[0].effective_workdir(), None);
-        let e = err(&docker.replace("image = \"runner:1\"", "image = \"runner:1\"\n        workdir = \"/x\""));
+        let e = err(&docker.replace(
+            "image = \"runner:1\"",
+            "image = \"runner:1\"\n        workdir = \"/x\"",
+        ));
         assert!(e.starts_with("scale_set[0].provisioner"), "{e}");
         assert!(e.contains("workdir"), "{e}");
         let e = err(&GOOD.replacen("kind = \"process\"", "kind = \"vm\"", 1));

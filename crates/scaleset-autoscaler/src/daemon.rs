@@ -16,12 +16,28 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::{Config, ProvisionerKind, ScaleSetConfig, ShutdownPolicy};
-use crate::engine::{Engine, EngineSettings};
+use crate::config::{Config, ScaleSetConfig, ShutdownPolicy};
+use crate::engine::{Engine, EngineSettings, Recovery};
 use crate::error::{Error, ProvisionError, Result};
 use crate::metrics::{Metrics, ScaleSetLabels, ScaleSetMetrics};
-use crate::provisioner::process::{ProcessConfig, ProcessProvisioner};
+use crate::provisioner::any::AnyProvisioner;
+use crate::provisioner::{Provisioner, ScaleSetIdentity};
 use crate::server::{self, Readiness, ReadinessSlot};
+
+/// The name this instance records on what its provisioners create: `SCALESET_INSTANCE`,
+/// else the host name (a pod's name on Kubernetes), else `scaleset`.
+pub fn instance_name() -> String {
+    std::env::var("SCALESET_INSTANCE")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "scaleset".to_string())
+}
 
 /// Gets or creates a scale set by name in its runner group and reconciles its labels.
 ///
@@ -237,25 +253,18 @@ pub async fn run_scale_set(
         Err(e) => return Err(e.into()),
     };
     // From here on, the session is closed and the engine shut down on every path.
-    let provisioner = match cfg.provisioner {
-        ProvisionerKind::Process => {
-            let command = cfg.command.clone().ok_or_else(|| {
-                Error::config("scale_set.command", "required by the process provisioner")
-            });
-            match command {
-                Ok(command) => {
-                    let mut pc =
-                        ProcessConfig::new(command, cfg.args.clone(), cfg.effective_workdir());
-                    pc.stop_timeout = Duration::from_secs(10);
-                    pc.env = cfg.env.clone();
-                    pc.name_prefix = cfg.name_prefix();
-                    ProcessProvisioner::open(pc, &shutdown)
-                        .await
-                        .map_err(Error::from)
-                }
-                Err(e) => Err(e),
-            }
+    let identity = ScaleSetIdentity {
+        id: set.id,
+        name: cfg.name.clone(),
+        instance: instance_name(),
+    };
+    let provisioner = match AnyProvisioner::build(&cfg, identity, ScaleSetConfig::state_dir()).await
+    {
+        Ok(p) => {
+            tracing::info!(scale_set = %cfg.name, provisioner = p.kind(), "taking ownership of the scale set's runners; if another instance holds them, this one waits");
+            p.acquire(&shutdown).await.map(|()| p).map_err(Error::from)
         }
+        Err(e) => Err(e),
     };
     let provisioner = match provisioner {
         Ok(p) => p,
@@ -269,10 +278,10 @@ pub async fn run_scale_set(
     };
     let settings = EngineSettings::from_config(set.id, &cfg);
     let engine = Engine::new(settings, client.clone(), provisioner, metrics.clone());
-    match engine.recover_orphans().await {
-        Ok((0, 0)) => {}
-        Ok((removed, adopted)) => {
-            tracing::info!(scale_set = %cfg.name, removed, adopted, "cleaned up after a previous run")
+    match engine.recover().await {
+        Ok(r) if r == Recovery::default() => {}
+        Ok(Recovery { adopted, released }) => {
+            tracing::info!(scale_set = %cfg.name, adopted, released, "taking over the runners a previous run left")
         }
         Err(e) => {
             tracing::warn!(scale_set = %cfg.name, error = %e, "could not look for leftover runners")

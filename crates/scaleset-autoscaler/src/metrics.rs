@@ -112,6 +112,8 @@ pub struct Metrics {
     last_poll: Family<ScaleSetLabels, Gauge<f64, AtomicU64>>,
     session_recreations: Family<ScaleSetLabels, Counter>,
     provisioning_failures: Family<ScaleSetLabels, Counter>,
+    outdated_runners: Family<ScaleSetLabels, Counter>,
+    start_backoff: Family<ScaleSetLabels, Gauge<f64, AtomicU64>>,
     started_jobs: Family<JobLabels, Counter>,
     completed_jobs: Family<CompletedJobLabels, Counter>,
     startup_duration: HistFamily<JobLabels>,
@@ -142,6 +144,8 @@ impl Metrics {
             last_poll: Family::default(),
             session_recreations: Family::default(),
             provisioning_failures: Family::default(),
+            outdated_runners: Family::default(),
+            start_backoff: Family::default(),
             started_jobs: Family::default(),
             completed_jobs: Family::default(),
             startup_duration: Family::new_with_constructor(h),
@@ -211,6 +215,16 @@ impl Metrics {
             provisioning_failures
         );
         reg!(
+            "gha_outdated_runners",
+            "Runners that refused to start because their version is older than GitHub accepts (no more runners are started until the configuration changes)",
+            outdated_runners
+        );
+        reg!(
+            "gha_start_backoff_seconds",
+            "Seconds the next runner start waits after failed starts (0: starts are not backing off)",
+            start_backoff
+        );
+        reg!(
             "gha_started_jobs",
             "Total number of jobs started",
             started_jobs
@@ -243,6 +257,8 @@ impl Metrics {
         // Counters exist (at 0) from the start, so dashboards and rate() see them.
         drop(self.session_recreations.get_or_create(&labels));
         drop(self.provisioning_failures.get_or_create(&labels));
+        drop(self.outdated_runners.get_or_create(&labels));
+        drop(self.start_backoff.get_or_create(&labels));
         ScaleSetMetrics {
             metrics: self.clone(),
             labels: Arc::new(labels),
@@ -315,6 +331,22 @@ impl ScaleSetMetrics {
             .provisioning_failures
             .get_or_create(&self.labels)
             .inc();
+    }
+
+    /// A runner refused to start because its version is too old.
+    pub fn runner_outdated(&self) {
+        self.metrics
+            .outdated_runners
+            .get_or_create(&self.labels)
+            .inc();
+    }
+
+    /// How long the next start waits after failed starts (zero: not backing off).
+    pub fn set_start_backoff(&self, wait: std::time::Duration) {
+        self.metrics
+            .start_backoff
+            .get_or_create(&self.labels)
+            .set(wait.as_secs_f64());
     }
 
     /// A job started (counted once per job, by the engine).

@@ -10,8 +10,8 @@ use actions_scaleset::{
 use scaleset_autoscaler::config::ShutdownPolicy;
 use scaleset_autoscaler::engine::{Engine, EngineSettings, Phase};
 use scaleset_autoscaler::metrics::ScaleSetMetrics;
-use scaleset_autoscaler::provisioner::OwnedRunner;
 use scaleset_autoscaler::provisioner::fake::FakeProvisioner;
+use scaleset_autoscaler::provisioner::{ExitStatus, OwnedRunner, RunnerState};
 use scaleset_sim::{SimConfig, Simulator};
 
 const WAIT: Duration = Duration::from_secs(600);
@@ -495,13 +495,15 @@ async fn orphans_are_removed_or_adopted() {
     fake.add_leftover(OwnedRunner {
         name: "orph-00000001".into(),
         runner_id: ids[0],
-        alive: true,
+        state: RunnerState::Running,
     });
     // A reservation whose JIT was minted but never recorded: found by name.
     fake.add_leftover(OwnedRunner {
         name: "orph-00000002".into(),
         runner_id: 0,
-        alive: false,
+        state: RunnerState::Failed {
+            reason: "reserved, never started".into(),
+        },
     });
     let engine = Engine::new(
         EngineSettings::new(set.id, "orph"),
@@ -509,8 +511,14 @@ async fn orphans_are_removed_or_adopted() {
         fake.clone(),
         ScaleSetMetrics::detached("orph"),
     );
-    let (removed, adopted) = engine.recover_orphans().await.expect("recover");
-    assert_eq!((removed, adopted), (2, 0));
+    let r = engine.recover().await.expect("recover");
+    assert_eq!((r.adopted, r.released), (1, 1));
+    engine.spawn();
+    // Both registrations go; the live runner is stopped only after its registration went.
+    engine
+        .wait_until(WAIT, |s| s.runners.is_empty())
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
     assert!(sim.state().runners.is_empty());
     assert!(fake.running().is_empty());
     assert_eq!(fake.stopped(), vec!["orph-00000001".to_string()]);
@@ -671,12 +679,12 @@ async fn orphans_whose_removal_fails_are_kept() {
     fake.add_leftover(OwnedRunner {
         name: "eng-0000000a".into(),
         runner_id: ids[0],
-        alive: true,
+        state: RunnerState::Running,
     });
     fake.add_leftover(OwnedRunner {
         name: "eng-0000000b".into(),
         runner_id: ids[1],
-        alive: false,
+        state: RunnerState::Exited(ExitStatus::code(0)),
     });
     fail_runner_deletes(&env.sim);
     let engine = Engine::new(
@@ -685,19 +693,23 @@ async fn orphans_whose_removal_fails_are_kept() {
         fake.clone(),
         ScaleSetMetrics::detached("eng"),
     );
-    let (removed, adopted) = engine.recover_orphans().await.expect("recover");
-    assert_eq!((removed, adopted), (0, 1));
+    let r = engine.recover().await.expect("recover");
+    assert_eq!((r.adopted, r.released), (1, 1));
+    engine.spawn();
+    // Removals keep failing: nothing is stopped and both stay in the books, retried.
+    tokio::time::sleep(Duration::from_secs(300)).await;
     assert!(fake.stopped().is_empty(), "nothing is stopped");
-    // The live one is adopted (idle, its removal retried); the dead one keeps its record.
-    assert_eq!(engine.snapshot().idle, 1);
-    let left: Vec<String> = scaleset_autoscaler::provisioner::Provisioner::list(&fake)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|r| r.name)
-        .collect();
-    assert_eq!(left, vec!["eng-0000000b".to_string()]);
+    let snap = engine.snapshot();
+    assert_eq!(snap.removing, 2, "{snap:?}");
     assert_eq!(env.sim.state().runners.len(), 2);
+    // GitHub recovers: both registrations go, then the live runner is stopped.
+    env.sim.faults().clear();
+    engine
+        .wait_until(WAIT, |s| s.runners.is_empty())
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert!(env.sim.state().runners.is_empty());
+    assert_eq!(fake.stopped(), vec!["eng-0000000a".to_string()]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -720,4 +732,184 @@ async fn huge_durations_do_not_panic() {
         .shutdown(ShutdownPolicy::Drain, Duration::MAX)
         .await;
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// JIT configs the simulator minted so far.
+fn jit_mints(sim: &Simulator) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.contains("generatejitconfig"))
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runner_that_exits_before_its_job_started_arrives_is_not_replaced() {
+    // GitHub delivers JobStarted a poll late: the runner has run its job and exited (0)
+    // before the engine hears of the job.
+    let env = env(Duration::ZERO, |_| {}).await;
+    env.engine.handle_desired_runner_count(1).await.expect("ok");
+    let name = running(&env, 1).await.remove(0);
+    env.fake.exit(&name, true);
+    env.engine
+        .wait_until(WAIT, |s| s.runners.iter().any(|r| r.phase == Phase::Exited))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    // Demand is unchanged (the job is still assigned): no second runner.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(env.fake.created().len(), 1);
+    assert_eq!(jit_mints(&env.sim), 1);
+    env.engine
+        .handle_job_started(&started(&name, 1))
+        .await
+        .expect("ok");
+    env.engine
+        .handle_job_completed(&completed(&name, 1))
+        .await
+        .expect("ok");
+    env.engine.handle_desired_runner_count(0).await.expect("ok");
+    env.engine
+        .wait_until(WAIT, |s| s.runners.is_empty())
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(
+        env.fake.created().len(),
+        1,
+        "never replaced for the job it ran"
+    );
+    assert_eq!(jit_mints(&env.sim), 1);
+    assert!(!env.sim.state().runners.iter().any(|r| r.name == name));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removal_whose_runner_exits_meanwhile_still_deregisters_it() {
+    let env = env(Duration::ZERO, |_| {}).await;
+    env.engine.handle_desired_runner_count(1).await.expect("ok");
+    let name = running(&env, 1).await.remove(0);
+    idle(&env, 1).await;
+    fail_runner_deletes(&env.sim);
+    env.engine.handle_desired_runner_count(0).await.expect("ok");
+    // Past the idle delay its removal is attempted (and fails); then the runner exits.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert!(env.fake.exit(&name, true), "still running");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    // Still in the books, still registered: the removal is retried, not forgotten.
+    let snap = env.engine.snapshot();
+    assert_eq!(snap.runners.len(), 1, "{snap:?}");
+    assert_eq!(snap.runners[0].phase, Phase::Deregistering, "{snap:?}");
+    assert!(env.sim.state().runners.iter().any(|r| r.name == name));
+    env.sim.faults().clear();
+    env.engine
+        .wait_until(WAIT, |s| s.runners.is_empty())
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert!(!env.sim.state().runners.iter().any(|r| r.name == name));
+    assert_eq!(env.fake.created().len(), 1, "no replacement: no demand");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outdated_runner_stops_replacement_and_is_reported_once() {
+    let env = env(Duration::ZERO, |_| {}).await;
+    env.engine.handle_desired_runner_count(3).await.expect("ok");
+    let names = running(&env, 3).await;
+    for n in &names {
+        env.fake.exit_with(n, ExitStatus::code(7));
+    }
+    env.engine
+        .wait_until(WAIT, |s| s.outdated && s.runners.is_empty())
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    // Demand stays at 3, but nothing more is started: no create/fail loop.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(env.fake.created().len(), 3);
+    assert_eq!(env.engine.snapshot().provisioning_failures, 0);
+    assert!(
+        env.sim.state().runners.is_empty(),
+        "their registrations went"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn runners_that_fail_to_start_back_off_and_never_count_as_capacity() {
+    let env = env(Duration::ZERO, |_| {}).await;
+    env.fake.fail_next_starts(1000, "image not found");
+    env.engine.handle_desired_runner_count(1).await.expect("ok");
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let created = env.fake.created().len();
+    let snap = env.engine.snapshot();
+    // Backoff doubles from 1 s (jittered down by at most half) to 5 min: over 10 minutes
+    // that is a handful of attempts, not one per reconcile.
+    assert!((3..=14).contains(&created), "{created} attempts in 10 min");
+    assert_eq!(snap.provisioning_failures as usize, created);
+    assert_eq!(snap.capacity(), 0, "{snap:?}");
+    assert!(snap.backing_off, "{snap:?}");
+    // Every failed runner's registration is removed.
+    let (ok, st) = env
+        .sim
+        .wait_until(Duration::from_secs(5), |st| st.runners.is_empty())
+        .await;
+    assert!(ok, "{:?}", st.runners);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resync_notices_a_runner_lost_without_an_event() {
+    let env = env(Duration::ZERO, |s| {
+        s.resync_interval = Duration::from_secs(30);
+    })
+    .await;
+    env.engine.handle_desired_runner_count(1).await.expect("ok");
+    let first = running(&env, 1).await.remove(0);
+    idle(&env, 1).await;
+    // The event stream lost its exit: only the resync can tell.
+    assert!(env.fake.vanish_silently(&first));
+    let now = env
+        .fake
+        .wait_until(WAIT, |r| r.len() == 1 && r[0] != first)
+        .await
+        .unwrap_or_else(|r| panic!("replaced: {r:?}"));
+    assert_ne!(now[0], first);
+    let (ok, st) = env
+        .sim
+        .wait_until(Duration::from_secs(5), |st| {
+            !st.runners.iter().any(|r| r.name == first)
+        })
+        .await;
+    assert!(ok, "the lost runner's registration goes: {:?}", st.runners);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runner_the_engine_does_not_know_is_taken_over_by_the_resync() {
+    let env = env(Duration::ZERO, |s| {
+        s.resync_interval = Duration::from_secs(30);
+    })
+    .await;
+    let jit = env
+        .client
+        .generate_jit_runner_config(
+            env.engine.settings().scale_set_id,
+            &actions_scaleset::JitRunnerSetting {
+                name: "eng-000000ff".into(),
+                work_folder: String::new(),
+            },
+        )
+        .await
+        .expect("jit");
+    env.fake.add_leftover(OwnedRunner {
+        name: "eng-000000ff".into(),
+        runner_id: jit.runner.id,
+        state: RunnerState::Running,
+    });
+    env.engine
+        .wait_until(WAIT, |s| s.runners.is_empty() && !s.stopping)
+        .await
+        .expect("no records yet");
+    let (ok, st) = env
+        .sim
+        .wait_until(Duration::from_secs(120), |st| st.runners.is_empty())
+        .await;
+    assert!(ok, "{:?}", st.runners);
+    env.fake
+        .wait_until(WAIT, |r| r.is_empty())
+        .await
+        .unwrap_or_else(|r| panic!("{r:?}"));
+    assert_eq!(env.fake.stopped(), vec!["eng-000000ff".to_string()]);
 }

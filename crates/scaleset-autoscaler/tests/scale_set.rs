@@ -14,6 +14,8 @@ fn config(sim: &Simulator, labels: &str) -> Config {
         [[scale_set]]
         name = "linux"
         labels = [{labels}]
+        [scale_set.provisioner]
+        kind = "process"
         command = "/bin/true"
         "#,
         sim.config_url()

@@ -79,7 +79,7 @@ pub(crate) enum Command {
     /// Follow a scale set's demand as newline-delimited JSON events.
     Listen(listen::ListenArgs),
     /// Run the autoscaler: runners on demand for one or more scale sets.
-    Run(crate::run::RunArgs),
+    Run(Box<crate::run::RunArgs>),
     /// Try everything locally: simulator, autoscaler and simulated runners under a workload.
     Demo(crate::demo::DemoArgs),
     /// Serve the scale set simulator on 127.0.0.1 until SIGINT/SIGTERM.

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use actions_scaleset::{CancellationToken, Client, Credentials};
 use clap::Args;
-use scaleset_autoscaler::config::{Config, ProvisionerKind, ScaleSetConfig, ShutdownPolicy};
+use scaleset_autoscaler::config::{
+    Config, ProcessSettings, ProvisionerConfig, ScaleSetConfig, ShutdownPolicy,
+};
 use scaleset_sim::{AssignmentMode, EnqueueJobs, SimConfig, SimState, Simulator};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -518,10 +520,12 @@ fn autoscaler_config(args: &DemoArgs, url: String, workdir: &Path) -> Result<Con
     s.min_runners = args.min_runners;
     s.max_runners = args.max_runners;
     s.idle_delay_secs = 5;
-    s.provisioner = ProvisionerKind::Process;
-    s.command = Some(exe.to_string_lossy().into_owned());
-    s.args = vec!["sim-runner".to_string()];
-    s.workdir = Some(workdir.join("runners"));
+    s.provisioner = ProvisionerConfig::Process(ProcessSettings {
+        command: Some(exe.to_string_lossy().into_owned()),
+        args: vec!["sim-runner".to_string()],
+        workdir: Some(workdir.join("runners")),
+        env: Vec::new(),
+    });
     s.shutdown = ShutdownPolicy::Drain;
     s.drain_timeout_secs = args.drain_timeout_secs();
     let mut config = Config::default();

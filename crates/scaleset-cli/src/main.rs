@@ -62,7 +62,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::ScaleSet(cmd) => scale_set::run(g, cmd).await,
         Command::Runner(cmd) => runner::run(g, cmd).await,
         Command::Listen(args) => listen::run(g, args).await,
-        Command::Run(args) => run::run(g, args).await,
+        Command::Run(args) => run::run(g, *args).await,
         Command::Demo(args) => demo::run(g, args).await,
         Command::Sim(args) => sim::run_sim(args).await,
         Command::SimRunner(args) => sim::run_sim_runner(args).await,

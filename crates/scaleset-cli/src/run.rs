@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use actions_scaleset::Client;
 use clap::Args;
 use scaleset_autoscaler::config::{
-    Config, Connection, ProvisionerKind, ScaleSetConfig, ShutdownPolicy,
+    Config, Connection, DockerSettings, ProcessSettings, ProvisionerConfig, PullPolicy,
+    ScaleSetConfig, ShutdownPolicy,
 };
 
 use crate::error::CliError;
@@ -50,15 +51,27 @@ pub(crate) struct RunArgs {
     /// Seconds an idle runner above the target stays before it is stopped.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     idle_delay: u64,
-    /// The provisioner.
-    #[arg(long, default_value = "process", value_parser = ["process"])]
+    /// What starts runners: local processes, or containers on a Docker engine (reached
+    /// through DOCKER_HOST or the default socket).
+    #[arg(long, default_value = "process", value_parser = ["process", "docker"])]
     provisioner: String,
-    /// Program started per runner.
+    /// Program started per runner; with docker, the container's command (the official
+    /// runner image has no entrypoint: /home/runner/run.sh).
     #[arg(long, value_name = "PROGRAM")]
     runner_command: Option<String>,
-    /// An argument of the runner command (repeatable; {name} and {jitconfig} substituted).
+    /// An argument of the runner command (repeatable; for processes {name} and {jitconfig}
+    /// are substituted).
     #[arg(long = "runner-arg", value_name = "ARG", allow_hyphen_values = true)]
     runner_args: Vec<String>,
+    /// Docker: the runner image.
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
+    /// Docker: when to pull the image.
+    #[arg(long, value_name = "POLICY", value_parser = ["always", "missing", "never"])]
+    pull: Option<String>,
+    /// Docker: the network runner containers join (e.g. host) [default: Docker's default].
+    #[arg(long, value_name = "NAME")]
+    network: Option<String>,
     /// Base work directory, private to this user (runner N works in DIR/N) [default:
     /// $XDG_STATE_HOME/scaleset/runners/NAME or ~/.local/state/scaleset/runners/NAME].
     #[arg(long, value_name = "DIR")]
@@ -83,6 +96,52 @@ pub(crate) struct RunArgs {
 }
 
 impl RunArgs {
+    /// The `[scale_set.provisioner]` table the flags describe; a flag of another kind is an
+    /// error naming it.
+    fn provisioner_config(&self) -> Result<ProvisionerConfig, CliError> {
+        let wrong = |flag: &str, kind: &str| {
+            CliError::config(
+                "InvalidArgument",
+                format!("run: {flag} applies to --provisioner {kind} only"),
+            )
+        };
+        match self.provisioner.as_str() {
+            "docker" => {
+                if self.runner_workdir.is_some() {
+                    return Err(wrong("--runner-workdir", "process"));
+                }
+                let mut d = DockerSettings::new(self.image.clone().unwrap_or_default());
+                d.command = self.runner_command.clone();
+                d.args = self.runner_args.clone();
+                d.env = self.runner_env.clone();
+                d.network = self.network.clone();
+                if let Some(pull) = &self.pull {
+                    d.pull = pull.parse::<PullPolicy>().map_err(|e| {
+                        CliError::config("InvalidArgument", format!("run: --pull: {e}"))
+                    })?;
+                }
+                Ok(ProvisionerConfig::Docker(d))
+            }
+            _ => {
+                for (flag, set) in [
+                    ("--image", self.image.is_some()),
+                    ("--pull", self.pull.is_some()),
+                    ("--network", self.network.is_some()),
+                ] {
+                    if set {
+                        return Err(wrong(flag, "docker"));
+                    }
+                }
+                Ok(ProvisionerConfig::Process(ProcessSettings {
+                    command: self.runner_command.clone(),
+                    args: self.runner_args.clone(),
+                    workdir: self.runner_workdir.clone(),
+                    env: self.runner_env.clone(),
+                }))
+            }
+        }
+    }
+
     fn to_config(&self, g: &GlobalArgs) -> Result<Config, CliError> {
         let bad = |e: scaleset_autoscaler::Error| CliError::config("InvalidConfig", e.to_string());
         let mut config = match &self.config {
@@ -98,11 +157,7 @@ impl RunArgs {
                 s.max_runners = self.max_runners;
                 s.idle_headroom = self.idle_headroom;
                 s.idle_delay_secs = self.idle_delay;
-                s.provisioner = ProvisionerKind::Process;
-                s.command = self.runner_command.clone();
-                s.args = self.runner_args.clone();
-                s.workdir = self.runner_workdir.clone();
-                s.env = self.runner_env.clone();
+                s.provisioner = self.provisioner_config()?;
                 s.shutdown = self.shutdown;
                 s.drain_timeout_secs = self.drain_timeout;
                 let mut c = Config::default();
@@ -126,15 +181,20 @@ impl RunArgs {
                 [
                     ("scale_set[0].max_runners", "--max-runners"),
                     ("scale_set[0].min_runners", "--min-runners"),
-                    ("scale_set[0].command", "--runner-command"),
+                    ("scale_set[0].provisioner.command", "--runner-command"),
+                    ("scale_set[0].provisioner.args", "--runner-arg"),
+                    ("scale_set[0].provisioner.image", "--image"),
+                    ("scale_set[0].provisioner.pull", "--pull"),
+                    ("scale_set[0].provisioner.network", "--network"),
+                    ("scale_set[0].provisioner.workdir", "--runner-workdir"),
+                    ("scale_set[0].provisioner.env", "--runner-env"),
+                    ("scale_set[0].provisioner.kind", "--provisioner"),
                     ("scale_set[0].url", "--url"),
                     ("scale_set[0].name", "--name"),
                     ("scale_set[0].labels", "--label"),
                     ("scale_set[0].runner_group", "--runner-group"),
                     ("scale_set[0].idle_delay_secs", "--idle-delay"),
                     ("scale_set[0].drain_timeout_secs", "--drain-timeout"),
-                    ("scale_set[0].workdir", "--runner-workdir"),
-                    ("scale_set[0].env", "--runner-env"),
                     ("scale_set[0].runner_name_prefix", "--name"),
                     ("metrics.addr", "--metrics-addr"),
                     ("metrics.poll_window_secs", "--poll-window"),

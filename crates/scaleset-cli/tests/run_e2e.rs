@@ -193,10 +193,12 @@ async fn hundred_jobs_with_max_20_runners_all_complete_then_drain_leaves_nothing
             "gha_managed_runners gauge",
             "gha_max_runners gauge",
             "gha_min_runners gauge",
+            "gha_outdated_runners counter",
             "gha_provisioning_failures counter",
             "gha_registered_runners gauge",
             "gha_running_jobs gauge",
             "gha_session_recreations counter",
+            "gha_start_backoff_seconds gauge",
             "gha_started_jobs counter",
         ]
     );
@@ -328,7 +330,9 @@ async fn no_runner_leaks_after_sigkill_and_restart() {
             "10",
         ],
     );
-    again.wait_stderr("cleaned up after a previous run").await;
+    again
+        .wait_stderr("taking over the runners a previous run left")
+        .await;
     again.wait_stderr("listening").await;
     let (ok, st) = sim
         .wait_until(LONG, |st| {
@@ -431,7 +435,7 @@ async fn run_with_connection(tag: &str, connection: &str, env: &[(&str, &str)]) 
     std::fs::create_dir_all(&dir).expect("dir");
     let config = dir.join("autoscaler.toml");
     let toml = format!(
-        "[connection]\nurl = {url:?}\n{connection}\n\n[[scale_set]]\nname = {tag:?}\ncommand = {cmd:?}\nargs = [\"sim-runner\"]\nworkdir = {wd:?}\n",
+        "[connection]\nurl = {url:?}\n{connection}\n\n[[scale_set]]\nname = {tag:?}\n[scale_set.provisioner]\nkind = \"process\"\ncommand = {cmd:?}\nargs = [\"sim-runner\"]\nworkdir = {wd:?}\n",
         url = sim.config_url(),
         cmd = env!("CARGO_BIN_EXE_scaleset"),
         wd = dir.join("runners").display().to_string(),

@@ -90,12 +90,17 @@ impl ProvisionerConfig {
                     at("command"),
                     "required by the process provisioner",
                 )),
-                Some(c) if c.trim().is_empty() => Err(Error::config(at("command"), "must not be empty")),
+                Some(c) if c.trim().is_empty() => {
+                    Err(Error::config(at("command"), "must not be empty"))
+                }
                 Some(_) => Ok(()),
             },
             ProvisionerConfig::Docker(d) => {
                 if d.image.trim().is_empty() {
-                    return Err(Error::config(at("image"), "required by the docker provisioner"));
+                    return Err(Error::config(
+                        at("image"),
+                        "required by the docker provisioner",
+                    ));
                 }
                 if d.image.chars().any(char::is_whitespace) {
                     return Err(Error::config(
@@ -115,12 +120,17 @@ impl ProvisionerConfig {
                     return Err(Error::config(at("memory_mb"), "must be > 0"));
                 }
                 if d.stop_timeout_secs > 3600 {
-                    return Err(Error::config(at("stop_timeout_secs"), "must be at most 3600"));
+                    return Err(Error::config(
+                        at("stop_timeout_secs"),
+                        "must be at most 3600",
+                    ));
                 }
                 if let Some(bad) = d.labels.keys().find(|k| k.starts_with(OWN_LABEL_PREFIX)) {
                     return Err(Error::config(
                         at("labels"),
-                        format!("{bad:?}: labels starting with {OWN_LABEL_PREFIX} are the provisioner's own"),
+                        format!(
+                            "{bad:?}: labels starting with {OWN_LABEL_PREFIX} are the provisioner's own"
+                        ),
                     ));
                 }
                 Ok(())
@@ -330,9 +340,21 @@ mod tests {
         let e = ok.validate("p").expect_err("no image");
         assert!(e.to_string().starts_with("p.image:"), "{e}");
         let ok = parse_table("kind = \"docker\"\nimage = \"x\"\ncpus = 0.0\n").expect("parses");
-        assert!(ok.validate("p").expect_err("cpus").to_string().starts_with("p.cpus:"));
-        let ok = parse_table("kind = \"docker\"\nimage = \"x\"\nlabels = { \"dev.scaleset.owner\" = \"me\" }\n")
-            .expect("parses");
-        assert!(ok.validate("p").expect_err("own label").to_string().starts_with("p.labels:"));
+        assert!(
+            ok.validate("p")
+                .expect_err("cpus")
+                .to_string()
+                .starts_with("p.cpus:")
+        );
+        let ok = parse_table(
+            "kind = \"docker\"\nimage = \"x\"\nlabels = { \"dev.scaleset.owner\" = \"me\" }\n",
+        )
+        .expect("parses");
+        assert!(
+            ok.validate("p")
+                .expect_err("own label")
+                .to_string()
+                .starts_with("p.labels:")
+        );
     }
 }

@@ -1,0 +1,913 @@
+//! The scaling engine of one scale set: runner bookkeeping, the scaling policy, and the
+//! tasks that carry its decisions out without ever blocking the listener.
+//!
+//! * [`lifecycle`]: the runner life cycle, one transition function with its table.
+//! * [`book`]: the records, changed only through that function.
+//! * [`plan`]: the reconcile decision (starts, deadlines, scale-down, retries), pure.
+//!
+//! Runners are keyed by name, never by `runnerRequestId`. The [`Scaler`] methods and the
+//! provisioner's events only record facts (through the transition function) and wake the
+//! reconcile task; GitHub and the provisioner are called from tasks, at most
+//! `max_concurrent_starts` starts at once. Every input is idempotent: a redelivered message
+//! or a repeated event changes nothing.
+//!
+//! The engine also compares its records with what the provisioner actually has, at start
+//! ([`Engine::recover`]) and every `resync_interval`: a runner it has no record of is
+//! adopted and deregistered (a leftover of a previous run: stopped once GitHub confirms,
+//! kept if it is running a job), or released when it no longer runs; a record whose runner
+//! the provisioner no longer has is treated as vanished.
+
+pub mod book;
+pub mod lifecycle;
+pub mod plan;
+mod settings;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actions_scaleset::listener::BoxError;
+use actions_scaleset::{
+    Client, Error as ApiError, JitRunnerSetting, JobCompleted, JobStarted, Scaler,
+};
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::ShutdownPolicy;
+use crate::metrics::ScaleSetMetrics;
+use crate::provisioner::{
+    ExitStatus, Provisioner, ProvisionerEvent, RunnerEvent, RunnerSpec, RunnerState,
+};
+use book::{Applied, Book, Record};
+pub use lifecycle::Phase;
+use lifecycle::{Action, Event, ExitKind, Next};
+use plan::{HeldBack, plan};
+pub use settings::EngineSettings;
+
+/// One runner in a [`Snapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunnerInfo {
+    /// Name.
+    pub name: String,
+    /// Runner id (0 until the JIT config is minted).
+    pub id: i64,
+    /// Phase.
+    pub phase: Phase,
+}
+
+/// The engine's state at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Latest `totalAssignedJobs`.
+    pub assigned: i64,
+    /// Current target.
+    pub target: u32,
+    /// Runners being minted or started.
+    pub starting: usize,
+    /// Idle runners.
+    pub idle: usize,
+    /// Busy runners, including those that ended before their `JobCompleted` arrived.
+    pub busy: usize,
+    /// Runners whose job completed and that have not ended yet.
+    pub finished: usize,
+    /// Runners on their way out (deregistering, stopping).
+    pub removing: usize,
+    /// Every runner, by name.
+    pub runners: Vec<RunnerInfo>,
+    /// Runners that could not be minted or started so far.
+    pub provisioning_failures: u64,
+    /// Starts are backing off after failures.
+    pub backing_off: bool,
+    /// A runner reported itself too old for GitHub; no more runners are started.
+    pub outdated: bool,
+    /// Whether the engine is shutting down.
+    pub stopping: bool,
+}
+
+impl Snapshot {
+    /// Runners that count toward the target.
+    pub fn capacity(&self) -> usize {
+        self.starting + self.idle + self.busy
+    }
+
+    /// The runners in `phase`.
+    pub fn count(&self, phase: Phase) -> usize {
+        self.runners.iter().filter(|r| r.phase == phase).count()
+    }
+}
+
+/// How many runners [`Engine::recover`] found and what became of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Leftovers still running, adopted (and being deregistered; kept when busy).
+    pub adopted: usize,
+    /// Leftovers that no longer ran, released (their registrations being removed).
+    pub released: usize,
+}
+
+/// A bounded set of recently seen keys (for counting redelivered jobs once).
+#[derive(Default)]
+struct Seen {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Seen {
+    const CAP: usize = 20_000;
+    fn insert(&mut self, key: String) -> bool {
+        if self.set.contains(&key) {
+            return false;
+        }
+        if self.order.len() >= Self::CAP
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        self.set.insert(key.clone());
+        self.order.push_back(key);
+        true
+    }
+}
+
+struct Shared<P> {
+    settings: EngineSettings,
+    client: Client,
+    provisioner: P,
+    metrics: ScaleSetMetrics,
+    book: Mutex<Book>,
+    seen_started: Mutex<Seen>,
+    seen_completed: Mutex<Seen>,
+    /// The last reason starts were held back (logged when it changes).
+    held_back: Mutex<Option<HeldBack>>,
+    wake: Notify,
+    changed: Notify,
+    starts: Semaphore,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    /// Fires when a background task ended unexpectedly.
+    failed: CancellationToken,
+    failure: Mutex<Option<String>>,
+}
+
+/// The engine of one scale set. Cheap to clone; implements [`Scaler`].
+pub struct Engine<P: Provisioner> {
+    shared: Arc<Shared<P>>,
+}
+
+impl<P: Provisioner> Clone for Engine<P> {
+    fn clone(&self) -> Self {
+        Engine {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<P: Provisioner> std::fmt::Debug for Engine<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("settings", &self.shared.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `now + d`, saturating at about 30 years.
+fn deadline_in(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How the life cycle sees an exit.
+fn exit_kind(status: &ExitStatus) -> ExitKind {
+    if status.success() {
+        ExitKind::Success
+    } else if status.outdated() {
+        ExitKind::Outdated
+    } else {
+        ExitKind::Failed
+    }
+}
+
+impl<P: Provisioner> Engine<P> {
+    /// An engine; call [`recover`](Self::recover) and then [`spawn`](Self::spawn).
+    pub fn new(
+        settings: EngineSettings,
+        client: Client,
+        provisioner: P,
+        metrics: ScaleSetMetrics,
+    ) -> Engine<P> {
+        metrics.set_bounds(settings.min_runners, settings.max_runners);
+        Engine {
+            shared: Arc::new(Shared {
+                starts: Semaphore::new(settings.max_concurrent_starts.max(1)),
+                settings,
+                client,
+                provisioner,
+                metrics,
+                book: Mutex::new(Book::default()),
+                seen_started: Mutex::new(Seen::default()),
+                seen_completed: Mutex::new(Seen::default()),
+                held_back: Mutex::new(None),
+                wake: Notify::new(),
+                changed: Notify::new(),
+                cancel: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                failed: CancellationToken::new(),
+                failure: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.shared.settings
+    }
+
+    /// The provisioner.
+    pub fn provisioner(&self) -> &P {
+        &self.shared.provisioner
+    }
+
+    /// Starts the reconcile task, the provisioner-event task and the periodic resync. Each
+    /// is supervised: if one ends before [`shutdown`](Self::shutdown) (a panic, the
+    /// provisioner closed), the engine is marked failed ([`failed`](Self::failed),
+    /// [`failure`](Self::failure)).
+    pub fn spawn(&self) {
+        // Spawned tasks keep the caller's span (the daemon's `scale_set` span), so every
+        // line they and the library log names the scale set.
+        let s = self.shared.clone();
+        self.supervise(
+            "reconcile",
+            tokio::spawn(s.reconcile_loop().in_current_span()),
+        );
+        let s = self.shared.clone();
+        self.supervise(
+            "provisioner-event",
+            tokio::spawn(s.event_loop().in_current_span()),
+        );
+        let s = self.shared.clone();
+        self.supervise("resync", tokio::spawn(s.resync_loop().in_current_span()));
+    }
+
+    fn supervise(&self, what: &'static str, task: tokio::task::JoinHandle<()>) {
+        let s = self.shared.clone();
+        self.shared.tasks.spawn(async move {
+            let joined = task.await;
+            if s.cancel.is_cancelled() {
+                return;
+            }
+            let why = match joined {
+                Ok(()) => format!("the engine's {what} task ended unexpectedly"),
+                Err(e) => format!("the engine's {what} task failed: {e}"),
+            };
+            tracing::error!(scale_set = %s.settings.scale_set_name, error = %why, "the engine stopped working");
+            lock(&s.failure).get_or_insert(why);
+            s.failed.cancel();
+        });
+    }
+
+    /// Resolves once a background task ended unexpectedly.
+    pub async fn failed(&self) {
+        self.shared.failed.cancelled().await;
+    }
+
+    /// Why the engine failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.shared.failure).clone()
+    }
+
+    /// The current state.
+    pub fn snapshot(&self) -> Snapshot {
+        self.shared.snapshot()
+    }
+
+    /// Waits until `pred` holds for the state, at most `timeout`; returns the last snapshot in
+    /// `Ok` when it held, in `Err` when time ran out.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Snapshot) -> bool,
+    ) -> Result<Snapshot, Snapshot> {
+        let deadline = deadline_in(timeout);
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let snap = self.snapshot();
+            if pred(&snap) {
+                return Ok(snap);
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    let snap = self.snapshot();
+                    return if pred(&snap) { Ok(snap) } else { Err(snap) };
+                }
+            }
+        }
+    }
+
+    /// Takes over what a previous run left behind: every runner the provisioner has and the
+    /// engine has no record of is adopted and its registration removed (it is stopped once
+    /// GitHub confirms; a runner GitHub says is running a job is kept as busy), or released
+    /// when it no longer runs (its registration removed too). The removals run as tasks, so
+    /// call [`spawn`](Self::spawn) afterwards for their retries. The periodic resync does the
+    /// same for anything that appears later.
+    ///
+    /// # Errors
+    /// When the provisioner cannot list its runners.
+    pub async fn recover(&self) -> Result<Recovery, crate::Error> {
+        Ok(self.shared.resync().await?)
+    }
+
+    /// Stops the engine according to `policy` (see [`ShutdownPolicy`]); `drain_timeout`
+    /// bounds the wait for busy runners under `drain`/`delete`, after which the remaining
+    /// runners are stopped and their registrations removed (for up to a minute more).
+    /// Deleting the scale set is the caller's business. Returns the runners left: busy ones
+    /// under `keep`, and any whose runner or registration could not be removed.
+    pub async fn shutdown(&self, policy: ShutdownPolicy, drain_timeout: Duration) -> Vec<String> {
+        let s = &self.shared;
+        let ss = s.settings.scale_set_name.clone();
+        lock(&s.book).stopping = true;
+        s.touched();
+        tracing::info!(scale_set = %ss, ?policy, "shutting down the engine");
+        let settle = Duration::from_secs(60);
+        match policy {
+            ShutdownPolicy::Keep => {
+                let kept = |snap: &Snapshot| {
+                    snap.runners
+                        .iter()
+                        .all(|r| matches!(r.phase, Phase::Busy | Phase::Finished))
+                };
+                if self.wait_until(settle, kept).await.is_err() {
+                    tracing::warn!(scale_set = %ss, "idle runners were not all removed in time");
+                }
+            }
+            ShutdownPolicy::Drain | ShutdownPolicy::Delete => {
+                let r = self
+                    .wait_until(drain_timeout, |snap| snap.runners.is_empty())
+                    .await;
+                if let Err(snap) = r {
+                    tracing::warn!(scale_set = %ss, remaining = snap.runners.len(), "drain timeout: stopping the remaining runners");
+                    let names: Vec<String> = snap.runners.into_iter().map(|r| r.name).collect();
+                    for name in &names {
+                        s.apply(name, Event::ForceStop, true);
+                    }
+                    if self
+                        .wait_until(settle, |snap| snap.runners.is_empty())
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(scale_set = %ss, "runners were not all stopped and deregistered in time");
+                    }
+                }
+            }
+        }
+        s.cancel.cancel();
+        s.tasks.close();
+        s.tasks.wait().await;
+        let left: Vec<String> = lock(&s.book).runners.keys().cloned().collect();
+        if !left.is_empty() && policy != ShutdownPolicy::Keep {
+            tracing::warn!(scale_set = %ss, runners = ?left, "runners left behind (still registered with GitHub or still running)");
+        }
+        left
+    }
+}
+
+impl<P: Provisioner> Shared<P> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
+        lock(&self.book)
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let b = self.lock();
+        let mut snap = Snapshot {
+            assigned: b.assigned,
+            target: if b.stopping {
+                0
+            } else {
+                self.settings.target(b.assigned)
+            },
+            provisioning_failures: b.failures_total,
+            backing_off: b.backoff_until.is_some_and(|u| u > Instant::now()),
+            outdated: b.outdated,
+            stopping: b.stopping,
+            ..Default::default()
+        };
+        for (name, r) in &b.runners {
+            match r.phase {
+                Phase::Minting | Phase::Starting => snap.starting += 1,
+                Phase::Idle => snap.idle += 1,
+                Phase::Busy | Phase::Exited => snap.busy += 1,
+                Phase::Finished => snap.finished += 1,
+                Phase::Removing | Phase::Deregistering | Phase::Stopping | Phase::Killing => {
+                    snap.removing += 1
+                }
+            }
+            snap.runners.push(RunnerInfo {
+                name: name.clone(),
+                id: r.id,
+                phase: r.phase,
+            });
+        }
+        snap
+    }
+
+    fn touched(&self) {
+        self.wake.notify_one();
+        self.changed.notify_waiters();
+    }
+
+    fn new_name(&self, b: &Book) -> String {
+        loop {
+            let name = format!(
+                "{}{:08x}",
+                self.settings.runner_name_prefix,
+                rand::random::<u32>()
+            );
+            if !b.runners.contains_key(&name) {
+                return name;
+            }
+        }
+    }
+
+    /// Applies `event` to `name` and carries out the actions (all but `Create`, which the
+    /// start task does itself). `wake`: wake the reconcile task (not from within it).
+    fn apply(self: &Arc<Self>, name: &str, event: Event, wake: bool) -> Option<Applied> {
+        let applied = self
+            .lock()
+            .apply(name, event, Instant::now(), rand::random::<f64>());
+        let Some(a) = applied else {
+            tracing::debug!(scale_set = %self.settings.scale_set_name, runner = %name, %event, "event for a runner without a record");
+            return None;
+        };
+        self.carry_out(name, event, &a);
+        if wake {
+            self.touched();
+        } else {
+            self.changed.notify_waiters();
+        }
+        Some(a)
+    }
+
+    fn carry_out(self: &Arc<Self>, name: &str, event: Event, a: &Applied) {
+        let ss = &self.settings.scale_set_name;
+        if a.next != Next::To(a.from) {
+            tracing::debug!(scale_set = %ss, runner = %name, %event, from = %a.from, to = %a.next, "runner transition");
+        }
+        for action in &a.actions {
+            match action {
+                Action::Create | Action::RetryLater | Action::ResetFailures => {}
+                Action::Deregister => {
+                    let (s, name, id) = (self.clone(), name.to_string(), a.record.id);
+                    self.tasks
+                        .spawn(async move { s.deregister(name, id).await }.in_current_span());
+                }
+                Action::Stop => {
+                    let (s, name) = (self.clone(), name.to_string());
+                    self.tasks
+                        .spawn(async move { s.stop(name).await }.in_current_span());
+                }
+                Action::CountFailure => {
+                    self.metrics.provisioning_failed();
+                    let (failures, retry_in) = {
+                        let b = self.lock();
+                        let retry_in = b.backoff_until.map_or(Duration::ZERO, |u| {
+                            u.saturating_duration_since(Instant::now())
+                        });
+                        (b.start_failures, retry_in)
+                    };
+                    self.metrics.set_start_backoff(retry_in);
+                    tracing::warn!(scale_set = %ss, runner = %name, %event, failures_in_a_row = failures, next_start_in_s = retry_in.as_secs_f64(), "a runner failed to start; further starts back off");
+                }
+                Action::ReportOutdated => {
+                    self.metrics.runner_outdated();
+                    tracing::error!(scale_set = %ss, runner = %name, exit_code = crate::provisioner::OUTDATED_RUNNER_EXIT_CODE, "the runner refused to start because its version is older than GitHub accepts; no more runners are started for this scale set until the configuration changes (update the runner image or binary and restart)");
+                }
+            }
+        }
+        if event == Event::Running {
+            self.metrics.set_start_backoff(Duration::ZERO);
+        }
+        if a.next == Next::Gone {
+            tracing::info!(scale_set = %ss, runner = %name, runner_id = a.record.id, last_phase = %a.from, "runner retired");
+            if !a.record.created {
+                let (s, name) = (self.clone(), name.to_string());
+                self.tasks.spawn(
+                    async move {
+                        if let Err(e) = s.provisioner.unreserve(&name).await {
+                            tracing::warn!(scale_set = %s.settings.scale_set_name, runner = %name, error = %e, "could not drop the runner's reservation");
+                        }
+                    }
+                    .in_current_span(),
+                );
+            }
+        }
+    }
+
+    /// Removes the registration of `name` (looked up by name when `id` is 0) and reports
+    /// the outcome as an event. The one place that interprets `remove_runner`'s answer.
+    async fn deregister(self: Arc<Self>, name: String, id: i64) {
+        let event = self.remove_registration(&name, id).await;
+        self.apply(&name, event, true);
+    }
+
+    async fn remove_registration(&self, name: &str, id: i64) -> Event {
+        let ss = &self.settings.scale_set_name;
+        let id = if id > 0 {
+            id
+        } else {
+            match self.lookup_id(name).await {
+                Ok(0) => return Event::RemovalDone,
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::warn!(scale_set = %ss, runner = %name, error = %e, "could not look the runner up on GitHub");
+                    return Event::RemovalFailed;
+                }
+            }
+        };
+        match self.client.remove_runner(id).await {
+            Ok(_) => Event::RemovalDone,
+            Err(ApiError::JobStillRunning(_)) => Event::RemovalRefused,
+            Err(e) => {
+                tracing::warn!(scale_set = %ss, runner = %name, runner_id = id, error = %e, "could not remove a runner from GitHub; retrying later");
+                Event::RemovalFailed
+            }
+        }
+    }
+
+    /// The id of the runner registered as `name` in this scale set (0: none).
+    async fn lookup_id(&self, name: &str) -> Result<i64, ApiError> {
+        Ok(match self.client.get_runner_by_name(name).await? {
+            Some(r)
+                if r.runner_scale_set_id == self.settings.scale_set_id
+                    || r.runner_scale_set_id == 0 =>
+            {
+                r.id
+            }
+            _ => 0,
+        })
+    }
+
+    async fn stop(self: Arc<Self>, name: String) {
+        let event = match self.provisioner.stop(&name).await {
+            Ok(()) => Event::StopDone,
+            Err(e) => {
+                tracing::warn!(scale_set = %self.settings.scale_set_name, runner = %name, error = %e, "could not stop the runner; retrying later");
+                Event::StopFailed
+            }
+        };
+        self.apply(&name, event, true);
+    }
+
+    async fn reconcile_loop(self: Arc<Self>) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next = self.reconcile_once();
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = &mut notified => {}
+                () = sleep => {}
+            }
+        }
+    }
+
+    /// One pass: plan, carry the plan out, return when to look again.
+    fn reconcile_once(self: &Arc<Self>) -> Option<Instant> {
+        let now = Instant::now();
+        let set = &self.settings;
+        let (p, names) = {
+            let mut b = self.lock();
+            let p = plan(&b, set, now);
+            let names: Vec<String> = (0..p.starts)
+                .map(|_| {
+                    let name = self.new_name(&b);
+                    b.runners
+                        .insert(name.clone(), Record::new(0, Phase::Minting, now));
+                    name
+                })
+                .collect();
+            (p, names)
+        };
+        for (name, event) in &p.events {
+            self.apply(name, *event, false);
+        }
+        {
+            let mut held = lock(&self.held_back);
+            if *held != p.held_back {
+                match p.held_back {
+                    Some(HeldBack::MaxRunners) => {
+                        tracing::info!(scale_set = %set.scale_set_name, target = p.target, capacity = p.capacity, max_runners = set.max_runners, "waiting for runners on their way out before starting more (max_runners reached)");
+                    }
+                    Some(HeldBack::Backoff) => {
+                        tracing::info!(scale_set = %set.scale_set_name, target = p.target, capacity = p.capacity, "starts are backing off after failures");
+                    }
+                    Some(HeldBack::Outdated) | None => {}
+                }
+                *held = p.held_back;
+            }
+        }
+        let capacity = self.lock().capacity();
+        self.metrics.set_managed(capacity);
+        if !names.is_empty() || !p.events.is_empty() {
+            tracing::debug!(
+                scale_set = %set.scale_set_name,
+                target = p.target,
+                capacity = p.capacity,
+                starting = names.len(),
+                events = p.events.len(),
+                "reconciling"
+            );
+        }
+        for name in names {
+            let s = self.clone();
+            self.tasks
+                .spawn(async move { s.start_runner(name).await }.in_current_span());
+        }
+        self.changed.notify_waiters();
+        p.wake_at
+    }
+
+    async fn start_runner(self: Arc<Self>, name: String) {
+        let ss = &self.settings.scale_set_name;
+        let permit = tokio::select! {
+            () = self.cancel.cancelled() => None,
+            p = self.starts.acquire() => p.ok(),
+        };
+        if permit.is_none() || self.lock().stopping {
+            // Nothing was registered: the record just goes.
+            self.lock().runners.remove(&name);
+            self.touched();
+            return;
+        }
+        if let Err(e) = self.provisioner.reserve(&name).await {
+            tracing::warn!(scale_set = %ss, runner = %name, error = %e, "could not record the runner");
+            self.apply(&name, Event::MintFailed, true);
+            return;
+        }
+        let jit = self
+            .client
+            .generate_jit_runner_config(
+                self.settings.scale_set_id,
+                &JitRunnerSetting {
+                    name: name.clone(),
+                    work_folder: self.settings.work_folder.clone(),
+                },
+            )
+            .await;
+        let jit = match jit {
+            Ok(jit) => jit,
+            Err(e) => {
+                tracing::warn!(scale_set = %ss, runner = %name, error = %e, "could not mint a JIT config");
+                self.apply(&name, Event::MintFailed, true);
+                return;
+            }
+        };
+        let id = jit.runner.id;
+        if let Some(r) = self.lock().runners.get_mut(&name) {
+            r.id = id;
+        }
+        let minted = self.apply(&name, Event::Minted, true);
+        if !minted.is_some_and(|a| a.actions.contains(&Action::Create)) {
+            return;
+        }
+        if jit.encoded_jit_config.is_empty() {
+            tracing::warn!(scale_set = %ss, runner = %name, runner_id = id, "the service returned an empty JIT config");
+            self.apply(&name, Event::CreateFailed, true);
+            return;
+        }
+        let spec = RunnerSpec {
+            name: name.clone(),
+            runner_id: id,
+            jit_config: jit.encoded_jit_config,
+        };
+        match self.provisioner.create(spec).await {
+            Ok(()) => {
+                if let Some(r) = self.lock().runners.get_mut(&name) {
+                    r.created = true;
+                }
+                tracing::info!(scale_set = %ss, runner = %name, runner_id = id, "runner created");
+            }
+            Err(e) => {
+                tracing::warn!(scale_set = %ss, runner = %name, runner_id = id, error = %e, "the provisioner could not create the runner");
+                self.apply(&name, Event::CreateFailed, true);
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    async fn event_loop(self: Arc<Self>) {
+        loop {
+            let event = tokio::select! {
+                () = self.cancel.cancelled() => return,
+                e = self.provisioner.next_event() => e,
+            };
+            match event {
+                Some(e) => self.on_provisioner_event(e),
+                None => return,
+            }
+        }
+    }
+
+    fn on_provisioner_event(self: &Arc<Self>, e: ProvisionerEvent) {
+        let ss = &self.settings.scale_set_name;
+        let name = e.name;
+        let event = match &e.event {
+            RunnerEvent::Running => {
+                tracing::info!(scale_set = %ss, runner = %name, "runner running");
+                Event::Running
+            }
+            RunnerEvent::Exited(status) => {
+                tracing::info!(scale_set = %ss, runner = %name, %status, "runner ended");
+                Event::Exited(exit_kind(status))
+            }
+            RunnerEvent::FailedToStart { reason } => {
+                tracing::warn!(scale_set = %ss, runner = %name, reason = %reason, "the runner could not be started");
+                Event::FailedToStart
+            }
+            RunnerEvent::Vanished => {
+                tracing::warn!(scale_set = %ss, runner = %name, "the runner disappeared (removed behind the autoscaler's back)");
+                Event::Vanished
+            }
+        };
+        self.apply(&name, event, true);
+    }
+
+    async fn resync_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = tokio::time::sleep(self.settings.resync_interval) => {}
+            }
+            if let Err(e) = self.resync().await {
+                tracing::warn!(scale_set = %self.settings.scale_set_name, error = %e, "could not list the provisioner's runners; the resync is retried later");
+            }
+        }
+    }
+
+    /// Compares the records with the provisioner's list and repairs both directions.
+    async fn resync(self: &Arc<Self>) -> Result<Recovery, crate::ProvisionError> {
+        let ss = &self.settings.scale_set_name;
+        let started = Instant::now();
+        let listed = self.provisioner.list().await?;
+        let mut leftovers = Vec::new();
+        let mut events = Vec::new();
+        {
+            let b = self.lock();
+            let names: HashSet<&str> = listed.iter().map(|o| o.name.as_str()).collect();
+            for o in &listed {
+                match b.runners.get(&o.name) {
+                    None => leftovers.push(o.clone()),
+                    // Only records that have not moved since the listing began.
+                    Some(r) if r.created && r.since <= started => match &o.state {
+                        RunnerState::Exited(status) => {
+                            events.push((o.name.clone(), Event::Exited(exit_kind(status))));
+                        }
+                        RunnerState::Failed { .. } => {
+                            events.push((o.name.clone(), Event::FailedToStart));
+                        }
+                        RunnerState::Pending | RunnerState::Running => {}
+                    },
+                    Some(_) => {}
+                }
+            }
+            for (name, r) in &b.runners {
+                let expects_runner = !matches!(
+                    r.phase,
+                    Phase::Minting | Phase::Exited | Phase::Deregistering
+                );
+                if expects_runner
+                    && r.created
+                    && r.since <= started
+                    && !names.contains(name.as_str())
+                {
+                    events.push((name.clone(), Event::Vanished));
+                }
+            }
+        }
+        for (name, event) in events {
+            tracing::info!(scale_set = %ss, runner = %name, %event, "resync: the provisioner's state differs from the engine's records");
+            self.apply(&name, event, true);
+        }
+        let mut recovery = Recovery::default();
+        for o in leftovers {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            let alive = o.state.is_alive() && self.adopt(&o.name).await;
+            let phase = if alive {
+                Phase::Removing
+            } else {
+                if let Err(e) = self.provisioner.release(&o.name).await {
+                    tracing::warn!(scale_set = %ss, runner = %o.name, error = %e, "could not release a leftover runner");
+                }
+                Phase::Deregistering
+            };
+            {
+                let mut b = self.lock();
+                if b.runners.contains_key(&o.name) {
+                    continue;
+                }
+                let mut r = Record::new(o.runner_id, phase, Instant::now());
+                r.created = true;
+                r.removing = true;
+                b.runners.insert(o.name.clone(), r);
+            }
+            if alive {
+                recovery.adopted += 1;
+                tracing::info!(scale_set = %ss, runner = %o.name, runner_id = o.runner_id, "adopted a leftover runner; removing its registration (kept if it runs a job)");
+            } else {
+                recovery.released += 1;
+                tracing::info!(scale_set = %ss, runner = %o.name, runner_id = o.runner_id, "released a leftover runner that no longer ran; removing its registration");
+            }
+            let s = self.clone();
+            let (name, id) = (o.name.clone(), o.runner_id);
+            self.tasks
+                .spawn(async move { s.deregister(name, id).await }.in_current_span());
+        }
+        self.touched();
+        Ok(recovery)
+    }
+
+    async fn adopt(&self, name: &str) -> bool {
+        match self.provisioner.adopt(name).await {
+            Ok(adopted) => adopted,
+            Err(e) => {
+                tracing::warn!(scale_set = %self.settings.scale_set_name, runner = %name, error = %e, "could not adopt a leftover runner; releasing it");
+                false
+            }
+        }
+    }
+}
+
+impl<P: Provisioner> Scaler for Engine<P> {
+    async fn handle_desired_runner_count(&self, count: i64) -> Result<i64, BoxError> {
+        let s = &self.shared;
+        let target = {
+            let mut b = s.lock();
+            if b.assigned != count {
+                tracing::debug!(scale_set = %s.settings.scale_set_name, assigned = count, "demand changed");
+            }
+            b.assigned = count.max(0);
+            if b.stopping {
+                0
+            } else {
+                s.settings.target(b.assigned)
+            }
+        };
+        s.touched();
+        Ok(i64::from(target))
+    }
+
+    async fn handle_job_started(&self, job: &JobStarted) -> Result<(), BoxError> {
+        let s = &self.shared;
+        let ss = &s.settings.scale_set_name;
+        let key = format!(
+            "{}/{}/{}",
+            job.base.runner_request_id, job.base.job_id, job.runner_name
+        );
+        if lock(&s.seen_started).insert(key) {
+            s.metrics.job_started(job);
+            tracing::info!(scale_set = %ss, runner = %job.runner_name, job_id = %job.base.job_id, job = %job.base.job_display_name, "job started");
+        }
+        if let Some(r) = s.lock().runners.get_mut(&job.runner_name)
+            && r.id == 0
+        {
+            r.id = job.runner_id;
+        }
+        s.apply(&job.runner_name, Event::JobStarted, true);
+        Ok(())
+    }
+
+    async fn handle_job_completed(&self, job: &JobCompleted) -> Result<(), BoxError> {
+        let s = &self.shared;
+        let ss = &s.settings.scale_set_name;
+        let key = format!(
+            "{}/{}/{}/{}",
+            job.base.runner_request_id, job.base.job_id, job.runner_name, job.result
+        );
+        if lock(&s.seen_completed).insert(key) {
+            s.metrics.job_completed(job);
+            tracing::info!(scale_set = %ss, runner = %job.runner_name, job_id = %job.base.job_id, result = %job.result, "job completed");
+        }
+        if !job.runner_name.is_empty() {
+            s.apply(&job.runner_name, Event::JobCompleted, true);
+        }
+        Ok(())
+    }
+}
