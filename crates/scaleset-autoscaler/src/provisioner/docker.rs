@@ -84,6 +84,11 @@ pub const RESYNC: Duration = Duration::from_secs(30);
 /// How long `connect` waits for the engine to answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often, and how far apart, a SIGKILLed container is inspected again for a late
+/// `OOMKilled`.
+const LATE_OOM_TRIES: u32 = 5;
+const LATE_OOM_WAIT: Duration = Duration::from_millis(200);
+
 /// The longest wait between two reconnection attempts of the event stream.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -375,7 +380,9 @@ impl DockerProvisioner {
             _ if state.running == Some(true) => {}
             _ => {
                 let code = state.exit_code.and_then(|c| i32::try_from(c).ok());
-                let reason = if state.oom_killed == Some(true) {
+                let oom_killed = state.oom_killed == Some(true)
+                    || (code == Some(137) && self.late_oom(name).await);
+                let reason = if oom_killed {
                     Some("OOMKilled".to_string())
                 } else {
                     state.error.filter(|e| !e.is_empty())
@@ -383,6 +390,31 @@ impl DockerProvisioner {
                 self.finish(name, RunnerEvent::Exited(ExitStatus { code, reason }), true);
             }
         }
+    }
+
+    /// Whether a container killed with SIGKILL turns out OOM-killed after all: the engine
+    /// may learn of the OOM kill (from the cgroup) after it reported the exit, so one with
+    /// a memory limit is inspected a few more times.
+    async fn late_oom(&self, name: &str) -> bool {
+        if self.inner.settings.memory_mb.is_none() {
+            return false;
+        }
+        for _ in 0..LATE_OOM_TRIES {
+            tokio::time::sleep(LATE_OOM_WAIT).await;
+            match self
+                .inner
+                .docker
+                .inspect_container(name, None::<InspectContainerOptions>)
+                .await
+            {
+                Ok(info) if info.state.as_ref().and_then(|s| s.oom_killed) == Some(true) => {
+                    return true;
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
     }
 
     /// Handles an event of the engine's stream.
@@ -593,11 +625,11 @@ impl DockerProvisioner {
         Ok(())
     }
 
-    /// Whether the engine has `image`.
-    async fn has_image(&self, image: &str) -> Result<bool, ProvisionError> {
+    /// `None` when the engine has `image`, else Docker's message saying it has not.
+    async fn image_missing(&self, image: &str) -> Result<Option<String>, ProvisionError> {
         match self.inner.docker.inspect_image(image).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
+            Ok(_) => Ok(None),
+            Err(e) if is_not_found(&e) => Ok(Some(docker_message(&e))),
             Err(e) => Err(backend_error(&format!("inspecting image {image}"), &e)),
         }
     }
@@ -740,24 +772,25 @@ impl Provisioner for DockerProvisioner {
             );
         }
         let image = self.inner.settings.image.clone();
-        let present = match self.inner.settings.pull {
-            PullPolicy::Always => false,
-            PullPolicy::Missing | PullPolicy::Never => match self.has_image(&image).await {
-                Ok(p) => p,
+        let missing = match self.inner.settings.pull {
+            PullPolicy::Always => Some(String::new()),
+            PullPolicy::Missing | PullPolicy::Never => match self.image_missing(&image).await {
+                Ok(m) => m,
                 Err(e) => {
                     lock(&self.inner.runners).remove(&name);
                     return Err(e);
                 }
             },
         };
-        if !present && self.inner.settings.pull == PullPolicy::Never {
-            let reason = format!(
-                "image {image} is not on the Docker engine and the pull policy is never: No such image: {image}"
-            );
+        if let Some(message) = &missing
+            && self.inner.settings.pull == PullPolicy::Never
+        {
+            let reason =
+                format!("image {image} is missing and the pull policy is never: {message}");
             self.finish(&name, RunnerEvent::FailedToStart { reason }, false);
             return Ok(());
         }
-        if !present {
+        if missing.is_some() {
             let this = self.clone();
             tokio::spawn(
                 async move {
