@@ -732,8 +732,9 @@ async fn watch_events(inner: Weak<Inner>, shutdown: CancellationToken) {
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
         // Wait for the engine to answer before subscribing again.
-        if docker_for_ping.ping().await.is_err() {
-            continue;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = docker_for_ping.ping() => {}
         }
     }
 }
@@ -917,6 +918,12 @@ impl Provisioner for DockerProvisioner {
         };
         let labels = info.config.as_ref().and_then(|c| c.labels.as_ref());
         if !self.is_ours(labels) {
+            return Ok(false);
+        }
+        // Created but never started (a crash in between): nothing to follow; the engine
+        // releases it.
+        let status = info.state.as_ref().and_then(|s| s.status);
+        if status == Some(bollard::models::ContainerStateStatusEnum::CREATED) {
             return Ok(false);
         }
         let runner_id = labels
