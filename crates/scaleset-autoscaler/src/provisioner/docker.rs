@@ -210,6 +210,71 @@ fn docker_time(t: SystemTime) -> String {
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
 }
 
+/// The container's configuration for `spec` under `s` for `identity`; `lookup` reads the
+/// daemon's environment.
+fn container_body(
+    s: &DockerSettings,
+    identity: &ScaleSetIdentity,
+    spec: &RunnerSpec,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> ContainerCreateBody {
+    let mut env: Vec<String> = Vec::new();
+    for name in &s.env {
+        if name == JIT_CONFIG_ENV || name == VERSION_DEPRECATED_ENV {
+            continue;
+        }
+        if let Some(v) = lookup(name) {
+            env.push(format!("{name}={v}"));
+        }
+    }
+    env.push(format!("{VERSION_DEPRECATED_ENV}=1"));
+    env.push(format!(
+        "{JIT_CONFIG_ENV}={}",
+        spec.jit_config.expose_secret()
+    ));
+    let mut labels: HashMap<String, String> = s
+        .labels
+        .iter()
+        .filter(|(k, _)| !k.starts_with(OWN_LABEL_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let own = [
+        (LABEL_SCALE_SET_ID, identity.id.to_string()),
+        (LABEL_SCALE_SET_NAME, identity.name.clone()),
+        (LABEL_INSTANCE, identity.instance.clone()),
+        (LABEL_RUNNER_ID, spec.runner_id.to_string()),
+    ];
+    for (k, v) in own {
+        labels.insert(k.to_string(), v);
+    }
+    let (entrypoint, cmd) = match &s.command {
+        Some(c) => (Some(vec![c.clone()]), Some(s.args.clone())),
+        None if !s.args.is_empty() => (None, Some(s.args.clone())),
+        None => (None, None),
+    };
+    ContainerCreateBody {
+        image: Some(s.image.clone()),
+        entrypoint,
+        cmd,
+        user: s.user.clone(),
+        working_dir: s.working_dir.clone(),
+        env: Some(env),
+        labels: Some(labels),
+        stop_timeout: i64::try_from(s.stop_timeout_secs).ok(),
+        host_config: Some(HostConfig {
+            network_mode: s.network.clone(),
+            nano_cpus: s.cpus.map(|c| (c * 1e9).round() as i64),
+            memory: s
+                .memory_mb
+                .and_then(|m| m.checked_mul(1024 * 1024))
+                .and_then(|b| i64::try_from(b).ok()),
+            auto_remove: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 impl DockerProvisioner {
     /// Connects to the Docker engine (see the [module docs](self)) for the scale set
     /// `identity`, owning nothing yet: [`acquire`](Provisioner::acquire) takes the lock at
@@ -259,16 +324,6 @@ impl DockerProvisioner {
     /// The engine client (for tests and diagnostics).
     pub fn docker(&self) -> &Docker {
         &self.inner.docker
-    }
-
-    /// The labels every container of this provisioner carries, with their values.
-    fn own_labels(&self) -> [(&'static str, String); 3] {
-        let id = &self.inner.identity;
-        [
-            (LABEL_SCALE_SET_ID, id.id.to_string()),
-            (LABEL_SCALE_SET_NAME, id.name.clone()),
-            (LABEL_INSTANCE, id.instance.clone()),
-        ]
     }
 
     /// Docker label filters selecting this scale set's and instance's containers.
@@ -452,61 +507,6 @@ impl DockerProvisioner {
         }
     }
 
-    /// The container's configuration for `spec`.
-    fn container_body(&self, spec: &RunnerSpec) -> ContainerCreateBody {
-        let s = &self.inner.settings;
-        let mut env: Vec<String> = Vec::new();
-        for name in &s.env {
-            if name == JIT_CONFIG_ENV || name == VERSION_DEPRECATED_ENV {
-                continue;
-            }
-            if let Ok(v) = std::env::var(name) {
-                env.push(format!("{name}={v}"));
-            }
-        }
-        env.push(format!("{VERSION_DEPRECATED_ENV}=1"));
-        env.push(format!(
-            "{JIT_CONFIG_ENV}={}",
-            spec.jit_config.expose_secret()
-        ));
-        let mut labels: HashMap<String, String> = s
-            .labels
-            .iter()
-            .filter(|(k, _)| !k.starts_with(OWN_LABEL_PREFIX))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (k, v) in self.own_labels() {
-            labels.insert(k.to_string(), v);
-        }
-        labels.insert(LABEL_RUNNER_ID.to_string(), spec.runner_id.to_string());
-        let (entrypoint, cmd) = match &s.command {
-            Some(c) => (Some(vec![c.clone()]), Some(s.args.clone())),
-            None if !s.args.is_empty() => (None, Some(s.args.clone())),
-            None => (None, None),
-        };
-        ContainerCreateBody {
-            image: Some(s.image.clone()),
-            entrypoint,
-            cmd,
-            user: s.user.clone(),
-            working_dir: s.working_dir.clone(),
-            env: Some(env),
-            labels: Some(labels),
-            stop_timeout: i64::try_from(s.stop_timeout_secs).ok(),
-            host_config: Some(HostConfig {
-                network_mode: s.network.clone(),
-                nano_cpus: s.cpus.map(|c| (c * 1e9).round() as i64),
-                memory: s
-                    .memory_mb
-                    .and_then(|m| m.checked_mul(1024 * 1024))
-                    .and_then(|b| i64::try_from(b).ok()),
-                auto_remove: Some(false),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
     /// Creates and starts the container of `spec`. `Err(Ok(e))`: creating failed (nothing
     /// left); `Err(Err(reason))`: the engine refused to start it (container removed).
     async fn create_and_start(
@@ -522,7 +522,12 @@ impl DockerProvisioner {
         if let Err(e) = self
             .inner
             .docker
-            .create_container(Some(opts), self.container_body(spec))
+            .create_container(
+                Some(opts),
+                container_body(&self.inner.settings, &self.inner.identity, spec, |n| {
+                    std::env::var(n).ok()
+                }),
+            )
             .await
         {
             let message = redact(docker_message(&e), secret);
@@ -975,6 +980,82 @@ mod tests {
         );
         assert_eq!(exit_code_of_status("Up 3 seconds"), None);
         assert_eq!(exit_code_of_status("Exited (x"), None);
+    }
+
+    #[test]
+    fn container_settings_follow_the_configuration() {
+        let mut s = DockerSettings::new("img:1");
+        s.command = Some("/home/runner/run.sh".into());
+        s.args = vec!["--once".into()];
+        s.env = vec!["PASSED".into(), "UNSET".into(), JIT_CONFIG_ENV.into()];
+        s.labels.insert("team".into(), "ci".into());
+        s.cpus = Some(1.5);
+        s.memory_mb = Some(512);
+        s.network = Some("host".into());
+        s.user = Some("runner".into());
+        s.working_dir = Some("/home/runner".into());
+        let identity = ScaleSetIdentity {
+            id: 3,
+            name: "linux".into(),
+            instance: "host-a".into(),
+        };
+        let spec = RunnerSpec {
+            name: "linux-abc".into(),
+            runner_id: 12,
+            jit_config: actions_scaleset::EncodedJitConfig::new("jit-secret-value"),
+        };
+        let lookup = |n: &str| match n {
+            "PASSED" => Some("yes".to_string()),
+            JIT_CONFIG_ENV => Some("from-the-daemon".to_string()),
+            _ => None,
+        };
+        let body = container_body(&s, &identity, &spec, lookup);
+        assert_eq!(body.image.as_deref(), Some("img:1"));
+        assert_eq!(
+            body.entrypoint,
+            Some(vec!["/home/runner/run.sh".to_string()])
+        );
+        assert_eq!(body.cmd, Some(vec!["--once".to_string()]));
+        assert_eq!(body.user.as_deref(), Some("runner"));
+        assert_eq!(body.working_dir.as_deref(), Some("/home/runner"));
+        assert_eq!(body.stop_timeout, Some(10));
+        let env = body.env.clone().unwrap_or_default();
+        assert_eq!(
+            env,
+            vec![
+                "PASSED=yes".to_string(),
+                format!("{VERSION_DEPRECATED_ENV}=1"),
+                format!("{JIT_CONFIG_ENV}=jit-secret-value"),
+            ]
+        );
+        let labels = body.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels.get(LABEL_SCALE_SET_ID).map(String::as_str),
+            Some("3")
+        );
+        assert_eq!(
+            labels.get(LABEL_SCALE_SET_NAME).map(String::as_str),
+            Some("linux")
+        );
+        assert_eq!(
+            labels.get(LABEL_INSTANCE).map(String::as_str),
+            Some("host-a")
+        );
+        assert_eq!(labels.get(LABEL_RUNNER_ID).map(String::as_str), Some("12"));
+        assert_eq!(labels.get("team").map(String::as_str), Some("ci"));
+        assert!(labels.values().all(|v| !v.contains("jit-secret-value")));
+        let host = body.host_config.unwrap_or_default();
+        assert_eq!(host.nano_cpus, Some(1_500_000_000));
+        assert_eq!(host.memory, Some(512 * 1024 * 1024));
+        assert_eq!(host.network_mode.as_deref(), Some("host"));
+        // Without a command, args replace the image's Cmd and its entrypoint stays.
+        s.command = None;
+        let body = container_body(&s, &identity, &spec, lookup);
+        assert_eq!(body.entrypoint, None);
+        assert_eq!(body.cmd, Some(vec!["--once".to_string()]));
+        s.args.clear();
+        let body = container_body(&s, &identity, &spec, lookup);
+        assert_eq!((body.entrypoint, body.cmd), (None, None));
     }
 
     #[test]
