@@ -42,8 +42,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::ownership::HostLock;
 pub use super::JIT_CONFIG_ENV;
+use super::ownership::HostLock;
 use super::{
     ExitStatus, OwnedRunner, Provisioner, ProvisionerEvent, RunnerEvent, RunnerSpec, RunnerState,
     VERSION_DEPRECATED_ENV,
@@ -326,8 +326,9 @@ impl ProcessProvisioner {
         f(&mut state.runners);
         let path = self.inner.config.workdir.join(STATE_FILE);
         let tmp = self.inner.config.workdir.join(format!("{STATE_FILE}.tmp"));
-        let bytes = serde_json::to_vec_pretty(&*state)
-            .map_err(|e| ProvisionError::backend(BACKEND, format!("encoding the state file: {e}")))?;
+        let bytes = serde_json::to_vec_pretty(&*state).map_err(|e| {
+            ProvisionError::backend(BACKEND, format!("encoding the state file: {e}"))
+        })?;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -506,8 +507,8 @@ impl Provisioner for ProcessProvisioner {
         if lock(&self.inner.lock).is_some() {
             return Ok(());
         }
-        let lock = HostLock::acquire(BACKEND, &self.inner.config.workdir.join(LOCK_FILE), cancel)
-            .await?;
+        let lock =
+            HostLock::acquire(BACKEND, &self.inner.config.workdir.join(LOCK_FILE), cancel).await?;
         self.owned(lock);
         Ok(())
     }
