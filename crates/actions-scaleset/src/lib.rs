@@ -72,10 +72,10 @@ pub use message::{JOB_MESSAGES_TYPE, JobMessage, RunnerScaleSetMessage};
 pub use session::{MessageSessionClient, default_owner};
 pub use transport::RetryPolicy;
 pub use types::{
-    DEFAULT_RUNNER_GROUP, DEFAULT_RUNNER_GROUP_ID, EncodedJitConfig, JitRunnerConfig,
-    JitRunnerSetting, JobAssigned, JobAvailable, JobCompleted, JobMessageBase, JobStarted, Label,
-    RunnerGroup, RunnerReference, RunnerScaleSet, RunnerScaleSetSession, RunnerScaleSetStatistic,
-    RunnerScaleSetUpdate, RunnerSetting, SystemInfo, scale_set_labels,
+    AcquirableJobList, DEFAULT_RUNNER_GROUP, DEFAULT_RUNNER_GROUP_ID, EncodedJitConfig,
+    JitRunnerConfig, JitRunnerSetting, JobAssigned, JobAvailable, JobCompleted, JobMessageBase,
+    JobStarted, Label, RunnerGroup, RunnerReference, RunnerScaleSet, RunnerScaleSetSession,
+    RunnerScaleSetStatistic, RunnerScaleSetUpdate, RunnerSetting, SystemInfo, scale_set_labels,
 };
 
 /// The `url` crate's URL type, re-exported: [`GitHubConfig::config_url`] is one, and
