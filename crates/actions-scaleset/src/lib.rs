@@ -65,8 +65,8 @@ pub use config::{
 };
 pub use error::{ApiError, Error, ErrorKind, Result, ServiceException};
 pub use listener::{
-    BoxError, ConflictPolicy, HealthHandle, Listener, ListenerConfig, ListenerHealth,
-    MetricsRecorder, Scaler,
+    BoxError, ConflictPolicy, HealthHandle, INITIAL_MESSAGE_ID, Listener, ListenerConfig,
+    ListenerHealth, MessageContext, MessageScaler, MetricsRecorder, Scaler,
 };
 pub use message::{JOB_MESSAGES_TYPE, JobMessage, RunnerScaleSetMessage};
 pub use session::{MessageSessionClient, default_owner};
