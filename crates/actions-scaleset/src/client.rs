@@ -13,8 +13,8 @@ use crate::config::{GitHubConfig, parse_github_config_from_url};
 use crate::error::{ApiError, Error, Result};
 use crate::transport::{Auth, Incoming, Outgoing, RetryPolicy, Transport, tenant_url};
 use crate::types::{
-    JitRunnerConfig, JitRunnerSetting, Label, ListResponse, RunnerGroup, RunnerReference,
-    RunnerScaleSet, RunnerScaleSetUpdate, SystemInfo,
+    AcquirableJobList, JitRunnerConfig, JitRunnerSetting, Label, ListResponse, RunnerGroup,
+    RunnerReference, RunnerScaleSet, RunnerScaleSetUpdate, SystemInfo,
 };
 
 /// What a [`Client`] was built with, for diagnostics (no secrets).
@@ -470,6 +470,48 @@ impl Client {
             .expect_status(StatusCode::OK)?;
         let list: ListResponse<RunnerScaleSet> = resp.json()?;
         checked_list(list, &resp)
+    }
+
+    /// Lists the jobs offered to a scale set and not yet acquired (the reference's
+    /// `GetAcquirableJobs`): `GET .../runnerscalesets/{id}/acquirablejobs` with the admin
+    /// token. A 204 answer is an empty list.
+    ///
+    /// Only GHES offers jobs before assigning them; acquire the ones you will serve with
+    /// [`MessageSessionClient::acquire_jobs`](crate::MessageSessionClient::acquire_jobs). On
+    /// github.com the list is normally empty.
+    ///
+    /// ```no_run
+    /// # async fn run(client: actions_scaleset::Client) -> Result<(), actions_scaleset::Error> {
+    /// let list = client.get_acquirable_jobs(7).await?;
+    /// for job in &list.jobs {
+    ///     println!("{} wants {:?}", job.base.runner_request_id, job.base.request_labels);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ScaleSetNotFound`] on 404; [`Error::Protocol`] when the answer's `count`
+    /// (when present) disagrees with its `value`.
+    pub async fn get_acquirable_jobs(&self, scale_set_id: i64) -> Result<AcquirableJobList> {
+        let resp = self
+            .tenant(
+                Method::GET,
+                &format!("/_apis/runtime/runnerscalesets/{scale_set_id}/acquirablejobs"),
+                &[],
+                None,
+            )
+            .await?;
+        if resp.status == StatusCode::NO_CONTENT {
+            return Ok(AcquirableJobList::default());
+        }
+        let resp = expect_scale_set(resp, StatusCode::OK)?;
+        let list: ListResponse<crate::types::JobAvailable> = resp.json()?;
+        let jobs = checked_list(list, &resp)?;
+        Ok(AcquirableJobList {
+            count: jobs.len() as i64,
+            jobs,
+        })
     }
 
     /// Gets a scale set by id; `None` when the service answers `null`.

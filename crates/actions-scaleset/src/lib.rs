@@ -45,7 +45,180 @@
 //! # }
 //! ```
 //!
-//! The [`listener`] module documents a complete loop: session, listener and scaler.
+//! The [`listener`] module documents a complete loop: session, listener and scaler. The
+//! crate's `examples/` directory has four programs: `lifecycle`, `listener` (the three-method
+//! [`Scaler`]), `message_scaler` ([`MessageScaler`]) and a provisioner-free `autoscaler`.
+//!
+//! # A GitHub App
+//!
+//! An App installed on the organization (or repository) authenticates with a JWT signed by
+//! its private key; [`Credentials::github_app_with_signer`] takes any [`JwtSigner`] (a KMS or
+//! an HSM) instead of the PEM.
+//!
+//! ```no_run
+//! use actions_scaleset::{Client, Credentials, DEFAULT_RUNNER_GROUP_ID};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pem = std::fs::read_to_string("/etc/scaleset/app.pem")?;
+//! let credentials = Credentials::github_app("Iv1.0123456789abcdef", 12345678, &pem)?;
+//! let client = Client::builder("https://github.com/my-org", credentials).build()?;
+//! for set in client.list_runner_scale_sets(DEFAULT_RUNNER_GROUP_ID).await? {
+//!     println!("{} (id {})", set.name, set.id);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Logging
+//!
+//! The crate logs through [`tracing`](https://docs.rs/tracing) and installs no subscriber:
+//! nothing is printed until the application installs one. Events carry fields (`scale_set_id`,
+//! `message_id`, `method`, `url`, `status`, `attempt`...), never a token, key, signer output
+//! or JIT config; URLs are logged without their query. The targets are the module paths:
+//!
+//! | Target | What it logs |
+//! |---|---|
+//! | `actions_scaleset::transport` | `debug`: every answer (method, URL, status, attempt, time); `warn`: a retry and its cause |
+//! | `actions_scaleset::auth` | `debug`: an admin-token refresh, a token file read; `info`: a refused token re-read from its file; `warn`: a refused provider token asked for again, an unreadable token file (the previous token kept) |
+//! | `actions_scaleset::client` | `warn`: a refused admin token refreshed and retried once, a retried create or JIT request that met its own earlier attempt |
+//! | `actions_scaleset::session` | `debug`: an old session that could not be deleted before its replacement; `info`: a session created, refreshed, deleted, a refused queue token (the session is refreshed) |
+//! | `actions_scaleset::listener` | `info`: jobs acquired, backoff waits, waiting out a session conflict; `warn`: every failure the loop heals (poll, scaler, lost session) |
+//! | `actions_scaleset::message` | `debug`: a job message of an unknown type skipped |
+//!
+//! Levels: `error` is never used (the crate returns errors instead); `warn` is something went
+//! wrong and was handled; `info` is a change of state (a session, an acquisition, a backoff);
+//! `debug` is every request and answer; nothing is logged at `trace`.
+//!
+//! The seed's `withLogger(console)` (every log line on the console) is a `tracing-subscriber`
+//! `fmt` subscriber; `RUST_LOG=actions_scaleset=debug` shows every request:
+//!
+//! ```no_run
+//! use tracing_subscriber::EnvFilter;
+//!
+//! tracing_subscriber::fmt()
+//!     .with_env_filter(
+//!         EnvFilter::try_from_default_env()
+//!             .unwrap_or_else(|_| EnvFilter::new("actions_scaleset=info")),
+//!     )
+//!     .with_writer(std::io::stderr)
+//!     .init();
+//! ```
+//!
+//! # Coming from the Go reference or the Node seed
+//!
+//! Every method, option, error and utility of the Go module `github.com/actions/scaleset`
+//! (its current API: v0.4.0 plus the later `ListRunnerScaleSets`, status-class errors, JWT
+//! providers, client certificates, the one-method listener contract and the proposed
+//! `GetAcquirableJobs`) and of the seed's Node API, and the Rust item that does it. Go takes a
+//! `context.Context` everywhere: in Rust, drop the future (or use [`CancellationToken`] for
+//! the listener) to cancel.
+//!
+//! **Client construction and options**
+//!
+//! | Go reference | Node seed | Rust |
+//! |---|---|---|
+//! | `NewClientWithPersonalAccessToken(config, opts...)` | `new Client({ configUrl, token })` | [`Client::builder`] with [`Credentials::token`], then [`ClientBuilder::build`] |
+//! | `NewClientWithGitHubApp(config, opts...)`, `ClientWithGitHubAppConfig`, `GitHubAppAuth` | `new Client({ configUrl, app: { clientId, installationId, privateKey } })` | [`Credentials::github_app`] ([`GitHubApp`]) |
+//! | `GitHubAppAuth.Validate()` | (validated in the constructor) | [`Credentials::github_app`] validates (errors [`Error::InvalidCredentials`]) |
+//! | `NewClientWithJWTProvider`, `JWTProvider`, `JWTProviderFunc`, `SignerJWTProvider` | — | [`Credentials::github_app_with_signer`], [`JwtSigner`], [`PemJwtSigner`] |
+//! | `TokenProvider` (unmerged) | — | [`Credentials::provider`], [`TokenProvider`], [`Credentials::token_file`], [`TokenFile`] |
+//! | `SystemInfo`, `SetSystemInfo`, `SystemInfo()` | `systemInfo` option, `setSystemInfo` | [`SystemInfo`], [`ClientBuilder::system_info`], [`Client::set_system_info`], [`Client::system_info`] |
+//! | `DebugInfo()` | `debugInfo()` | [`Client::debug_info`] ([`DebugInfo`]) |
+//! | `HTTPOption` | constructor options | the [`ClientBuilder`] methods |
+//! | `WithRetryMax` | `retryMax` | [`ClientBuilder::retry_max`] |
+//! | `WithRetryWaitMax` | `retryWaitMax` | [`ClientBuilder::retry_wait_max`] (and [`ClientBuilder::retry_wait_min`]) |
+//! | `WithTimeout` | `timeout` | [`ClientBuilder::timeout`] |
+//! | `WithRootCAs` | `rootCAs` | [`ClientBuilder::root_ca_pem`] |
+//! | `WithoutTLSVerify` | `insecureSkipTlsVerify` | [`ClientBuilder::insecure_skip_tls_verify`] |
+//! | `WithProxy`, `ProxyFunc` | `proxy` | [`ClientBuilder::proxy`] (environment proxies by default) |
+//! | `WithRetryableHTTPClint` | `httpClient` | [`ClientBuilder::http_client`] |
+//! | `WithTLSClientCertificate`, `WithTLSClientCertificateFromFile` | — | [`ClientBuilder::client_certificate_pem`] |
+//! | `WithLogger(*slog.Logger)` | `withLogger(console)` | a `tracing` subscriber (see [Logging](#logging)) |
+//! | `HeaderScaleSetMaxCapacity` | — | sent by [`MessageSessionClient::get_message`] from its `max_capacity` |
+//!
+//! **Client operations**
+//!
+//! | Go reference | Node seed | Rust |
+//! |---|---|---|
+//! | `GetRunnerScaleSet` | `getRunnerScaleSet` | [`Client::get_runner_scale_set`] |
+//! | `ListRunnerScaleSets` | `listRunnerScaleSets` | [`Client::list_runner_scale_sets`] |
+//! | `GetRunnerScaleSetByID` | `getRunnerScaleSetById` | [`Client::get_runner_scale_set_by_id`] |
+//! | `CreateRunnerScaleSet` | `createRunnerScaleSet` | [`Client::create_runner_scale_set`] (labels by [`scale_set_labels`]) |
+//! | `UpdateRunnerScaleSet` | `updateRunnerScaleSet` | [`Client::update_runner_scale_set`] ([`RunnerScaleSetUpdate`]) |
+//! | `DeleteRunnerScaleSet` | `deleteRunnerScaleSet` | [`Client::delete_runner_scale_set`] |
+//! | `GetRunnerGroupByName` | `getRunnerGroupByName` | [`Client::get_runner_group_by_name`] |
+//! | `GenerateJitRunnerConfig` | `generateJitRunnerConfig` | [`Client::generate_jit_runner_config`] |
+//! | `GetRunner` | `getRunner` | [`Client::get_runner`] |
+//! | `GetRunnerByName` | `getRunnerByName` | [`Client::get_runner_by_name`] |
+//! | `RemoveRunner` | `removeRunner` | [`Client::remove_runner`] ([`RunnerRemoval`]) |
+//! | `GetAcquirableJobs` (proposed) | — | [`Client::get_acquirable_jobs`] ([`AcquirableJobList`]) |
+//! | `MessageSessionClient(ctx, id, owner)` | `createMessageSessionClient` | [`Client::create_message_session_client`], [`Client::create_message_session_client_waiting`] |
+//!
+//! **Message session**
+//!
+//! | Go reference | Node seed | Rust |
+//! |---|---|---|
+//! | `MessageSessionClient` | `MessageSessionClient` | [`MessageSessionClient`] |
+//! | `GetMessage` | `getMessage` | [`MessageSessionClient::get_message`] |
+//! | `DeleteMessage` | `deleteMessage` | [`MessageSessionClient::delete_message`] |
+//! | `AcquireJobs` | `acquireJobs` | [`MessageSessionClient::acquire_jobs`] |
+//! | `Session()` | `session` | [`MessageSessionClient::session`] |
+//! | `Close` | `close` | [`MessageSessionClient::close`] |
+//! | (refresh on a 401, internal) | (internal) | automatic; [`MessageSessionClient::recreate`] replaces a lost session |
+//!
+//! **Listener**
+//!
+//! | Go reference | Node seed | Rust |
+//! |---|---|---|
+//! | `listener.New(client, config, opts...)` | `new Listener(session, config)` | [`Listener::new`] |
+//! | `listener.Config{ScaleSetID, MaxRunners, Logger}`, `Config.Validate` | listener config | [`ListenerConfig`] (validated by [`Listener::new`]) |
+//! | `listener.Client` (interface) | — | [`MessageSessionClient`] (the listener's only client) |
+//! | `Listener.Run(ctx, scaler)` | `run(scaler, signal)` | [`Listener::run`] with a [`CancellationToken`] |
+//! | `Listener.SetMaxRunners` | `setMaxRunners` | [`Listener::set_max_runners`] |
+//! | `Scaler` (v0.4.0: three methods) | `Scaler` (three methods) | [`Scaler`] |
+//! | `HandleDesiredRunnerCount` | `handleDesiredRunnerCount` | [`Scaler::handle_desired_runner_count`] |
+//! | `HandleJobStarted` | `handleJobStarted` | [`Scaler::handle_job_started`] |
+//! | `HandleJobCompleted` | `handleJobCompleted` | [`Scaler::handle_job_completed`] |
+//! | `Scaler.Scale(ctx, *RunnerScaleSetMessage)` (PR #113) | — | [`MessageScaler::handle_message`] with a [`MessageContext`] |
+//! | `InitialMessageID` | — | [`INITIAL_MESSAGE_ID`] |
+//! | `MetricsRecorder`, `WithMetricsRecorder`, `Option` | metrics hooks | [`MetricsRecorder`], [`Listener::with_metrics`] |
+//! | — | — | [`Listener::health`], [`HealthHandle`], [`ListenerHealth`], [`ConflictPolicy`] |
+//!
+//! **Errors**
+//!
+//! | Go reference | Node seed | Rust |
+//! |---|---|---|
+//! | `RunnerNotFoundError` | `RunnerNotFoundError` | [`Error::RunnerNotFound`] ([`ErrorKind::RunnerNotFound`]) |
+//! | `RunnerExistsError` | `RunnerExistsError` | [`Error::RunnerExists`] |
+//! | `JobStillRunningError` | `JobStillRunningError` | [`Error::JobStillRunning`] |
+//! | `MessageQueueTokenExpiredError` | `MessageQueueTokenExpiredError` | [`Error::MessageQueueTokenExpired`] |
+//! | `BadRequestError`, `NotFoundError`, `UnauthorizedError`, `ConflictError` (status classes) | `status` on errors | [`Error::status`], [`ApiError::status`]; [`Error::Unauthorized`] |
+//! | `ErrInvalidGitHubConfigURL` | `InvalidConfigUrlError` | [`Error::InvalidConfigUrl`] |
+//! | `actionsExceptionError` (exception name and message) | `ServiceError` | [`ServiceException`] via [`Error::exception`] |
+//! | request/response context (method, URL, status, `ActivityId`) | error fields | [`ApiError`] via [`Error::api_error`] |
+//! | — (matched on text) | — | [`Error::SessionConflict`], [`Error::SessionNotFound`], [`Error::ScaleSetNotFound`], [`Error::RunnerGroupNotFound`], [`Error::InvalidSession`], [`Error::RateLimited`] |
+//! | — | — | [`Error::kind`] ([`ErrorKind`]), [`Error::is_retryable`], [`Result`] |
+//!
+//! **Types and utilities**
+//!
+//! | Go reference | Node seed | Rust |
+//! |---|---|---|
+//! | `RunnerScaleSet`, `RunnerSetting`, `Label` | same names | [`RunnerScaleSet`], [`RunnerSetting`], [`Label`] |
+//! | `RunnerGroup`, `RunnerGroupList` | `RunnerGroup` | [`RunnerGroup`] (lists are `Vec`) |
+//! | `RunnerReference`, `RunnerReferenceList` | `RunnerReference` | [`RunnerReference`] |
+//! | `RunnerScaleSetJitRunnerSetting` | `JitRunnerSetting` | [`JitRunnerSetting`] |
+//! | `RunnerScaleSetJitRunnerConfig` | `JitRunnerConfig` | [`JitRunnerConfig`], [`EncodedJitConfig`] |
+//! | `RunnerScaleSetSession` | `RunnerScaleSetSession` | [`RunnerScaleSetSession`] |
+//! | `RunnerScaleSetStatistic` | `RunnerScaleSetStatistic` | [`RunnerScaleSetStatistic`] |
+//! | `RunnerScaleSetMessage` | `RunnerScaleSetMessage` | [`RunnerScaleSetMessage`], [`JobMessage`], [`JOB_MESSAGES_TYPE`] |
+//! | `JobMessageBase`, `JobMessageType`, `MessageType` (+ `MessageTypeJob*`) | job message types | [`JobMessageBase`], [`JobMessage`] (one variant per type) |
+//! | `JobAvailable`, `JobAssigned`, `JobStarted`, `JobCompleted` | same names | [`JobAvailable`], [`JobAssigned`], [`JobStarted`], [`JobCompleted`] |
+//! | `DefaultRunnerGroup` | `DEFAULT_RUNNER_GROUP` | [`DEFAULT_RUNNER_GROUP`], [`DEFAULT_RUNNER_GROUP_ID`] |
+//! | `parseGitHubConfigFromURL` (internal) | `parseGitHubConfigFromUrl` | [`parse_github_config_from_url`] ([`GitHubConfig`], [`Scope`]) |
+//! | `isHostedGitHubURL` (internal) | `isHostedGitHubUrl` | [`is_hosted_github_url`] (and [`GITHUB_ACTIONS_FORCE_GHES`]) |
+//! | `gitHubAPIURL` (internal) | `gitHubApiUrl` | [`github_api_url`], [`github_api_base`] |
+//! | (host name as owner) | default owner | [`default_owner`] |
+//! | — | — | [`Url`] (re-exported), [`RetryPolicy`], [`BoxError`] |
 
 pub mod auth;
 pub mod client;
@@ -65,17 +238,17 @@ pub use config::{
 };
 pub use error::{ApiError, Error, ErrorKind, Result, ServiceException};
 pub use listener::{
-    BoxError, ConflictPolicy, HealthHandle, Listener, ListenerConfig, ListenerHealth,
-    MetricsRecorder, Scaler,
+    BoxError, ConflictPolicy, HealthHandle, INITIAL_MESSAGE_ID, Listener, ListenerConfig,
+    ListenerHealth, MessageContext, MessageScaler, MetricsRecorder, Scaler,
 };
 pub use message::{JOB_MESSAGES_TYPE, JobMessage, RunnerScaleSetMessage};
 pub use session::{MessageSessionClient, default_owner};
 pub use transport::RetryPolicy;
 pub use types::{
-    DEFAULT_RUNNER_GROUP, DEFAULT_RUNNER_GROUP_ID, EncodedJitConfig, JitRunnerConfig,
-    JitRunnerSetting, JobAssigned, JobAvailable, JobCompleted, JobMessageBase, JobStarted, Label,
-    RunnerGroup, RunnerReference, RunnerScaleSet, RunnerScaleSetSession, RunnerScaleSetStatistic,
-    RunnerScaleSetUpdate, RunnerSetting, SystemInfo, scale_set_labels,
+    AcquirableJobList, DEFAULT_RUNNER_GROUP, DEFAULT_RUNNER_GROUP_ID, EncodedJitConfig,
+    JitRunnerConfig, JitRunnerSetting, JobAssigned, JobAvailable, JobCompleted, JobMessageBase,
+    JobStarted, Label, RunnerGroup, RunnerReference, RunnerScaleSet, RunnerScaleSetSession,
+    RunnerScaleSetStatistic, RunnerScaleSetUpdate, RunnerSetting, SystemInfo, scale_set_labels,
 };
 
 /// The `url` crate's URL type, re-exported: [`GitHubConfig::config_url`] is one, and

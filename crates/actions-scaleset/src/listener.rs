@@ -1,7 +1,13 @@
-//! The [`Listener`]: a message loop that hands a scale set's demand to a [`Scaler`] and keeps
-//! running through the failures seen in production.
+//! The [`Listener`]: a message loop that hands a scale set's demand to a [`Scaler`] (the
+//! seed's three methods) or a [`MessageScaler`] (each message whole, the reference's newer
+//! contract) and keeps running through the failures seen in production.
 //!
 //! # Semantics
+//!
+//! Written for the three-method [`Scaler`]; a [`MessageScaler`] receives the same things one
+//! level lower: the initial statistics as a synthetic message of id [`INITIAL_MESSAGE_ID`],
+//! an empty poll as `None`, each message whole, acknowledged only after it returned `Ok`, and
+//! it acquires offered jobs itself.
 //!
 //! 1. **Initial statistics.** Before the first poll, the session's statistics are recorded and
 //!    `totalAssignedJobs` is handed to [`Scaler::handle_desired_runner_count`]. After an empty
@@ -95,17 +101,18 @@ use uuid::Uuid;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::message::RunnerScaleSetMessage;
+use crate::message::{JOB_MESSAGES_TYPE, RunnerScaleSetMessage};
 use crate::session::MessageSessionClient;
 use crate::types::{JobCompleted, JobStarted, RunnerScaleSetStatistic};
 
 /// The error a [`Scaler`] returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// What the listener drives: turns demand into runners.
+/// What the listener drives: turns demand into runners (the seed's three-method scaler).
 ///
 /// Calls come from one task, one at a time. Messages are delivered at least once, so every
-/// method must be idempotent.
+/// method must be idempotent. Implemented on top of the message-level [`MessageScaler`]: every
+/// `Scaler` is one, so [`Listener::run`] takes either.
 pub trait Scaler: Send + Sync {
     /// The scale set has `count` assigned jobs (waiting or running); returns how many runners
     /// the scaler now has or is starting.
@@ -123,6 +130,174 @@ pub trait Scaler: Send + Sync {
         &self,
         job: &JobCompleted,
     ) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// The id of the synthetic message that carries the session's statistics to a
+/// [`MessageScaler`] before the first poll (and again after a lost session was replaced). The
+/// service's own message ids are never negative; this message is never acknowledged.
+pub const INITIAL_MESSAGE_ID: i64 = -1;
+
+/// The lower-level handler the listener drives: it receives each message whole, as the
+/// reference's newer one-method contract (`Scale(ctx, message)`) does.
+///
+/// The listener calls [`handle_message`](Self::handle_message):
+///
+/// 1. first with a synthetic message of id [`INITIAL_MESSAGE_ID`] holding the session's
+///    statistics and no job messages (again after a lost session was replaced);
+/// 2. then with every message the queue delivers, statistics and all its job messages in the
+///    order they were sent;
+/// 3. with `None` after an empty poll (the long poll ended without a message).
+///
+/// A message is acknowledged (deleted from the queue) only after the handler returned `Ok`;
+/// an `Err` leaves it in the queue and it is delivered again after the listener's backoff, so
+/// **handling must be idempotent**. Calls come from one task, one at a time.
+///
+/// Acquiring offered jobs (`JobAvailable`, GHES) is the handler's job here: call
+/// [`MessageContext::acquire_available`] (or [`MessageSessionClient::acquire_jobs`] with the
+/// ids you choose) before returning `Ok`, or the jobs stay unassigned.
+///
+/// Every [`Scaler`] is a `MessageScaler` through a blanket implementation that does what the
+/// listener always did: acquire the `JobAvailable` ids (unless max runners is 0), dispatch
+/// every `JobStarted` then every `JobCompleted`, then hand the latest `totalAssignedJobs` to
+/// [`Scaler::handle_desired_runner_count`]. A type implements one of the two traits, not both.
+///
+/// ```no_run
+/// use actions_scaleset::listener::{BoxError, MessageContext, MessageScaler};
+/// use actions_scaleset::{JobMessage, RunnerScaleSetMessage};
+///
+/// struct Logger;
+///
+/// impl MessageScaler for Logger {
+///     async fn handle_message(
+///         &self,
+///         message: Option<&RunnerScaleSetMessage>,
+///         ctx: &MessageContext<'_>,
+///     ) -> Result<(), BoxError> {
+///         let Some(message) = message else {
+///             println!("no news; still {} assigned", ctx.statistics().total_assigned_jobs);
+///             return Ok(());
+///         };
+///         ctx.acquire_available(message).await?;
+///         for job in &message.jobs {
+///             if let JobMessage::Started(s) = job {
+///                 println!("job {} started on {}", s.base.job_id, s.runner_name);
+///             }
+///         }
+///         println!("{} assigned", ctx.statistics().total_assigned_jobs);
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait MessageScaler: Send + Sync {
+    /// Handles one message (`None`: an empty poll). Return `Ok` only once the message is
+    /// fully handled: it is acknowledged right after.
+    fn handle_message(
+        &self,
+        message: Option<&RunnerScaleSetMessage>,
+        ctx: &MessageContext<'_>,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// What a [`MessageScaler`] gets with each message: the session (to acquire jobs), the latest
+/// statistics and the listener's settings.
+pub struct MessageContext<'a> {
+    session: &'a MessageSessionClient,
+    statistics: RunnerScaleSetStatistic,
+    max_runners: u32,
+    metrics: &'a dyn MetricsRecorder,
+}
+
+impl std::fmt::Debug for MessageContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageContext")
+            .field("scale_set_id", &self.session.scale_set_id())
+            .field("statistics", &self.statistics)
+            .field("max_runners", &self.max_runners)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MessageContext<'_> {
+    /// The message session (for [`MessageSessionClient::acquire_jobs`]).
+    pub fn session(&self) -> &MessageSessionClient {
+        self.session
+    }
+
+    /// The scale set the listener serves.
+    pub fn scale_set_id(&self) -> i64 {
+        self.session.scale_set_id()
+    }
+
+    /// The latest statistics known: the message's own, or after an empty poll (or a message
+    /// without statistics) the last ones received. Scale on
+    /// [`total_assigned_jobs`](RunnerScaleSetStatistic::total_assigned_jobs).
+    pub fn statistics(&self) -> &RunnerScaleSetStatistic {
+        &self.statistics
+    }
+
+    /// The maximum runners (the capacity sent with the poll that brought this message).
+    pub fn max_runners(&self) -> u32 {
+        self.max_runners
+    }
+
+    /// Acquires every `JobAvailable` of the message (GHES), as the three-method adapter does;
+    /// does nothing when there are none or max runners is 0. Returns the ids the service now
+    /// holds for this scale set.
+    ///
+    /// # Errors
+    /// As [`MessageSessionClient::acquire_jobs`].
+    pub async fn acquire_available(&self, message: &RunnerScaleSetMessage) -> Result<Vec<i64>> {
+        let scale_set_id = self.scale_set_id();
+        let available: Vec<i64> = message
+            .jobs_available()
+            .map(|j| j.base.runner_request_id)
+            .collect();
+        if available.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.max_runners == 0 {
+            tracing::info!(
+                scale_set_id,
+                jobs = available.len(),
+                "not acquiring jobs: max runners is 0"
+            );
+            return Ok(Vec::new());
+        }
+        let acquired = self.session.acquire_jobs(&available).await?;
+        tracing::info!(
+            scale_set_id,
+            requested = available.len(),
+            acquired = acquired.len(),
+            "acquired jobs"
+        );
+        Ok(acquired)
+    }
+}
+
+/// The three-method [`Scaler`] on top of the message-level contract (see [`MessageScaler`]).
+impl<S: Scaler> MessageScaler for S {
+    async fn handle_message(
+        &self,
+        message: Option<&RunnerScaleSetMessage>,
+        ctx: &MessageContext<'_>,
+    ) -> Result<(), BoxError> {
+        if let Some(message) = message {
+            ctx.acquire_available(message).await?;
+            for job in message.jobs_started() {
+                ctx.metrics.record_job_started(job);
+                self.handle_job_started(job).await?;
+            }
+            for job in message.jobs_completed() {
+                ctx.metrics.record_job_completed(job);
+                self.handle_job_completed(job).await?;
+            }
+        }
+        let desired = self
+            .handle_desired_runner_count(ctx.statistics.total_assigned_jobs)
+            .await?;
+        ctx.metrics.record_desired_runners(desired);
+        Ok(())
+    }
 }
 
 /// Optional hooks for metrics; every method has a no-op default.
@@ -316,7 +491,14 @@ impl Listener {
     /// (the scale set was deleted, GitHub refused the credentials, a session conflict under
     /// [`ConflictPolicy::Fail`], the failure streak reached its limit). Deletes the session
     /// before returning, in every case.
-    pub async fn run<S: Scaler>(&self, scaler: &S, shutdown: &CancellationToken) -> Result<()> {
+    ///
+    /// `scaler` is a three-method [`Scaler`] or a message-level [`MessageScaler`] (every
+    /// `Scaler` is one).
+    pub async fn run<S: MessageScaler>(
+        &self,
+        scaler: &S,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
         self.update_health(|h| h.running = true);
         let result = self.run_loop(scaler, shutdown).await;
         self.update_health(|h| h.running = false);
@@ -326,7 +508,11 @@ impl Listener {
         result
     }
 
-    async fn run_loop<S: Scaler>(&self, scaler: &S, shutdown: &CancellationToken) -> Result<()> {
+    async fn run_loop<S: MessageScaler>(
+        &self,
+        scaler: &S,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
         let scale_set_id = self.config.scale_set_id;
         let mut latest = self.initial_statistics()?;
         let mut failures = 0u32;
@@ -340,14 +526,14 @@ impl Listener {
             if !synced {
                 // Semantic 1: the session's statistics reach the scaler before the first poll.
                 self.metrics.record_statistics(&latest);
-                match scaler
-                    .handle_desired_runner_count(latest.total_assigned_jobs)
-                    .await
-                {
-                    Ok(n) => {
-                        self.metrics.record_desired_runners(n);
-                        synced = true;
-                    }
+                let initial = RunnerScaleSetMessage {
+                    message_id: INITIAL_MESSAGE_ID,
+                    message_type: JOB_MESSAGES_TYPE.to_string(),
+                    statistics: Some(latest),
+                    ..Default::default()
+                };
+                match self.dispatch(scaler, Some(&initial), latest).await {
+                    Ok(()) => synced = true,
                     Err(e) => {
                         tracing::warn!(scale_set_id, error = %e, "the scaler failed on the initial statistics");
                         self.failed(&mut failures, &e, shutdown).await?;
@@ -373,14 +559,8 @@ impl Listener {
                 Ok(None) => {
                     self.metrics.record_poll_latency(started.elapsed());
                     self.poll_succeeded();
-                    match scaler
-                        .handle_desired_runner_count(latest.total_assigned_jobs)
-                        .await
-                    {
-                        Ok(n) => {
-                            self.metrics.record_desired_runners(n);
-                            self.iteration_succeeded(&mut failures);
-                        }
+                    match self.dispatch(scaler, None, latest).await {
+                        Ok(()) => self.iteration_succeeded(&mut failures),
                         Err(e) => {
                             tracing::warn!(scale_set_id, error = %e, "the scaler failed on an empty poll");
                             self.failed(&mut failures, &e, shutdown).await?;
@@ -461,7 +641,7 @@ impl Listener {
             .ok_or_else(|| Error::InvalidArgument("session statistics is nil".into()))
     }
 
-    async fn handle_message<S: Scaler>(
+    async fn handle_message<S: MessageScaler>(
         &self,
         scaler: &S,
         message: &RunnerScaleSetMessage,
@@ -485,41 +665,23 @@ impl Listener {
             ),
         }
         self.metrics.record_statistics(latest);
+        self.dispatch(scaler, Some(message), *latest).await
+    }
 
-        let available: Vec<i64> = message
-            .jobs_available()
-            .map(|j| j.base.runner_request_id)
-            .collect();
-        if !available.is_empty() {
-            if self.max_runners() == 0 {
-                tracing::info!(
-                    scale_set_id,
-                    jobs = available.len(),
-                    "not acquiring jobs: max runners is 0"
-                );
-            } else {
-                let acquired = self.session.acquire_jobs(&available).await?;
-                tracing::info!(
-                    scale_set_id,
-                    requested = available.len(),
-                    acquired = acquired.len(),
-                    "acquired jobs"
-                );
-            }
-        }
-        for job in message.jobs_started() {
-            self.metrics.record_job_started(job);
-            scaler.handle_job_started(job).await?;
-        }
-        for job in message.jobs_completed() {
-            self.metrics.record_job_completed(job);
-            scaler.handle_job_completed(job).await?;
-        }
-        let desired = scaler
-            .handle_desired_runner_count(latest.total_assigned_jobs)
-            .await?;
-        self.metrics.record_desired_runners(desired);
-        Ok(())
+    /// Hands one message (or an empty poll) to the scaler with its context.
+    async fn dispatch<S: MessageScaler>(
+        &self,
+        scaler: &S,
+        message: Option<&RunnerScaleSetMessage>,
+        statistics: RunnerScaleSetStatistic,
+    ) -> std::result::Result<(), BoxError> {
+        let ctx = MessageContext {
+            session: &self.session,
+            statistics,
+            max_runners: self.max_runners(),
+            metrics: self.metrics.as_ref(),
+        };
+        scaler.handle_message(message, &ctx).await
     }
 
     /// A poll answered (a message or a 202): the queue is reachable.

@@ -552,6 +552,21 @@ pub struct JobCompleted {
     pub runner_name: String,
 }
 
+/// The jobs offered to a scale set and not yet acquired, as the `acquirablejobs` call answers
+/// them: `{"count": n, "value": [JobAvailable...]}` (a 204 reads as an empty list).
+///
+/// Only GHES offers jobs (`JobAvailable`, then acquire); on github.com jobs are assigned
+/// directly and this list is normally empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquirableJobList {
+    /// How many jobs the service says the list holds.
+    #[serde(default, deserialize_with = "nullable")]
+    pub count: i64,
+    /// The jobs, each a `JobAvailable` message (sent as `value`).
+    #[serde(rename = "value", default, deserialize_with = "nullable")]
+    pub jobs: Vec<JobAvailable>,
+}
+
 /// A list answer `{"count": n, "value": [...]}`.
 #[derive(Debug, Deserialize)]
 #[serde(bound(deserialize = "T: Deserialize<'de>"))]
@@ -675,6 +690,25 @@ mod tests {
         )
         .expect("decodes");
         assert!(!format!("{session:?}").contains("SECRET-MQ"));
+    }
+
+    #[test]
+    fn acquirable_jobs_keep_the_wire_shape() {
+        let json = r#"{"count":1,"value":[{"messageType":"JobAvailable","runnerRequestId":5,"acquireJobUrl":"https://x/acquirejobs","requestLabels":["linux"]}]}"#;
+        let list: AcquirableJobList = serde_json::from_str(json).expect("decodes");
+        assert_eq!(list.count, 1);
+        assert_eq!(list.jobs[0].base.runner_request_id, 5);
+        assert_eq!(list.jobs[0].acquire_job_url, "https://x/acquirejobs");
+        let back = serde_json::to_value(&list).expect("encodes");
+        assert_eq!(back["count"], 1);
+        assert_eq!(back["value"][0]["runnerRequestId"], 5);
+        assert_eq!(back["value"][0]["acquireJobUrl"], "https://x/acquirejobs");
+        let empty: AcquirableJobList =
+            serde_json::from_str(r#"{"count":0,"value":null}"#).expect("decodes");
+        assert!(empty.jobs.is_empty());
+        let only_count: AcquirableJobList =
+            serde_json::from_str(r#"{"count":0}"#).expect("decodes");
+        assert_eq!(only_count, AcquirableJobList::default());
     }
 
     #[test]

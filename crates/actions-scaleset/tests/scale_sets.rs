@@ -508,3 +508,55 @@ async fn names_with_reserved_characters_round_trip_in_queries() {
     );
     assert_eq!(seen("_apis/runtime/runnergroups/", "groupName"), want);
 }
+
+// Acquirable jobs (the reference's GetAcquirableJobs): 204 is an empty list, 200 the list, a
+// count that disagrees with the list a protocol error, 404 a missing scale set; retried like
+// its siblings.
+#[tokio::test]
+async fn acquirable_jobs_answers() {
+    let s = TestServer::with_auth().await;
+    let path = tenant_path("_apis/runtime/runnerscalesets/7/acquirablejobs");
+    s.on_seq(
+        "GET",
+        &path,
+        vec![
+            Reply::status(204),
+            Reply::json(
+                200,
+                r#"{"count":1,"value":[{"messageType":"JobAvailable","runnerRequestId":11,"acquireJobUrl":"https://x/acquirejobs","requestLabels":["linux"],"jobId":"j"}]}"#,
+            ),
+            Reply::json(200, r#"{"count":0}"#),
+            Reply::json(200, r#"{"count":2,"value":[{"runnerRequestId":1}]}"#),
+            Reply::json(
+                404,
+                r#"{"typeName":"GitHub.Actions.Runtime.WebApi.RunnerScaleSetNotFoundException, GitHub.Actions.Runtime.WebApi","message":"gone"}"#,
+            ),
+            Reply::status(503),
+        ],
+    );
+    let c = builder(&s).retry_max(1).build().expect("client");
+    let empty = within(c.get_acquirable_jobs(7)).await.expect("204");
+    assert_eq!(empty, actions_scaleset::AcquirableJobList::default());
+    let one = within(c.get_acquirable_jobs(7)).await.expect("200");
+    assert_eq!(one.count, 1);
+    assert_eq!(one.jobs[0].base.runner_request_id, 11);
+    assert_eq!(one.jobs[0].base.request_labels, vec!["linux".to_string()]);
+    assert!(
+        within(c.get_acquirable_jobs(7))
+            .await
+            .expect("count only")
+            .jobs
+            .is_empty()
+    );
+    let e = within(c.get_acquirable_jobs(7))
+        .await
+        .expect_err("count mismatch");
+    assert_eq!(e.kind(), ErrorKind::Protocol);
+    let e = within(c.get_acquirable_jobs(7)).await.expect_err("404");
+    assert_eq!(e.kind(), ErrorKind::ScaleSetNotFound);
+    let e = within(c.get_acquirable_jobs(7)).await.expect_err("503");
+    assert_eq!(e.status(), Some(503));
+    let reqs = s.requests_to(&path);
+    assert_eq!(reqs.len(), 5 + 2, "503 is retried once");
+    assert!(reqs.iter().all(|r| r.method == "GET"));
+}

@@ -5,7 +5,10 @@
 //! url = "https://github.com/my-org"        # default config URL of every scale set
 //! # Credentials never live in this file: a token is read from the environment variable
 //! # named by `token_env` (default GITHUB_TOKEN) or from `token_file`; a GitHub App from
-//! # `app_client_id`, `app_installation_id` and `app_private_key_file`.
+//! # `app_client_id`, `app_installation_id` and `app_private_key_file`. A token file is
+//! # re-read when it changes.
+//! # client_cert_file = "/etc/scaleset/client.crt"   # mutual TLS (optional, with the key)
+//! # client_key_file = "/etc/scaleset/client.key"
 //!
 //! [metrics]
 //! addr = "127.0.0.1:9090"                  # /metrics, /healthz, /readyz (optional)
@@ -70,7 +73,7 @@ pub struct Connection {
     pub url: Option<String>,
     /// Environment variable holding a token (default `GITHUB_TOKEN`).
     pub token_env: Option<String>,
-    /// File holding a token.
+    /// File holding a token, re-read when it changes (a mounted Secret rotating in place).
     pub token_file: Option<PathBuf>,
     /// GitHub App client id (or app id).
     pub app_client_id: Option<String>,
@@ -78,6 +81,11 @@ pub struct Connection {
     pub app_installation_id: Option<u64>,
     /// File holding the GitHub App private key (PEM).
     pub app_private_key_file: Option<PathBuf>,
+    /// File holding a TLS client certificate in PEM, optionally followed by its
+    /// intermediates, presented on every connection (mutual TLS; needs `client_key_file`).
+    pub client_cert_file: Option<PathBuf>,
+    /// File holding the private key of `client_cert_file` in PEM (unencrypted).
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// Metrics and health endpoints.

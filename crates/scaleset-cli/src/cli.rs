@@ -14,8 +14,10 @@ scale set's demand as a stream of JSON events, and serve a local simulator of th
 
 Data is written to stdout as JSON (field names are the service's wire names; pretty on a
 terminal, compact otherwise). Logs go to stderr. Credentials come from --token (or
-SCALESET_TOKEN, then GITHUB_TOKEN), or from GitHub App credentials (--app-client-id,
---app-installation-id and --app-private-key-file, or SCALESET_APP_PRIVATE_KEY holding the PEM).
+SCALESET_TOKEN, then GITHUB_TOKEN), from --token-file (re-read when it changes), or from GitHub
+App credentials (--app-client-id, --app-installation-id and --app-private-key-file, or
+SCALESET_APP_PRIVATE_KEY holding the PEM). --client-cert and --client-key present a TLS client
+certificate (mutual TLS) on every connection.
 
 Exit codes:
   0  success (including `null` results)

@@ -61,6 +61,11 @@ pub(crate) struct GlobalArgs {
     )]
     pub(crate) token: Option<String>,
 
+    /// File holding a token (a PAT or an installation token), re-read when it changes, so a
+    /// mounted Secret that rotates in place keeps working.
+    #[arg(long, global = true, env = "SCALESET_TOKEN_FILE", value_name = "PATH")]
+    pub(crate) token_file: Option<PathBuf>,
+
     /// GitHub App client id (or numeric app id).
     #[arg(long, global = true, env = "SCALESET_APP_CLIENT_ID", value_name = "ID")]
     pub(crate) app_client_id: Option<String>,
@@ -87,6 +92,15 @@ pub(crate) struct GlobalArgs {
     /// Extra root CA certificates in PEM to trust (repeatable).
     #[arg(long, global = true, value_name = "PATH")]
     pub(crate) ca_cert: Vec<PathBuf>,
+
+    /// TLS client certificate in PEM, optionally followed by its intermediates (mutual TLS;
+    /// needs --client-key).
+    #[arg(long, global = true, env = "SCALESET_CLIENT_CERT", value_name = "PATH")]
+    pub(crate) client_cert: Option<PathBuf>,
+
+    /// Private key of --client-cert in PEM, unencrypted (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    #[arg(long, global = true, env = "SCALESET_CLIENT_KEY", value_name = "PATH")]
+    pub(crate) client_key: Option<PathBuf>,
 
     /// Do not verify TLS certificates (testing only).
     #[arg(long, global = true)]
@@ -124,6 +138,32 @@ pub(crate) struct GlobalArgs {
         value_name = "FORMAT"
     )]
     pub(crate) log_format: LogFormat,
+
+    /// What errors call the file options: the flags, or the config file keys they came from.
+    #[arg(skip)]
+    pub(crate) names: OptionNames,
+}
+
+/// The names errors give the file options: the flag by default, the config file key when
+/// `run` took the value from its `[connection]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct OptionNames {
+    /// Name of the token file option.
+    pub(crate) token_file: &'static str,
+    /// Name of the client certificate option.
+    pub(crate) client_cert: &'static str,
+    /// Name of the client key option.
+    pub(crate) client_key: &'static str,
+}
+
+impl Default for OptionNames {
+    fn default() -> Self {
+        OptionNames {
+            token_file: "--token-file",
+            client_cert: "--client-cert",
+            client_key: "--client-key",
+        }
+    }
 }
 
 impl fmt::Debug for GlobalArgs {
@@ -131,10 +171,13 @@ impl fmt::Debug for GlobalArgs {
         f.debug_struct("GlobalArgs")
             .field("url", &self.url)
             .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
+            .field("token_file", &self.token_file)
             .field("app_client_id", &self.app_client_id)
             .field("app_installation_id", &self.app_installation_id)
             .field("app_private_key_file", &self.app_private_key_file)
             .field("ca_cert", &self.ca_cert)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
             .field("insecure_skip_tls_verify", &self.insecure_skip_tls_verify)
             .field("retry_max", &self.retry_max)
             .field("retry_wait_max", &self.retry_wait_max)
@@ -215,9 +258,56 @@ fn client_with_env(
         let pem = read_file(path, "--ca-cert", "InvalidClientConfig")?;
         builder = builder.root_ca_pem(pem);
     }
+    let names = &g.names;
+    match (&g.client_cert, &g.client_key) {
+        (Some(cert), Some(key)) => {
+            let cert_pem = read_file(cert, names.client_cert, "InvalidClientConfig")?;
+            let key_pem = read_file(key, names.client_key, "InvalidClientConfig")?;
+            // Check each half here so that the error names its flag (or key) and path; the
+            // builder checks them again together.
+            check_pem(&cert_pem, "CERTIFICATE-----", names.client_cert, cert)?;
+            check_pem(&key_pem, "PRIVATE KEY-----", names.client_key, key)?;
+            builder = builder.client_certificate_pem(cert_pem, key_pem);
+        }
+        (Some(_), None) => {
+            return Err(CliError::config(
+                "InvalidClientConfig",
+                format!(
+                    "{} needs {} (SCALESET_CLIENT_KEY) too",
+                    names.client_cert, names.client_key
+                ),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(CliError::config(
+                "InvalidClientConfig",
+                format!(
+                    "{} needs {} (SCALESET_CLIENT_CERT) too",
+                    names.client_key, names.client_cert
+                ),
+            ));
+        }
+        (None, None) => {}
+    }
     builder
         .build()
-        .map_err(|e| CliError::api("configuration", e))
+        .map_err(|e| match (e, &g.client_cert, &g.client_key) {
+            (actions_scaleset::Error::InvalidClientConfig(m), Some(cert), Some(key))
+                if m.contains("client") =>
+            {
+                CliError::config(
+                    "InvalidClientConfig",
+                    format!(
+                        "{} {} / {} {}: {m}",
+                        names.client_cert,
+                        cert.display(),
+                        names.client_key,
+                        key.display(),
+                    ),
+                )
+            }
+            (e, _, _) => CliError::api("configuration", e),
+        })
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {
@@ -230,8 +320,24 @@ fn credentials(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Credentials, CliError> {
     let invalid = |e| CliError::api("credentials", e);
-    if let Some(token) = non_empty(g.token.clone()) {
+    let token = non_empty(g.token.clone());
+    if let (Some(_), Some(_)) = (&token, &g.token_file) {
+        return Err(CliError::config(
+            "InvalidCredentials",
+            format!(
+                "give --token (SCALESET_TOKEN) or {} (SCALESET_TOKEN_FILE), not both",
+                g.names.token_file
+            ),
+        ));
+    }
+    if let Some(token) = token {
         return Credentials::token(token).map_err(invalid);
+    }
+    if let Some(path) = &g.token_file {
+        // TokenFile's errors name the path, never the contents.
+        return Credentials::token_file(path).map_err(|e| {
+            CliError::config("InvalidCredentials", format!("{}: {e}", g.names.token_file))
+        });
     }
     let client_id = non_empty(g.app_client_id.clone());
     let installation_id = g.app_installation_id;
@@ -292,6 +398,24 @@ fn credentials(
         "InvalidCredentials",
         "missing credentials: give --token (or SCALESET_TOKEN or GITHUB_TOKEN), or GitHub App \
          credentials (--app-client-id, --app-installation-id and --app-private-key-file)",
+    ))
+}
+
+/// Checks that a PEM file holds a block whose label ends in `label_end`, naming the option
+/// and the path (never the contents) when not.
+fn check_pem(pem: &[u8], label_end: &str, name: &str, path: &Path) -> Result<(), CliError> {
+    let text = String::from_utf8_lossy(pem);
+    if text.contains("-----BEGIN ") && text.contains(label_end) {
+        return Ok(());
+    }
+    let what = if label_end.starts_with("CERTIFICATE") {
+        "a certificate"
+    } else {
+        "a private key"
+    };
+    Err(CliError::config(
+        "InvalidClientConfig",
+        format!("{name} {}: the file holds no {what} in PEM", path.display()),
     ))
 }
 

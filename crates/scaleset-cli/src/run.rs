@@ -244,9 +244,11 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> Result<(), CliError> {
 }
 
 /// The global options for the client of `url`, completed with the config file's
-/// `[connection]` credentials. Flags and their environment variables win: the file's GitHub
-/// App fields fill only what they left unset, and its token (`token_file`, else `token_env`)
-/// is used only when neither `--token`/`SCALESET_TOKEN` nor a complete GitHub App is given.
+/// `[connection]` credentials and client certificate. Flags and their environment variables
+/// win: the file's `client_cert_file`/`client_key_file` and GitHub App fields fill only what
+/// they left unset, and its token (`token_file`, re-read when it changes, else `token_env`) is
+/// used only when neither `--token`/`SCALESET_TOKEN`, `--token-file` nor a complete GitHub App
+/// is given.
 /// Without either, [`client_from_globals`] falls back to `GITHUB_TOKEN`. Secrets are never
 /// part of an error.
 fn globals_for(
@@ -257,7 +259,20 @@ fn globals_for(
 ) -> Result<GlobalArgs, CliError> {
     let mut g = g.clone();
     g.url = Some(url.to_string());
-    if g.token.as_deref().is_some_and(|t| !t.trim().is_empty()) {
+    // The client certificate: flags (and their variables) win, each half on its own.
+    if g.client_cert.is_none()
+        && let Some(path) = &conn.client_cert_file
+    {
+        g.client_cert = Some(path.clone());
+        g.names.client_cert = "connection.client_cert_file";
+    }
+    if g.client_key.is_none()
+        && let Some(path) = &conn.client_key_file
+    {
+        g.client_key = Some(path.clone());
+        g.names.client_key = "connection.client_key_file";
+    }
+    if g.token.as_deref().is_some_and(|t| !t.trim().is_empty()) || g.token_file.is_some() {
         return Ok(g);
     }
     if g.app_client_id.is_none() {
@@ -276,23 +291,9 @@ fn globals_for(
         return Ok(g);
     }
     if let Some(path) = &conn.token_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            CliError::config(
-                "InvalidCredentials",
-                format!("connection.token_file {}: cannot read: {e}", path.display()),
-            )
-        })?;
-        let token = text.trim();
-        if token.is_empty() {
-            return Err(CliError::config(
-                "InvalidCredentials",
-                format!(
-                    "connection.token_file {}: the file is empty",
-                    path.display()
-                ),
-            ));
-        }
-        g.token = Some(token.to_string());
+        // Re-read when it changes (Credentials::token_file), like --token-file.
+        g.token_file = Some(path.clone());
+        g.names.token_file = "connection.token_file";
     } else if let Some(var) = &conn.token_env {
         match env(var).filter(|v| !v.trim().is_empty()) {
             Some(token) => g.token = Some(token),

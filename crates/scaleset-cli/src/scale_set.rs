@@ -1,4 +1,4 @@
-//! `scaleset scale-set list|get|create|update|delete`.
+//! `scaleset scale-set list|get|create|update|delete|acquirable-jobs`.
 
 use actions_scaleset::{
     Label, RunnerScaleSet, RunnerScaleSetUpdate, RunnerSetting, scale_set_labels,
@@ -56,6 +56,16 @@ Examples:
 Example:
   scaleset scale-set delete --id 7")]
     Delete(DeleteArgs),
+    /// List the jobs offered to a scale set and not yet acquired (GHES; empty on github.com).
+    #[command(after_help = "\
+Prints a JSON array of JobAvailable messages, as the service sends them: runnerRequestId,
+acquireJobUrl, requestLabels, repositoryName, jobId, queueTime... An empty array when nothing
+waits to be acquired (github.com assigns jobs directly). Exit 3 when the scale set does not
+exist.
+
+Example:
+  scaleset scale-set acquirable-jobs --id 7")]
+    AcquirableJobs(AcquirableJobsArgs),
 }
 
 /// `scale-set list` arguments.
@@ -130,6 +140,14 @@ pub(crate) struct DeleteArgs {
     id: i64,
 }
 
+/// `scale-set acquirable-jobs` arguments.
+#[derive(Args)]
+pub(crate) struct AcquirableJobsArgs {
+    /// The scale set id.
+    #[arg(long, value_name = "ID", value_parser = id_parser())]
+    id: i64,
+}
+
 /// Runs a `scale-set` subcommand.
 pub(crate) async fn run(g: &GlobalArgs, cmd: ScaleSetCommand) -> Result<(), CliError> {
     match cmd {
@@ -138,6 +156,7 @@ pub(crate) async fn run(g: &GlobalArgs, cmd: ScaleSetCommand) -> Result<(), CliE
         ScaleSetCommand::Create(args) => create(g, args).await,
         ScaleSetCommand::Update(args) => update(g, args).await,
         ScaleSetCommand::Delete(args) => delete(g, args).await,
+        ScaleSetCommand::AcquirableJobs(args) => acquirable_jobs(g, args).await,
     }
 }
 
@@ -146,6 +165,7 @@ const GET: &str = "scale-set get";
 const CREATE: &str = "scale-set create";
 const UPDATE: &str = "scale-set update";
 const DELETE: &str = "scale-set delete";
+const ACQUIRABLE: &str = "scale-set acquirable-jobs";
 
 async fn list(g: &GlobalArgs, args: ListArgs) -> Result<(), CliError> {
     let client = client_from_globals(g)?;
@@ -263,6 +283,15 @@ async fn update(g: &GlobalArgs, args: UpdateArgs) -> Result<(), CliError> {
 async fn delete(g: &GlobalArgs, args: DeleteArgs) -> Result<(), CliError> {
     let client = client_from_globals(g)?;
     client.delete_runner_scale_set(args.id).await.or_cli(DELETE)
+}
+
+async fn acquirable_jobs(g: &GlobalArgs, args: AcquirableJobsArgs) -> Result<(), CliError> {
+    let client = client_from_globals(g)?;
+    let list = client
+        .get_acquirable_jobs(args.id)
+        .await
+        .or_cli(ACQUIRABLE)?;
+    print_json(&list.jobs)
 }
 
 fn non_empty(value: Option<String>, flag: &str) -> Result<String, CliError> {

@@ -87,6 +87,7 @@ async fn help_is_complete_with_examples() {
         &["scale-set", "create"],
         &["scale-set", "update"],
         &["scale-set", "delete"],
+        &["scale-set", "acquirable-jobs"],
         &["runner", "jit"],
         &["runner", "get"],
         &["runner", "remove"],
@@ -645,4 +646,82 @@ async fn configuration_from_the_environment() {
     let e = r.err_json();
     assert_eq!(e["kind"], "ScaleSetNotFound");
     assert_eq!(e["level"], "error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_set_acquirable_jobs_lists_the_offered_jobs() {
+    let sim = common::sim_with(|c| c.mode = scaleset_sim::AssignmentMode::Ghes).await;
+    let id = create_scale_set(&sim, "ghes-cli").await;
+    let ids = sim
+        .enqueue_jobs(scaleset_sim::EnqueueJobs {
+            labels: vec!["ghes-cli".into()],
+            count: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue");
+    let set = id.to_string();
+    // Nothing offered before a listener told the service its capacity.
+    let r = scaleset(&sim, &["scale-set", "acquirable-jobs", "--id", &set]).await;
+    r.expect_code(0);
+    assert_eq!(r.json(), serde_json::json!([]));
+
+    // A session and one poll: the jobs are offered.
+    let client = actions_scaleset::Client::builder(
+        sim.config_url(),
+        actions_scaleset::Credentials::token(TOKEN).expect("token"),
+    )
+    .build()
+    .expect("client");
+    let session = tokio::time::timeout(
+        common::DEADLINE,
+        client.create_message_session_client(id, None),
+    )
+    .await
+    .expect("in time")
+    .expect("session");
+    let message = tokio::time::timeout(common::DEADLINE, session.get_message(0, 5))
+        .await
+        .expect("in time")
+        .expect("poll")
+        .expect("a message");
+    assert_eq!(message.jobs_available().count(), 2);
+
+    let r = scaleset(&sim, &["scale-set", "acquirable-jobs", "--id", &set]).await;
+    r.expect_code(0);
+    let jobs = r.json();
+    let listed: Vec<i64> = jobs
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|j| j["runnerRequestId"].as_i64())
+        .collect();
+    assert_eq!(listed, ids);
+    assert_eq!(jobs[0]["messageType"], "JobAvailable");
+    assert_eq!(jobs[0]["requestLabels"], serde_json::json!(["ghes-cli"]));
+    assert!(
+        jobs[0]["acquireJobUrl"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("/acquirejobs")
+    );
+
+    let r = scaleset(
+        &sim,
+        &[
+            "scale-set",
+            "acquirable-jobs",
+            "--id",
+            "999999",
+            "--log-format",
+            "json",
+        ],
+    )
+    .await;
+    r.expect_code(3);
+    assert_eq!(r.err_json()["kind"], "ScaleSetNotFound");
+    tokio::time::timeout(common::DEADLINE, session.close())
+        .await
+        .expect("in time")
+        .expect("close");
 }

@@ -100,6 +100,10 @@ pub struct SimConfig {
     /// from the state so a long-running simulator does not grow without bound (default
     /// 10,000; must be at least 1).
     pub completed_jobs_capacity: usize,
+    /// Whether removing a runner the simulator does not have answers 404
+    /// `AgentNotFoundException` instead of 204. The service usually answers 204 (the default,
+    /// `false`); some of its versions answer 404, which a client reports as "already gone".
+    pub missing_runner_delete_not_found: bool,
 }
 
 /// Longest [`SimConfig::long_poll`] and [`SimConfig::runner_job_poll`] accepted (1 day): these
@@ -161,6 +165,7 @@ impl Default for SimConfig {
             repo: "sim-repo".to_owned(),
             app_id: crate::auth::APP_ID,
             completed_jobs_capacity: 10_000,
+            missing_runner_delete_not_found: false,
         }
     }
 }
@@ -191,6 +196,10 @@ impl fmt::Debug for SimConfig {
             .field("repo", &self.repo)
             .field("app_id", &self.app_id)
             .field("completed_jobs_capacity", &self.completed_jobs_capacity)
+            .field(
+                "missing_runner_delete_not_found",
+                &self.missing_runner_delete_not_found,
+            )
             .finish()
     }
 }

@@ -1287,7 +1287,17 @@ async fn get_agent(AxState(s): S, Path(p): Path<AgentPath>, headers: HeaderMap) 
 async fn delete_agent(AxState(s): S, Path(p): Path<AgentPath>, headers: HeaderMap) -> ApiResult {
     check_admin(&s, &headers)?;
     let id = p.id()?;
-    s.with_state(|st| st.delete_runner(id))?;
+    let existed = s.with_state(|st| {
+        let existed = st.runners.contains_key(&id);
+        st.delete_runner(id).map(|()| existed)
+    })?;
+    if !existed && s.cfg.missing_runner_delete_not_found {
+        return Err(ApiError::new(
+            404,
+            EX_AGENT_NOT_FOUND,
+            format!("No runner with id {id} was found."),
+        ));
+    }
     no_content()
 }
 
@@ -1507,17 +1517,25 @@ async fn acquire_jobs(
 async fn acquirable_jobs(AxState(s): S, Path(p): Path<IdPath>, headers: HeaderMap) -> ApiResult {
     check_admin(&s, &headers)?;
     let ss_id = p.id()?;
-    let value: Vec<Value> = s.read_state(|st| {
-        let Some(ss) = st.scale_sets.get(&ss_id) else {
-            return Vec::new();
-        };
-        ss.jobs
-            .iter()
-            .filter_map(|j| st.jobs.get(j))
-            .filter(|j| matches!(j.phase, JobPhase::Available(_)))
-            .map(|j| st.job_message(j, "JobAvailable"))
-            .collect()
+    // Jobs offered to the scale set (ghes mode) and not yet acquired, in request-id order.
+    let value: Option<Vec<Value>> = s.read_state(|st| {
+        let ss = st.scale_sets.get(&ss_id)?;
+        Some(
+            ss.jobs
+                .iter()
+                .filter_map(|j| st.jobs.get(j))
+                .filter(|j| matches!(j.phase, JobPhase::Available(_)) && !j.acquired)
+                .map(|j| st.job_message(j, "JobAvailable"))
+                .collect(),
+        )
     });
+    let Some(value) = value else {
+        return Err(ApiError::new(
+            404,
+            EX_SS_NOT_FOUND,
+            format!("Runner scale set {ss_id} was not found."),
+        ));
+    };
     if value.is_empty() {
         return no_content();
     }

@@ -1327,3 +1327,32 @@ async fn shutdown_stops_requests_that_outlive_the_grace_period() {
 fn uuid_nil() -> &'static str {
     "00000000-0000-0000-0000-000000000000"
 }
+
+#[tokio::test]
+async fn acquirable_jobs_of_an_unknown_or_idle_scale_set() {
+    let ctx = Ctx::start(fast_cfg()).await;
+    let r = ctx
+        .tenant(
+            Method::GET,
+            "_apis/runtime/runnerscalesets/999999/acquirablejobs",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    assert!(
+        r.json()["typeName"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("RunnerScaleSetNotFoundException")
+    );
+    // A scale set with nothing offered answers 204.
+    let ss = ctx.create_scale_set("idle-set", &[]).await;
+    let r = ctx
+        .tenant(
+            Method::GET,
+            &format!("_apis/runtime/runnerscalesets/{ss}/acquirablejobs"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+}

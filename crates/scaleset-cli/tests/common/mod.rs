@@ -18,9 +18,12 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 pub const TOKEN: &str = "ghp_cliTestToken0123456789abcdefXYZ";
 
 /// Environment variables that must not leak from the test runner into the CLI.
-const CLEARED: [&str; 16] = [
+const CLEARED: [&str; 19] = [
     "SCALESET_URL",
     "SCALESET_TOKEN",
+    "SCALESET_TOKEN_FILE",
+    "SCALESET_CLIENT_CERT",
+    "SCALESET_CLIENT_KEY",
     "GITHUB_TOKEN",
     "SCALESET_APP_CLIENT_ID",
     "SCALESET_APP_INSTALLATION_ID",
@@ -226,6 +229,27 @@ impl Streaming {
         let pid = i32::try_from(pid).expect("pids fit in i32");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
             .expect("the signal is delivered");
+    }
+
+    /// Reads stderr until a line contains `needle` (then sends SIGTERM) or the child closes
+    /// it (it exited); then [`finish`](Self::finish)es. Under [`DEADLINE`].
+    pub async fn finish_or_stop_after(mut self, needle: &str) -> Run {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.stderr.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("neither {needle:?} nor an exit: {:#?}", self.stderr_seen)
+                });
+            let Some(line) = line else { break };
+            let found = line.contains(needle);
+            self.stderr_seen.push(line);
+            if found {
+                self.sigterm();
+                break;
+            }
+        }
+        self.finish().await
     }
 
     /// Waits for the exit (under [`DEADLINE`]); returns the code, the rest of stdout, stderr.
