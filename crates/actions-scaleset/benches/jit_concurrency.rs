@@ -43,6 +43,7 @@ fn bench(c: &mut Criterion) {
                 method: None,
                 delay_ms: 20,
                 count: None,
+                after: false,
             })
             .expect("latency fault accepted");
         (sim, client, set.id)

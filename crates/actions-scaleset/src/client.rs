@@ -700,6 +700,36 @@ impl Client {
         at_most_one(list, &resp, &format!("runners found with name {name:?}"))
     }
 
+    /// Every runner registered in the tenant's runner pool (the runners of every scale set
+    /// this config URL reaches), with the scale set each belongs to. An autoscaler uses it
+    /// to find registrations it has no record of (a mint whose answer was lost still
+    /// registered its runner) by the scale set id and its runners' name prefix.
+    ///
+    /// ```no_run
+    /// # async fn run(client: actions_scaleset::Client) -> Result<(), actions_scaleset::Error> {
+    /// for r in client.list_runners().await?.iter().filter(|r| r.runner_scale_set_id == 7) {
+    ///     println!("{} ({})", r.name, r.id);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// When the call fails or the answer cannot be read.
+    pub async fn list_runners(&self) -> Result<Vec<RunnerReference>> {
+        let resp = self
+            .tenant(
+                Method::GET,
+                "/_apis/distributedtask/pools/0/agents",
+                &[],
+                None,
+            )
+            .await?
+            .expect_status(StatusCode::OK)?;
+        let list: ListResponse<RunnerReference> = resp.json()?;
+        Ok(list.value)
+    }
+
     /// Removes a runner. Idempotent: a runner the service no longer has is not an error, and
     /// the answer says which case it was.
     ///

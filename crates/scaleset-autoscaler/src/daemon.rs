@@ -226,6 +226,37 @@ pub async fn run(
     }
 }
 
+/// [`get_or_create_scale_set`], retried with capped, jittered backoff (1 s doubling to a
+/// minute) while GitHub fails in a way that may pass (5xx, 429, timeouts, connection
+/// failures): a daemon started during GitHub's bad minute waits, not ready, and says so.
+/// Configuration errors and refused credentials end it. `None` when `shutdown` fired first.
+async fn set_up_retrying(
+    client: &Client,
+    cfg: &ScaleSetConfig,
+    (readiness, slot): (&Readiness, ReadinessSlot),
+    shutdown: &CancellationToken,
+) -> Result<Option<RunnerScaleSet>> {
+    let mut attempt: u32 = 0;
+    loop {
+        let e = match get_or_create_scale_set(client, cfg).await {
+            Ok(set) => {
+                readiness.waiting(slot, None);
+                return Ok(Some(set));
+            }
+            Err(Error::Api(e)) if e.is_retryable() => e,
+            Err(e) => return Err(e),
+        };
+        let delay = crate::engine::book::retry_backoff(attempt, rand::random::<f64>());
+        attempt = attempt.saturating_add(1);
+        tracing::warn!(scale_set = %cfg.name, attempt, retry_in_s = delay.as_secs_f64(), error = %e, "could not set the scale set up; GitHub may be having a bad minute, retrying (not ready meanwhile)");
+        readiness.waiting(slot, Some(format!("setting the scale set up: {e}")));
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
 /// Runs one scale set until `shutdown` fires; see the [module docs](self).
 ///
 /// Nothing touches runners before this instance holds the scale set's message session: a hot
@@ -242,7 +273,9 @@ pub async fn run_scale_set(
     (readiness, slot): (Arc<Readiness>, ReadinessSlot),
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let set = get_or_create_scale_set(&client, &cfg).await?;
+    let Some(set) = set_up_retrying(&client, &cfg, (&readiness, slot), &shutdown).await? else {
+        return Ok(());
+    };
     tracing::info!(scale_set = %cfg.name, id = set.id, "opening the message session; if another instance holds it, this one waits as a hot standby");
     let session = match client
         .create_message_session_client_waiting(set.id, None, ConflictPolicy::Wait(None), &shutdown)
@@ -280,8 +313,12 @@ pub async fn run_scale_set(
     let engine = Engine::new(settings, client.clone(), provisioner, metrics.clone());
     match engine.recover().await {
         Ok(r) if r == Recovery::default() => {}
-        Ok(Recovery { adopted, released }) => {
-            tracing::info!(scale_set = %cfg.name, adopted, released, "taking over the runners a previous run left")
+        Ok(Recovery {
+            adopted,
+            released,
+            unaccounted,
+        }) => {
+            tracing::info!(scale_set = %cfg.name, adopted, released, unaccounted, "taking over the runners and registrations a previous run left")
         }
         Err(e) => {
             tracing::warn!(scale_set = %cfg.name, error = %e, "could not look for leftover runners")

@@ -29,6 +29,7 @@ struct Slot {
     label: String,
     health: Option<HealthHandle>,
     failed: Option<String>,
+    waiting: Option<String>,
 }
 
 /// A scale set's place in [`Readiness`], from [`Readiness::add`].
@@ -53,6 +54,7 @@ impl Readiness {
             label: label.into(),
             health: None,
             failed: None,
+            waiting: None,
         });
         ReadinessSlot(sets.len() - 1)
     }
@@ -61,6 +63,14 @@ impl Readiness {
     pub fn fail(&self, slot: ReadinessSlot, why: impl Into<String>) {
         if let Some(s) = self.lock().get_mut(slot.0) {
             s.failed = Some(why.into());
+        }
+    }
+
+    /// Says why a scale set has no listener yet (`None`: no particular reason), for
+    /// `/readyz`.
+    pub fn waiting(&self, slot: ReadinessSlot, why: Option<String>) {
+        if let Some(s) = self.lock().get_mut(slot.0) {
+            s.waiting = why;
         }
     }
 
@@ -87,7 +97,10 @@ impl Readiness {
         for s in sets.iter() {
             let verdict = match (&s.failed, &s.health) {
                 (Some(why), _) => Err(why.clone()),
-                (None, None) => Err("no listener yet".to_string()),
+                (None, None) => Err(s
+                    .waiting
+                    .clone()
+                    .unwrap_or_else(|| "no listener yet".to_string())),
                 (None, Some(h)) => h.get().ready_at(now, limit),
             };
             if let Err(why) = verdict {

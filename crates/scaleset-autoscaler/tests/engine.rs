@@ -913,3 +913,131 @@ async fn a_runner_the_engine_does_not_know_is_taken_over_by_the_resync() {
         .unwrap_or_else(|r| panic!("{r:?}"));
     assert_eq!(env.fake.stopped(), vec!["eng-000000ff".to_string()]);
 }
+
+fn inject(sim: &Simulator, fault: serde_json::Value) {
+    let fault: scaleset_sim::Fault = serde_json::from_value(fault).expect("fault");
+    sim.faults().inject(fault).expect("inject");
+}
+
+/// Registered runner names in the simulator.
+fn registered(sim: &Simulator) -> Vec<String> {
+    let mut names: Vec<String> = sim.state().runners.iter().map(|r| r.name.clone()).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_malformed_jit_answer_leaks_no_registration() {
+    // The service registered the runner and answered 200 with a garbled body: the engine
+    // cannot read the runner id and mints another; the first registration is found by the
+    // sweep and removed.
+    let env = env(Duration::ZERO, |_| {}).await;
+    inject(
+        &env.sim,
+        serde_json::json!({"kind": "malformedJson", "class": "jit", "count": 1}),
+    );
+    env.engine.handle_desired_runner_count(1).await.expect("ok");
+    let name = running(&env, 1).await.remove(0);
+    let (ok, st) = env
+        .sim
+        .wait_until(Duration::from_secs(60), |st| st.runners.len() == 1)
+        .await;
+    assert!(
+        ok,
+        "the unreadable mint's registration is removed: {:?}",
+        st.runners
+    );
+    assert_eq!(registered(&env.sim), vec![name]);
+    env.engine.handle_desired_runner_count(0).await.expect("ok");
+    let left = env.engine.shutdown(ShutdownPolicy::Drain, WAIT).await;
+    assert!(left.is_empty(), "{left:?}");
+    assert!(registered(&env.sim).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jit_request_that_times_out_and_is_retried_leaks_no_registration() {
+    let sim = Simulator::start(SimConfig::default()).await.expect("sim");
+    let client = Client::builder(
+        sim.config_url(),
+        Credentials::token(sim.token()).expect("token"),
+    )
+    .timeout(Duration::from_millis(500))
+    .retry_max(1)
+    .retry_wait_min(Duration::from_millis(10))
+    .retry_wait_max(Duration::from_millis(50))
+    .build()
+    .expect("client");
+    let set = client
+        .create_runner_scale_set(&RunnerScaleSet {
+            name: "slow".into(),
+            runner_group_id: DEFAULT_RUNNER_GROUP_ID,
+            ..Default::default()
+        })
+        .await
+        .expect("scale set");
+    // The first mint registers its runner but is answered after the client gave up on it;
+    // the retry meets the name, and the library's removal of its own orphan fails too (both
+    // attempts): the mint fails with a registration left behind, which the sweep removes.
+    inject(
+        &sim,
+        serde_json::json!({"kind": "latency", "class": "jit", "delayMs": 1500, "count": 1, "after": true}),
+    );
+    inject(
+        &sim,
+        serde_json::json!({"kind": "status", "class": "runner", "method": "DELETE", "count": 2, "status": 500}),
+    );
+    let fake = FakeProvisioner::default();
+    let engine = Engine::new(
+        EngineSettings::new(set.id, "slow"),
+        client,
+        fake.clone(),
+        ScaleSetMetrics::detached("slow"),
+    );
+    engine.spawn();
+    engine.handle_desired_runner_count(1).await.expect("ok");
+    let name = fake
+        .wait_until(Duration::from_secs(30), |r| r.len() == 1)
+        .await
+        .unwrap_or_else(|r| panic!("{r:?}"))
+        .remove(0);
+    let (ok, st) = sim
+        .wait_until(Duration::from_secs(30), |st| {
+            st.runners.len() == 1 && st.runners[0].name == name
+        })
+        .await;
+    assert!(ok, "one registration, the live runner's: {:?}", st.runners);
+    engine.handle_desired_runner_count(0).await.expect("ok");
+    let left = engine
+        .shutdown(ShutdownPolicy::Drain, Duration::from_secs(30))
+        .await;
+    assert!(left.is_empty(), "{left:?}");
+    assert!(registered(&sim).is_empty(), "{:?}", registered(&sim));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runner_that_crashes_before_its_job_is_never_replaced_above_max_runners() {
+    let env = env(Duration::ZERO, |s| s.max_runners = 1).await;
+    // Its removal is slow: the replacement must wait for it.
+    inject(
+        &env.sim,
+        serde_json::json!({"kind": "status", "class": "runner", "method": "DELETE", "count": 3, "status": 500}),
+    );
+    env.engine.handle_desired_runner_count(1).await.expect("ok");
+    let first = running(&env, 1).await.remove(0);
+    env.fake.exit(&first, false);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let names = registered(&env.sim);
+        assert!(
+            names.len() <= 1,
+            "more than max_runners registered: {names:?}"
+        );
+        let running = env.fake.running();
+        if running.len() == 1 && running[0] != first {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never replaced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!registered(&env.sim).contains(&first));
+}

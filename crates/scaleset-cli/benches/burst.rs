@@ -35,6 +35,7 @@ async fn time_burst(concurrency: usize, round: usize) -> Duration {
             method: None,
             delay_ms: 20,
             count: None,
+            after: false,
         })
         .expect("latency fault accepted");
     let dir = std::env::temp_dir().join(format!(

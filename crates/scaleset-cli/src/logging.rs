@@ -42,9 +42,13 @@ fn directives(level: LogLevel) -> String {
 /// Installs the global subscriber. Called once, right after the arguments parsed.
 pub(crate) fn init(level: LogLevel, format: LogFormat) {
     let filter = EnvFilter::builder().parse_lossy(directives(level));
+    // A log sink that went away (a closed pipe) must never take the daemon down: by default
+    // the subscriber reports a failed write with `eprintln!`, which panics on a closed
+    // stderr, in whatever task was logging (the signal handler, say). Lost lines are dropped.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     // A second init (never happens in the binary) would fail; logging then stays as it was.
     let _ = match format {
         LogFormat::Text => builder

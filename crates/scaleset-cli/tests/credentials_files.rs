@@ -283,7 +283,7 @@ async fn token_file_flag() {
 async fn run_with(sim_url: &str, dir: &Path, connection: &str, extra: &[&str]) -> common::Run {
     let config = dir.join("autoscaler.toml");
     let toml = format!(
-        "[connection]\nurl = {sim_url:?}\n{connection}\n\n[[scale_set]]\nname = \"mtls-run\"\ncommand = {cmd:?}\nargs = [\"sim-runner\"]\nworkdir = {wd:?}\n",
+        "[connection]\nurl = {sim_url:?}\n{connection}\n\n[[scale_set]]\nname = \"mtls-run\"\n[scale_set.provisioner]\nkind = \"process\"\ncommand = {cmd:?}\nargs = [\"sim-runner\"]\nworkdir = {wd:?}\n",
         cmd = env!("CARGO_BIN_EXE_scaleset"),
         wd = dir.join("runners").display().to_string(),
     );

@@ -331,7 +331,7 @@ async fn no_runner_leaks_after_sigkill_and_restart() {
         ],
     );
     again
-        .wait_stderr("taking over the runners a previous run left")
+        .wait_stderr("taking over the runners and registrations a previous run left")
         .await;
     again.wait_stderr("listening").await;
     let (ok, st) = sim
@@ -629,5 +629,102 @@ async fn shutdown_delete_drains_then_deletes_the_scale_set() {
         processes_under(&dir).is_empty(),
         "no runner process is left"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A daemon started while GitHub has a bad minute waits and retries, not ready meanwhile,
+/// instead of exiting once the client's own retries are spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_started_during_a_github_outage_waits_and_then_serves() {
+    let sim = common::sim().await;
+    // Enough 5xx answers for the scale-set lookup to spend three rounds of the client's
+    // retries (two attempts each with --retry-max 1).
+    let fault: Fault = serde_json::from_value(serde_json::json!({
+        "kind": "status", "class": "scaleset", "count": 6, "status": 503
+    }))
+    .expect("fault");
+    sim.faults().inject(fault).expect("inject");
+    let dir = workdir("outage");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut run = run_cmd(
+        &sim,
+        &dir,
+        "outage",
+        &["--metrics-addr", &addr, "--retry-max", "1"],
+    );
+    run.wait_stderr("retrying (not ready meanwhile)").await;
+    let why = wait_status(port, "/readyz", 503).await;
+    assert!(why.contains("setting the scale set up"), "{why}");
+    run.wait_stderr("listening").await;
+    wait_status(port, "/readyz", 200).await;
+    run.sigterm();
+    let out = run.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whatever reads the daemon's log goes away (`| tee` killed with the terminal, a collector
+/// restarting): logging must not panic, and SIGTERM still shuts the daemon down cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_whose_stderr_closes_still_shuts_down_cleanly() {
+    use tokio::io::AsyncBufReadExt;
+    let sim = common::sim().await;
+    let dir = workdir("nolog");
+    let mut c = cmd();
+    c.args([
+        "run",
+        "--url",
+        &sim.config_url(),
+        "--token",
+        TOKEN,
+        "--name",
+        "nolog",
+        "--runner-command",
+        env!("CARGO_BIN_EXE_scaleset"),
+        "--runner-arg",
+        "sim-runner",
+        "--runner-workdir",
+        &dir.display().to_string(),
+        "--log-level",
+        "debug",
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("the daemon starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    tokio::time::timeout(LONG, async {
+        while let Some(line) = lines.next_line().await.expect("stderr is readable") {
+            if line.contains("listening") {
+                return;
+            }
+        }
+        panic!("stderr closed before the daemon listened");
+    })
+    .await
+    .expect("the daemon listens before the deadline");
+    // The reader goes away; the daemon keeps logging (debug lines on every poll and job).
+    drop(lines);
+    sim.enqueue_jobs(EnqueueJobs {
+        labels: vec!["nolog".into()],
+        count: 2,
+        duration: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await
+    .expect("enqueue");
+    let (ok, st) = sim
+        .wait_until(LONG, |st| st.jobs_in("completed") == 2)
+        .await;
+    assert!(ok, "jobs are still served: {:?}", st.jobs);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
+    let status = tokio::time::timeout(LONG, child.wait())
+        .await
+        .expect("the daemon exits before the deadline")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(sim.state().sessions.is_empty(), "the session is deleted");
     let _ = std::fs::remove_dir_all(&dir);
 }

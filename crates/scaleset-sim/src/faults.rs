@@ -92,6 +92,11 @@ pub enum Fault {
         /// How many requests to delay; `None` = until cleared.
         #[serde(default)]
         count: Option<u32>,
+        /// Handle the request first and delay only its answer (the handling completes even
+        /// when the client hangs up meanwhile): a client timeout then loses an answer whose
+        /// effect (a registered runner, a created session) is real.
+        #[serde(default)]
+        after: bool,
     },
     /// The next `count` requests answer `status` with an Actions exception body.
     Status {
@@ -263,6 +268,14 @@ pub(crate) struct LatencyRule {
     pub method: Option<String>,
     pub delay_ms: u64,
     pub remaining: Option<u32>,
+    pub after: bool,
+}
+
+/// The latency a request gets: before it is handled, and after (before its answer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Latency {
+    pub before: Duration,
+    pub after: Duration,
 }
 
 /// Pending request-level faults.
@@ -280,8 +293,8 @@ fn method_matches(filter: &Option<String>, method: &str) -> bool {
 }
 
 impl FaultStore {
-    pub(crate) fn take_latency(&mut self, class: EndpointClass, method: &str) -> Option<Duration> {
-        let mut total = 0u64;
+    pub(crate) fn take_latency(&mut self, class: EndpointClass, method: &str) -> Latency {
+        let (mut before, mut after) = (0u64, 0u64);
         for rule in &mut self.latency {
             if rule.class.matches(class) && method_matches(&rule.method, method) {
                 if let Some(r) = rule.remaining.as_mut() {
@@ -290,11 +303,15 @@ impl FaultStore {
                     }
                     *r -= 1;
                 }
-                total = total.saturating_add(rule.delay_ms);
+                let total = if rule.after { &mut after } else { &mut before };
+                *total = total.saturating_add(rule.delay_ms);
             }
         }
         self.latency.retain(|r| r.remaining != Some(0));
-        (total > 0).then(|| Duration::from_millis(total))
+        Latency {
+            before: Duration::from_millis(before),
+            after: Duration::from_millis(after),
+        }
     }
 
     pub(crate) fn take_response(

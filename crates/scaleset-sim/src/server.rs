@@ -228,6 +228,7 @@ impl Shared {
                 method,
                 delay_ms,
                 count,
+                after,
             } => {
                 check_method(&method)?;
                 if delay_ms > 600_000 {
@@ -238,6 +239,7 @@ impl Shared {
                     method,
                     delay_ms,
                     remaining: count,
+                    after,
                 });
                 Ok(())
             }
@@ -785,9 +787,9 @@ async fn fault_layer(AxState(s): S, req: Request, next: Next) -> Response {
         }),
         started,
     };
-    if let Some(d) = latency {
+    if !latency.before.is_zero() {
         tokio::select! {
-            () = tokio::time::sleep(d) => {}
+            () = tokio::time::sleep(latency.before) => {}
             () = s.cancel.cancelled() => {}
         }
     }
@@ -807,6 +809,15 @@ async fn fault_layer(AxState(s): S, req: Request, next: Next) -> Response {
     }
     let mut dropped = false;
     let mut resp = match action {
+        None if !latency.after.is_zero() => {
+            // Handled to the end even if the client hangs up; only the answer is late.
+            let handled = tokio::spawn(next.run(req)).await;
+            tokio::select! {
+                () = tokio::time::sleep(latency.after) => {}
+                () = s.cancel.cancelled() => {}
+            }
+            handled.unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
         None => next.run(req).await,
         Some(ResponseAction::Status {
             status,

@@ -1287,6 +1287,7 @@ async fn shutdown_stops_requests_that_outlive_the_grace_period() {
             method: Some("POST".into()),
             delay_ms: 1,
             count: Some(1),
+            after: false,
         })
         .expect("inject");
     let mut tcp = tokio::net::TcpStream::connect(ctx.sim.addr())

@@ -15,7 +15,10 @@
 //! ([`Engine::recover`]) and every `resync_interval`: a runner it has no record of is
 //! adopted and deregistered (a leftover of a previous run: stopped once GitHub confirms,
 //! kept if it is running a job), or released when it no longer runs; a record whose runner
-//! the provisioner no longer has is treated as vanished.
+//! the provisioner no longer has is treated as vanished. GitHub's side is swept too (at
+//! start, after a mint that failed in a way that may have registered its runner, and every
+//! `sweep_interval`): a registration of this scale set with the engine's name prefix and no
+//! record is removed, and never counted as capacity.
 
 pub mod book;
 pub mod lifecycle;
@@ -106,6 +109,9 @@ pub struct Recovery {
     pub adopted: usize,
     /// Leftovers that no longer ran, released (their registrations being removed).
     pub released: usize,
+    /// Registrations with this engine's name prefix and no runner behind them, being
+    /// removed.
+    pub unaccounted: usize,
 }
 
 /// A bounded set of recently seen keys (for counting redelivered jobs once).
@@ -144,6 +150,8 @@ struct Shared<P> {
     held_back: Mutex<Option<HeldBack>>,
     wake: Notify,
     changed: Notify,
+    /// A mint failed in a way that may have registered its runner: sweep soon.
+    sweep_soon: Notify,
     starts: Semaphore,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -172,6 +180,9 @@ impl<P: Provisioner> std::fmt::Debug for Engine<P> {
             .finish_non_exhaustive()
     }
 }
+
+/// How long after an uncertain mint the registrations are swept.
+const SWEEP_DELAY: Duration = Duration::from_secs(5);
 
 /// `now + d`, saturating at about 30 years.
 fn deadline_in(d: Duration) -> Instant {
@@ -217,6 +228,7 @@ impl<P: Provisioner> Engine<P> {
                 held_back: Mutex::new(None),
                 wake: Notify::new(),
                 changed: Notify::new(),
+                sweep_soon: Notify::new(),
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 failed: CancellationToken::new(),
@@ -675,6 +687,11 @@ impl<P: Provisioner> Shared<P> {
             Err(e) => {
                 tracing::warn!(scale_set = %ss, runner = %name, error = %e, "could not mint a JIT config");
                 self.apply(&name, Event::MintFailed, true);
+                // The service may have registered the runner all the same (its answer was
+                // lost or unreadable): look for registrations without a record soon.
+                if !matches!(e, ApiError::Unauthorized(_)) {
+                    self.sweep_soon.notify_one();
+                }
                 return;
             }
         };
@@ -749,19 +766,85 @@ impl<P: Provisioner> Shared<P> {
     }
 
     async fn resync_loop(self: Arc<Self>) {
+        let mut last_sweep = Instant::now();
         loop {
-            tokio::select! {
+            let mut sweep = tokio::select! {
                 () = self.cancel.cancelled() => return,
-                () = tokio::time::sleep(self.settings.resync_interval) => {}
-            }
-            if let Err(e) = self.resync().await {
+                () = tokio::time::sleep(self.settings.resync_interval) => false,
+                () = self.sweep_soon.notified() => {
+                    // Give the service a moment: a mint it is still finishing shows up.
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return,
+                        () = tokio::time::sleep(SWEEP_DELAY) => {}
+                    }
+                    true
+                }
+            };
+            if let Err(e) = self.resync_provisioner().await {
                 tracing::warn!(scale_set = %self.settings.scale_set_name, error = %e, "could not list the provisioner's runners; the resync is retried later");
+            }
+            sweep |= last_sweep.elapsed() >= self.settings.sweep_interval;
+            if sweep {
+                last_sweep = Instant::now();
+                self.sweep_registrations().await;
             }
         }
     }
 
-    /// Compares the records with the provisioner's list and repairs both directions.
+    /// The start-up resync: the provisioner's runners, then GitHub's registrations.
     async fn resync(self: &Arc<Self>) -> Result<Recovery, crate::ProvisionError> {
+        let mut recovery = self.resync_provisioner().await?;
+        recovery.unaccounted = self.sweep_registrations().await;
+        Ok(recovery)
+    }
+
+    /// Finds registrations of this scale set whose name has this engine's prefix but no
+    /// record (a mint whose answer was lost or unreadable, a record lost in a crash) and
+    /// removes them; until GitHub confirms, each is booked as deregistering, so it counts
+    /// toward `max_runners` but never as capacity. Returns how many it found.
+    async fn sweep_registrations(self: &Arc<Self>) -> usize {
+        let ss = &self.settings.scale_set_name;
+        let registered = match self.client.list_runners().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(scale_set = %ss, error = %e, "could not list the scale set's registrations; the sweep is retried later");
+                return 0;
+            }
+        };
+        let prefix = &self.settings.runner_name_prefix;
+        let mut found = Vec::new();
+        {
+            let mut b = self.lock();
+            for r in registered {
+                if r.runner_scale_set_id != self.settings.scale_set_id
+                    || !r.name.starts_with(prefix.as_str())
+                    || r.id <= 0
+                    || b.runners.contains_key(&r.name)
+                {
+                    continue;
+                }
+                let mut rec = Record::new(r.id, Phase::Deregistering, Instant::now());
+                rec.created = true;
+                rec.removing = true;
+                b.runners.insert(r.name.clone(), rec);
+                found.push((r.name, r.id));
+            }
+        }
+        let n = found.len();
+        for (name, id) in found {
+            tracing::warn!(scale_set = %ss, runner = %name, runner_id = id, "found a registration the engine had no record of (a lost mint answer or a crash); removing it");
+            let s = self.clone();
+            self.tasks
+                .spawn(async move { s.deregister(name, id).await }.in_current_span());
+        }
+        if n > 0 {
+            self.touched();
+        }
+        n
+    }
+
+    /// Compares the records with the provisioner's list and repairs both directions.
+    async fn resync_provisioner(self: &Arc<Self>) -> Result<Recovery, crate::ProvisionError> {
         let ss = &self.settings.scale_set_name;
         let started = Instant::now();
         let listed = self.provisioner.list().await?;

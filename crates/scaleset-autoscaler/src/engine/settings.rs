@@ -34,11 +34,14 @@ pub struct EngineSettings {
     pub work_folder: String,
     /// How often the engine compares its records with what the provisioner has.
     pub resync_interval: Duration,
+    /// How often the engine looks for registrations it has no record of (one listing of
+    /// the runner pool per scale set).
+    pub sweep_interval: Duration,
 }
 
 impl EngineSettings {
     /// Settings with defaults: 0..10 runners, 60 s idle delay, 300 s registration timeout,
-    /// 16 concurrent starts, a resync every 60 s, names `<name>-xxxxxxxx`.
+    /// 16 concurrent starts, a resync every 60 s, a registration sweep every 5 min, names `<name>-xxxxxxxx`.
     pub fn new(scale_set_id: i64, scale_set_name: impl Into<String>) -> EngineSettings {
         let name = scale_set_name.into();
         EngineSettings {
@@ -55,6 +58,7 @@ impl EngineSettings {
             max_concurrent_starts: 16,
             work_folder: String::new(),
             resync_interval: Duration::from_secs(60),
+            sweep_interval: Duration::from_secs(300),
         }
     }
 
