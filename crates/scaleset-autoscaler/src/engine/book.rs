@@ -1,5 +1,5 @@
 //! The engine's books: one record per runner, and the only code that changes a record's
-//! phase ([`Book::apply`], through [`lifecycle::next`](super::lifecycle::next)). Pure: no
+//! phase ([`Book::apply`], through [`lifecycle::next`]). Pure: no
 //! I/O, no runtime; the caller passes the time and executes the actions it gets back.
 
 use std::collections::BTreeMap;

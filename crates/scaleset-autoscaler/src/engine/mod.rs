@@ -3,7 +3,7 @@
 //!
 //! * [`lifecycle`]: the runner life cycle, one transition function with its table.
 //! * [`book`]: the records, changed only through that function.
-//! * [`plan`]: the reconcile decision (starts, deadlines, scale-down, retries), pure.
+//! * [`mod@plan`]: the reconcile decision (starts, deadlines, scale-down, retries), pure.
 //!
 //! Runners are keyed by name, never by `runnerRequestId`. The [`Scaler`] methods and the
 //! provisioner's events only record facts (through the transition function) and wake the
