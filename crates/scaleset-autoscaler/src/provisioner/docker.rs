@@ -275,6 +275,32 @@ fn container_body(
     }
 }
 
+/// Connects to the Docker engine named by `DOCKER_HOST` (TLS per
+/// `DOCKER_TLS_VERIFY`/`DOCKER_CERT_PATH`), else the default socket
+/// `/var/run/docker.sock`, negotiates the API version down to the engine's and pings it
+/// (waiting at most 30 s).
+///
+/// # Errors
+/// [`ProvisionError::Backend`] naming `DOCKER_HOST` or the default socket when no engine
+/// answers.
+pub async fn connect_engine() -> Result<Docker, ProvisionError> {
+    let unreachable = |why: String| {
+        ProvisionError::backend(
+            BACKEND,
+            format!("no Docker engine answers at {}: {why}", engine_address()),
+        )
+    };
+    let docker = Docker::connect_with_defaults().map_err(|e| unreachable(e.to_string()))?;
+    tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let docker = docker.negotiate_version().await?;
+        docker.ping().await?;
+        Ok::<_, DockerError>(docker)
+    })
+    .await
+    .map_err(|_| unreachable(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())))?
+    .map_err(|e| unreachable(docker_message(&e)))
+}
+
 impl DockerProvisioner {
     /// Connects to the Docker engine (see the [module docs](self)) for the scale set
     /// `identity`, owning nothing yet: [`acquire`](Provisioner::acquire) takes the lock at
@@ -288,21 +314,7 @@ impl DockerProvisioner {
         identity: ScaleSetIdentity,
         lock_path: PathBuf,
     ) -> Result<DockerProvisioner, ProvisionError> {
-        let unreachable = |why: String| {
-            ProvisionError::backend(
-                BACKEND,
-                format!("no Docker engine answers at {}: {why}", engine_address()),
-            )
-        };
-        let docker = Docker::connect_with_defaults().map_err(|e| unreachable(e.to_string()))?;
-        let docker = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let docker = docker.negotiate_version().await?;
-            docker.ping().await?;
-            Ok::<_, DockerError>(docker)
-        })
-        .await
-        .map_err(|_| unreachable(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())))?
-        .map_err(|e| unreachable(docker_message(&e)))?;
+        let docker = connect_engine().await?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             docker,
