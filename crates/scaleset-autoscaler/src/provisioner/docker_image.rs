@@ -186,6 +186,43 @@ pub async fn build_local_image(docker: &Docker, image: &LocalImage) -> Result<()
         .map_err(|e| error(format!("the built image {tag} is missing: {e}")))
 }
 
+/// What [`ensure_local_image`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ensured {
+    /// An image of that tag with every wanted label was there already.
+    Reused,
+    /// The image was built.
+    Built,
+}
+
+/// Reuses the image tagged [`LocalImage::tag`] when it carries every label of `image` with
+/// the same value (put a fingerprint of the files in a label to rebuild when they change),
+/// else builds it with [`build_local_image`].
+///
+/// # Errors
+/// As [`build_local_image`]; an engine error looking for the image other than "not found".
+pub async fn ensure_local_image(
+    docker: &Docker,
+    image: &LocalImage,
+) -> Result<Ensured, ProvisionError> {
+    match docker.inspect_image(&image.tag).await {
+        Ok(found) => {
+            let have = found.config.and_then(|c| c.labels).unwrap_or_default();
+            if image.labels.iter().all(|(k, v)| have.get(k) == Some(v)) {
+                return Ok(Ensured::Reused);
+            }
+        }
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => {}
+        Err(e) => {
+            return Err(error(format!("looking for image {}: {e}", image.tag)));
+        }
+    }
+    build_local_image(docker, image).await?;
+    Ok(Ensured::Built)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
