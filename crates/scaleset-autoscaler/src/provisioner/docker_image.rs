@@ -4,7 +4,8 @@
 //! Each executable goes in at its host path together with the shared libraries `ldd` names
 //! for it (at their host paths too: the dynamic loader and libc included); other files go in
 //! as they are (a CA bundle, a config file); `/tmp` is created with mode 1777. Symbolic links
-//! are followed, so the image holds the files themselves. The build context is a tar made in
+//! are followed, so the image holds the files themselves, as plain entries (a sparse file,
+//! such as a freshly linked executable, too: Docker refuses GNU sparse entries). The build context is a tar made in
 //! memory and sent to the engine; nothing is written to disk.
 //!
 //! `scaleset demo --provisioner docker` builds its runner image this way (the `scaleset`
@@ -121,7 +122,6 @@ pub fn build_context(image: &LocalImage) -> Result<Vec<u8>, ProvisionError> {
     }
     paths.extend(image.files.iter().cloned());
     let mut tar = tar::Builder::new(Vec::new());
-    tar.follow_symlinks(true);
     let dockerfile = dockerfile(image);
     let mut header = tar::Header::new_gnu();
     header.set_size(dockerfile.len() as u64);
@@ -140,11 +140,29 @@ pub fn build_context(image: &LocalImage) -> Result<Vec<u8>, ProvisionError> {
         let rel = path
             .strip_prefix("/")
             .map_err(|_| error(format!("{} is not an absolute path", path.display())))?;
-        tar.append_path_with_name(path, Path::new("rootfs").join(rel))
+        append_file(&mut tar, path, &Path::new("rootfs").join(rel))
             .map_err(|e| error(format!("adding {}: {e}", path.display())))?;
     }
     tar.into_inner()
         .map_err(|e| error(format!("finishing the build context: {e}")))
+}
+
+/// Appends the file at `path` (symbolic links followed) as a plain file entry `name`, with
+/// its mode. Never a GNU sparse entry (what the tar crate writes for a sparse file, such as
+/// a freshly linked executable): Docker's build refuses those ("unhandled tar header type
+/// 83").
+fn append_file(tar: &mut tar::Builder<Vec<u8>>, path: &Path, name: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(&meta, tar::HeaderMode::Deterministic);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(meta.len());
+    header.set_cksum();
+    tar.append_data(&mut header, name, file)
 }
 
 /// Builds `image` on the engine `docker` and tags it [`LocalImage::tag`], replacing an image
@@ -283,6 +301,22 @@ mod tests {
                 format!("rootfs/{rel}"),
             ]
         );
+        // A sparse file goes in as a plain entry with its full contents.
+        let sparse = dir.join("sparse.bin");
+        let f = std::fs::File::create(&sparse).expect("sparse file");
+        f.set_len(1 << 20).expect("a hole");
+        drop(f);
+        image.files = vec![sparse.clone()];
+        let tar = build_context(&image).expect("context");
+        let mut archive = tar::Archive::new(&tar[..]);
+        let last = archive
+            .entries()
+            .expect("entries")
+            .last()
+            .expect("an entry")
+            .expect("readable");
+        assert_eq!(last.header().entry_type(), tar::EntryType::Regular);
+        assert_eq!(last.header().size().expect("size"), 1 << 20);
         image.files = vec![PathBuf::from("relative.txt")];
         assert!(build_context(&image).is_err());
         let _ = std::fs::remove_dir_all(&dir);
