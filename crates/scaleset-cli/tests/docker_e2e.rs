@@ -75,12 +75,46 @@ impl Case {
         let tag = format!("{}-{nanos:x}", std::process::id());
         let state = std::env::temp_dir().join(format!("scaleset-dke2e-{short}-{tag}"));
         std::fs::create_dir_all(&state).expect("the state dir is created");
-        Some(Case {
+        let case = Case {
             docker,
             name: format!("dk-{short}"),
             instance: format!("e2e-{short}-{tag}"),
             state,
-        })
+        };
+        case.remove_earlier_runs().await;
+        Some(case)
+    }
+
+    /// Removes what an earlier, failed run of this test left (its containers carry this
+    /// test's scale set name, which no other test uses).
+    async fn remove_earlier_runs(&self) {
+        let mut filters: HashMap<String, Vec<String>> = HashMap::new();
+        filters.insert("label".into(), vec![format!("{LABEL_NAME}={}", self.name)]);
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        for c in self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .unwrap_or_default()
+        {
+            if let Some(id) = c.id {
+                let _ = self
+                    .docker
+                    .remove_container(
+                        &id,
+                        Some(bollard::query_parameters::RemoveContainerOptions {
+                            force: true,
+                            v: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+            }
+        }
     }
 
     /// `scaleset run --provisioner docker` for this case, with `extra` flags.
