@@ -189,6 +189,49 @@ async fn container_gone(docker: &Docker, name: &str) {
     }
 }
 
+// A daemon that drains exits once every runner's end was reported: by then the container
+// must be gone, not merely about to be removed by a task the exit cuts short.
+#[tokio::test]
+async fn an_ended_runners_container_is_gone_when_its_end_is_reported() {
+    let _shared = ENGINE.read().await;
+    let Some(env) = Env::new("an_ended_runners_container_is_gone_when_its_end_is_reported").await
+    else {
+        return;
+    };
+    let p = env.provisioner(jit_settings(&env)).await;
+    for (i, script) in ["exit 3", "sleep 600"].iter().enumerate() {
+        let name = env.name(&format!("gone{i}"));
+        p.create(script_spec(&name, script)).await.expect("create");
+        if i == 1 {
+            assert_eq!(next(&p, &name).await, RunnerEvent::Running);
+            p.stop(&name).await.expect("stop");
+        }
+        let mut end = next(&p, &name).await;
+        if end == RunnerEvent::Running {
+            end = next(&p, &name).await;
+        }
+        assert!(matches!(end, RunnerEvent::Exited(_)), "{end:?}");
+        // At once: not after a quiet period in which a removal could still finish.
+        let left = env
+            .docker
+            .inspect_container(&name, None::<InspectContainerOptions>)
+            .await;
+        assert!(
+            matches!(
+                left,
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404,
+                    ..
+                })
+            ),
+            "{name}'s container is still there when its end is reported: {:?}",
+            left.map(|i| i.state)
+        );
+        assert_eq!(next_within(&p, &name, QUIET).await, None, "reported once");
+    }
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_missing_image_with_pull_never_fails_once_with_dockers_message() {
     let _shared = ENGINE.read().await;
@@ -364,48 +407,6 @@ async fn a_container_removed_behind_our_back_vanishes_once() {
     env.cleanup().await;
 }
 
-/// Kills the engine and starts it again with `.ci/docker-engine`; only for an engine that
-/// script started (its flags say so), never someone's own.
-async fn restart_engine() -> Result<(), String> {
-    let pid = std::fs::read_to_string("/var/run/docker.pid")
-        .map_err(|e| format!("no /var/run/docker.pid: {e}"))?;
-    let pid = pid.trim().to_string();
-    let cmdline =
-        std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| format!("dockerd {pid}: {e}"))?;
-    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    if !(cmdline.contains("--storage-driver=vfs") && cmdline.contains("--bridge=none")) {
-        return Err(format!(
-            "dockerd {pid} was not started by .ci/docker-engine ({cmdline})"
-        ));
-    }
-    let killed = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .map_err(|e| format!("kill: {e}"))?;
-    if !killed.success() {
-        return Err(format!("kill {pid} failed"));
-    }
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!("dockerd {pid} did not exit"));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.ci/docker-engine");
-    let started = tokio::process::Command::new("bash")
-        .arg(&script)
-        .status()
-        .await
-        .map_err(|e| format!("{}: {e}", script.display()))?;
-    if started.success() {
-        Ok(())
-    } else {
-        Err(format!("{} failed", script.display()))
-    }
-}
-
 #[tokio::test]
 async fn an_engine_restart_is_survived() {
     let _alone = ENGINE.write().await;
@@ -420,7 +421,7 @@ async fn an_engine_restart_is_survived() {
         .await
         .expect("create");
     assert_eq!(next(&p, &before).await, RunnerEvent::Running);
-    if let Err(why) = restart_engine().await {
+    if let Err(why) = docker_engine::restart_engine().await {
         if docker_engine::required() {
             panic!("restarting the engine: {why}");
         }

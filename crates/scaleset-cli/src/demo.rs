@@ -20,8 +20,11 @@ use std::time::Duration;
 use actions_scaleset::{CancellationToken, Client, Credentials};
 use clap::Args;
 use scaleset_autoscaler::config::{
-    Config, ProcessSettings, ProvisionerConfig, ScaleSetConfig, ShutdownPolicy,
+    Config, DockerSettings, ProcessSettings, ProvisionerConfig, PullPolicy, ScaleSetConfig,
+    ShutdownPolicy,
 };
+use scaleset_autoscaler::provisioner::docker;
+use scaleset_autoscaler::provisioner::docker_image::{self, LocalImage};
 use scaleset_sim::{AssignmentMode, EnqueueJobs, SimConfig, SimState, Simulator};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -32,6 +35,10 @@ use crate::output::print_json;
 
 /// The scale set the demo creates (and the label its jobs ask for).
 const SCALE_SET: &str = "demo-runners";
+/// The name of the runner image `--provisioner docker` builds (tagged with the version).
+const DEMO_IMAGE: &str = "scaleset-demo-runner";
+/// The image label fingerprinting the program it holds (path, size, modification time).
+const IMAGE_SOURCE_LABEL: &str = "dev.scaleset.demo.source";
 /// Most jobs one demo may enqueue (the progress sampling copies the job list per change).
 const MAX_JOBS: u32 = 1_000;
 /// Most runners: each is a process on this machine.
@@ -95,6 +102,12 @@ second. The summary goes to stdout (text, or one JSON object with --json): jobs 
 and canceled, the wait from queued to started (p50, p95, max), the peak number of runners and
 the total time.
 
+With --provisioner docker each runner is a container instead (--network host, so it reaches
+the simulator on 127.0.0.1) of the local image scaleset-demo-runner:VERSION, built FROM
+scratch out of this program, its shared libraries and the CA bundle (reused while this
+program is unchanged). It needs a Docker engine: DOCKER_HOST, else the default socket
+/var/run/docker.sock; without one the demo stops at once with an error saying so.
+
 SIGINT/SIGTERM (Ctrl-C) stops the workload; running jobs may finish (drain, at most the job
 duration plus 10 s, capped at 60 s), then the runners, the autoscaler and the simulator stop,
 the work directory is removed and the summary is printed. A second Ctrl-C exits at once.
@@ -107,6 +120,7 @@ Examples:
   scaleset demo
   scaleset demo --jobs 100 --arrival-rate 10 --job-duration 5 --max-runners 20 --min-runners 0
   scaleset demo --jobs 12 --job-duration 0.5 --json | jq .waitP95Secs
+  scaleset demo --provisioner docker  # runners as containers on a Docker engine
   scaleset demo --log-level info      # also show the autoscaler's logs")]
 pub(crate) struct DemoArgs {
     /// How many jobs to run (1 to 1000).
@@ -138,6 +152,10 @@ pub(crate) struct DemoArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// What runs the runners: local processes, or containers on a Docker engine (reached
+    /// through DOCKER_HOST or the default socket) from a local image holding this program.
+    #[arg(long, default_value = "process", value_parser = ["process", "docker"])]
+    provisioner: String,
 }
 
 impl DemoArgs {
@@ -509,23 +527,37 @@ fn summarize(
 
 /// The autoscaler configuration: what `scaleset run --name demo-runners
 /// --runner-command <this binary> --runner-arg sim-runner --shutdown drain` builds.
-fn autoscaler_config(args: &DemoArgs, url: String, workdir: &Path) -> Result<Config, CliError> {
-    let exe = std::env::current_exe().map_err(|e| {
-        CliError::other(
-            "Demo",
-            format!("demo: cannot find this program's path to start runners with: {e}"),
-        )
-    })?;
+/// With `image` (the Docker provisioner), the runners are containers of that image running
+/// this binary at the same path.
+fn autoscaler_config(
+    args: &DemoArgs,
+    url: String,
+    workdir: &Path,
+    image: Option<&str>,
+) -> Result<Config, CliError> {
+    let exe = current_exe()?;
     let mut s = ScaleSetConfig::new(SCALE_SET);
     s.min_runners = args.min_runners;
     s.max_runners = args.max_runners;
     s.idle_delay_secs = 5;
-    s.provisioner = ProvisionerConfig::Process(ProcessSettings {
-        command: Some(exe.to_string_lossy().into_owned()),
-        args: vec!["sim-runner".to_string()],
-        workdir: Some(workdir.join("runners")),
-        env: Vec::new(),
-    });
+    let command = exe.to_string_lossy().into_owned();
+    s.provisioner = match image {
+        None => ProvisionerConfig::Process(ProcessSettings {
+            command: Some(command),
+            args: vec!["sim-runner".to_string()],
+            workdir: Some(workdir.join("runners")),
+            env: Vec::new(),
+        }),
+        Some(image) => {
+            let mut d = DockerSettings::new(image);
+            d.command = Some(command);
+            d.args = vec!["sim-runner".to_string()];
+            d.pull = PullPolicy::Never;
+            d.network = Some("host".to_string());
+            d.stop_timeout_secs = 5;
+            ProvisionerConfig::Docker(d)
+        }
+    };
     s.shutdown = ShutdownPolicy::Drain;
     s.drain_timeout_secs = args.drain_timeout_secs();
     let mut config = Config::default();
@@ -535,6 +567,66 @@ fn autoscaler_config(args: &DemoArgs, url: String, workdir: &Path) -> Result<Con
         .validate()
         .map_err(|e| CliError::config("InvalidConfig", format!("demo: {e}")))?;
     Ok(config)
+}
+
+/// This program's path (what the runners run).
+fn current_exe() -> Result<PathBuf, CliError> {
+    std::env::current_exe().map_err(|e| {
+        CliError::other(
+            "Demo",
+            format!("demo: cannot find this program's path to start runners with: {e}"),
+        )
+    })
+}
+
+/// The tag of the demo's runner image.
+fn demo_image_tag() -> String {
+    format!("{DEMO_IMAGE}:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Reaches the Docker engine and builds (or reuses) the runner image: this program, its
+/// libraries and the CA bundle, `FROM scratch`. Returns the image's tag.
+async fn prepare_docker(reporter: &mut Reporter) -> Result<String, CliError> {
+    let docker = docker::connect_engine().await.map_err(|e| {
+        CliError::other(
+            "DockerUnavailable",
+            format!(
+                "demo: --provisioner docker needs a Docker engine: {e}. Start one (Debian: \
+                 apt-get install docker.io, then start dockerd, e.g. systemctl start docker) or \
+                 point DOCKER_HOST at one (unix:///path/docker.sock, tcp://HOST:2375); or run the \
+                 demo with --provisioner process"
+            ),
+        )
+    })?;
+    let exe = current_exe()?;
+    let meta = std::fs::metadata(&exe)
+        .map_err(|e| CliError::other("Demo", format!("demo: reading {}: {e}", exe.display())))?;
+    // Rebuilt when this program changes (same version, new build).
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let mut image = LocalImage::new(demo_image_tag());
+    image.executables.push(exe.clone());
+    let ca = Path::new(docker_image::CA_BUNDLE);
+    if ca.exists() {
+        image.files.push(ca.to_path_buf());
+    }
+    image.labels.insert(
+        IMAGE_SOURCE_LABEL.to_string(),
+        format!("{}:{}:{mtime}", exe.display(), meta.len()),
+    );
+    reporter.note(&format!(
+        "scaleset demo: preparing the runner image {} (FROM scratch: {} and its libraries)",
+        image.tag,
+        exe.display()
+    ));
+    let ensured = docker_image::ensure_local_image(&docker, &image)
+        .await
+        .map_err(|e| CliError::other("Docker", format!("demo: {e}")))?;
+    tracing::info!(image = %image.tag, ?ensured, "the demo's runner image is ready");
+    Ok(image.tag)
 }
 
 fn daemon_error(e: scaleset_autoscaler::Error) -> CliError {
@@ -609,23 +701,31 @@ async fn drive(
     shutdown: &CancellationToken,
     started: Instant,
 ) -> Result<Summary, CliError> {
-    let config = autoscaler_config(args, sim.config_url(), workdir.path())?;
+    let live = std::io::stderr().is_terminal() && g.log_level <= LogLevel::Warn;
+    let mut reporter = Reporter::new(live, args.jobs);
+    let image = match args.provisioner.as_str() {
+        "docker" => Some(prepare_docker(&mut reporter).await?),
+        _ => None,
+    };
+    let config = autoscaler_config(args, sim.config_url(), workdir.path(), image.as_deref())?;
     let credentials = Credentials::token(sim.token())
         .map_err(|e| CliError::api("demo: simulator credentials", e))?;
     let client = Client::builder(sim.config_url(), credentials)
         .system_info(system_info())
         .build()
         .map_err(|e| CliError::api("demo: client", e))?;
-    let live = std::io::stderr().is_terminal() && g.log_level <= LogLevel::Warn;
-    let mut reporter = Reporter::new(live, args.jobs);
     reporter.note(&format!(
-        "scaleset demo: simulator at {}, scale set {SCALE_SET}, {} jobs of {:.1} s at {} per second, {} to {} runners",
+        "scaleset demo: simulator at {}, scale set {SCALE_SET}, {} jobs of {:.1} s at {} per second, {} to {} runners{}",
         sim.base_url(),
         args.jobs,
         args.job_duration.as_secs_f64(),
         args.arrival_rate,
         args.min_runners,
         args.max_runners,
+        image
+            .as_deref()
+            .map(|i| format!(" (containers of {i})"))
+            .unwrap_or_default(),
     ));
 
     // The autoscaler stops on its own token: the demo decides when (after the drain of the

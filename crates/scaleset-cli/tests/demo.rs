@@ -3,6 +3,8 @@
 //! demo's work directory, and the runner processes working in it, are this test's alone.
 
 mod common;
+#[path = "../../scaleset-autoscaler/tests/support/docker_engine.rs"]
+mod docker_engine;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -214,5 +216,86 @@ async fn sigint_stops_the_demo_promptly_and_leaves_nothing() {
         "{}",
         r.stderr
     );
+    assert_nothing_left(&dir);
+}
+
+/// Containers of the demo's scale set on the engine, whatever their state.
+async fn demo_containers(docker: &bollard::Docker) -> Vec<String> {
+    let mut filters = std::collections::HashMap::new();
+    filters.insert(
+        "label".to_string(),
+        vec!["dev.scaleset.scale-set-name=demo-runners".to_string()],
+    );
+    let opts = bollard::query_parameters::ListContainersOptions {
+        all: true,
+        filters: Some(filters),
+        ..Default::default()
+    };
+    docker
+        .list_containers(Some(opts))
+        .await
+        .expect("the engine lists containers")
+        .into_iter()
+        .flat_map(|c| c.names.unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_docker_demo_runs_its_runners_as_containers_and_leaves_none() {
+    let Some(docker) =
+        docker_engine::engine("a_docker_demo_runs_its_runners_as_containers_and_leaves_none").await
+    else {
+        return;
+    };
+    let dir = tmpdir("docker");
+    let mut args = SMALL.to_vec();
+    args.extend(["--provisioner", "docker", "--json"]);
+    let mut c = demo(&dir, &args);
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // The first run builds the image: a longer deadline than the other demos.
+    let out = tokio::time::timeout(Duration::from_secs(300), c.output())
+        .await
+        .expect("the docker demo finishes before the deadline")
+        .expect("the demo runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the summary is JSON");
+    assert_eq!(s["jobsSucceeded"], 12, "{s}");
+    assert!(
+        stderr.contains("containers of scaleset-demo-runner:"),
+        "{stderr}"
+    );
+    let image = format!("scaleset-demo-runner:{}", env!("CARGO_PKG_VERSION"));
+    docker
+        .inspect_image(&image)
+        .await
+        .unwrap_or_else(|e| panic!("the demo's image {image} exists: {e}"));
+    let left = demo_containers(&docker).await;
+    assert!(left.is_empty(), "containers are left: {left:?}");
+    assert_nothing_left(&dir);
+}
+
+#[tokio::test]
+async fn a_docker_demo_without_an_engine_fails_at_once_naming_docker_host() {
+    let dir = tmpdir("nodocker");
+    let missing = dir.join("no-such-docker.sock");
+    let host = format!("unix://{}", missing.display());
+    let mut c = demo(&dir, &["--provisioner", "docker"]);
+    c.env("DOCKER_HOST", &host);
+    let r = common::run(c).await;
+    r.expect_code(1);
+    let line = r.last_err_line();
+    assert!(
+        line.starts_with("error: demo: --provisioner docker needs a Docker engine"),
+        "{}",
+        r.stderr
+    );
+    assert!(line.contains(&format!("DOCKER_HOST={host}")), "{line}");
+    assert!(line.contains("apt-get install docker.io"), "{line}");
+    // One error, no progress: nothing ran.
+    assert!(!r.stderr.contains("jobs:"), "{}", r.stderr);
+    assert_eq!(r.stderr.matches("error:").count(), 1, "{}", r.stderr);
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
     assert_nothing_left(&dir);
 }

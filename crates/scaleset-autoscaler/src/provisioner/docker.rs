@@ -37,8 +37,9 @@
 //!   [`RunnerEvent::Vanished`]. When the stream breaks (an engine restart) it is reconnected
 //!   with backoff, replaying from the last event seen, and every followed runner is
 //!   inspected again; the same resync runs every [`RESYNC`] as a safety net. Each runner has
-//!   one record, removed with its terminal event, so nothing is reported twice. After its
-//!   terminal event the container is removed (with its anonymous volumes).
+//!   one record, removed with its terminal event, so nothing is reported twice. An ended
+//!   runner's container is removed (with its anonymous volumes) *before* its terminal event
+//!   is reported, so a daemon that drains and exits leaves no container behind.
 //! * **Ownership** is per Docker host: [`acquire`](Provisioner::acquire) takes a
 //!   [`HostLock`] on the lock file given to `connect`.
 
@@ -88,6 +89,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// `OOMKilled`.
 const LATE_OOM_TRIES: u32 = 5;
 const LATE_OOM_WAIT: Duration = Duration::from_millis(200);
+
+/// How often, and how far apart, removing an ended runner's container is tried.
+const REMOVE_TRIES: u32 = 3;
+const REMOVE_RETRY: Duration = Duration::from_millis(500);
 
 /// The longest wait between two reconnection attempts of the event stream.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -275,6 +280,32 @@ fn container_body(
     }
 }
 
+/// Connects to the Docker engine named by `DOCKER_HOST` (TLS per
+/// `DOCKER_TLS_VERIFY`/`DOCKER_CERT_PATH`), else the default socket
+/// `/var/run/docker.sock`, negotiates the API version down to the engine's and pings it
+/// (waiting at most 30 s).
+///
+/// # Errors
+/// [`ProvisionError::Backend`] naming `DOCKER_HOST` or the default socket when no engine
+/// answers.
+pub async fn connect_engine() -> Result<Docker, ProvisionError> {
+    let unreachable = |why: String| {
+        ProvisionError::backend(
+            BACKEND,
+            format!("no Docker engine answers at {}: {why}", engine_address()),
+        )
+    };
+    let docker = Docker::connect_with_defaults().map_err(|e| unreachable(e.to_string()))?;
+    tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let docker = docker.negotiate_version().await?;
+        docker.ping().await?;
+        Ok::<_, DockerError>(docker)
+    })
+    .await
+    .map_err(|_| unreachable(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())))?
+    .map_err(|e| unreachable(docker_message(&e)))
+}
+
 impl DockerProvisioner {
     /// Connects to the Docker engine (see the [module docs](self)) for the scale set
     /// `identity`, owning nothing yet: [`acquire`](Provisioner::acquire) takes the lock at
@@ -288,21 +319,7 @@ impl DockerProvisioner {
         identity: ScaleSetIdentity,
         lock_path: PathBuf,
     ) -> Result<DockerProvisioner, ProvisionError> {
-        let unreachable = |why: String| {
-            ProvisionError::backend(
-                BACKEND,
-                format!("no Docker engine answers at {}: {why}", engine_address()),
-            )
-        };
-        let docker = Docker::connect_with_defaults().map_err(|e| unreachable(e.to_string()))?;
-        let docker = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let docker = docker.negotiate_version().await?;
-            docker.ping().await?;
-            Ok::<_, DockerError>(docker)
-        })
-        .await
-        .map_err(|_| unreachable(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())))?
-        .map_err(|e| unreachable(docker_message(&e)))?;
+        let docker = connect_engine().await?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             docker,
@@ -353,25 +370,40 @@ impl DockerProvisioner {
     }
 
     /// Reports the terminal `event` of `name` if it is still followed (once: the record
-    /// goes with it), then removes its container when `remove` says so.
+    /// goes with it). When `remove` says so its container is removed first, and the event
+    /// follows the removal: whoever waits for the end of a runner (a drain before the
+    /// daemon exits) never leaves its container behind. A removal the engine refuses is
+    /// tried [`REMOVE_TRIES`] times; the event goes out either way (the periodic resync
+    /// and the next start release what is left).
     fn finish(&self, name: &str, event: RunnerEvent, remove: bool) {
         if lock(&self.inner.runners).remove(name).is_none() {
             return;
         }
         tracing::debug!(runner = %name, event = ?event, "runner ended");
-        self.send(name, event);
-        if remove {
-            let this = self.clone();
-            let name = name.to_string();
-            tokio::spawn(
-                async move {
-                    if let Err(e) = this.remove(&name).await {
-                        tracing::warn!(runner = %name, error = %e, "could not remove the runner's container");
+        if !remove {
+            self.send(name, event);
+            return;
+        }
+        let this = self.clone();
+        let name = name.to_string();
+        tokio::spawn(
+            async move {
+                for attempt in 1..=REMOVE_TRIES {
+                    match this.remove(&name).await {
+                        Ok(()) => break,
+                        Err(e) if attempt < REMOVE_TRIES => {
+                            tracing::debug!(runner = %name, error = %e, attempt, "could not remove the runner's container; trying again");
+                            tokio::time::sleep(REMOVE_RETRY).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(runner = %name, error = %e, "could not remove the runner's container");
+                        }
                     }
                 }
-                .in_current_span(),
-            );
-        }
+                this.send(&name, event);
+            }
+            .in_current_span(),
+        );
     }
 
     /// Removes the container `name` (forcibly, with its anonymous volumes); a missing one

@@ -3,7 +3,8 @@
 //! of each runner.
 //!
 //! * [`process`]: a local process per runner, in its own process group and work directory.
-//! * `docker` (cargo feature `docker`): a container per runner on a Docker engine.
+//! * `docker` (cargo feature `docker`): a container per runner on a Docker engine;
+//!   `docker_image` builds local runner images `FROM scratch` out of host files.
 //! * [`fake`]: an in-memory provisioner for tests.
 //! * [`any`]: the one the daemon builds from a scale set's `[scale_set.provisioner]` table.
 //!
@@ -57,6 +58,8 @@ use crate::error::ProvisionError;
 pub mod any;
 #[cfg(feature = "docker")]
 pub mod docker;
+#[cfg(feature = "docker")]
+pub mod docker_image;
 pub mod fake;
 pub mod ownership;
 pub mod process;

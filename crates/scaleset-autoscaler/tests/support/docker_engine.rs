@@ -71,3 +71,50 @@ pub async fn runner_image(docker: &Docker) {
         })
         .await;
 }
+
+/// Kills the engine and starts it again with `.ci/docker-engine`; only for an engine that
+/// script started (its flags say so), never someone's own. Every wait has a deadline.
+pub async fn restart_engine() -> Result<(), String> {
+    const DEADLINE: Duration = Duration::from_secs(120);
+    let pid = std::fs::read_to_string("/var/run/docker.pid")
+        .map_err(|e| format!("no /var/run/docker.pid: {e}"))?;
+    let pid = pid.trim().to_string();
+    let cmdline =
+        std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| format!("dockerd {pid}: {e}"))?;
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    if !(cmdline.contains("--storage-driver=vfs") && cmdline.contains("--bridge=none")) {
+        return Err(format!(
+            "dockerd {pid} was not started by .ci/docker-engine ({cmdline})"
+        ));
+    }
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .map_err(|e| format!("kill: {e}"))?;
+    if !killed.success() {
+        return Err(format!("kill {pid} failed"));
+    }
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("dockerd {pid} did not exit"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every crate of the workspace is at crates/NAME.
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.ci/docker-engine");
+    let started = tokio::time::timeout(
+        DEADLINE,
+        tokio::process::Command::new("bash").arg(&script).status(),
+    )
+    .await
+    .map_err(|_| format!("{} did not finish in time", script.display()))?
+    .map_err(|e| format!("{}: {e}", script.display()))?;
+    if started.success() {
+        Ok(())
+    } else {
+        Err(format!("{} failed", script.display()))
+    }
+}
