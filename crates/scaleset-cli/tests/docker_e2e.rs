@@ -432,7 +432,7 @@ async fn a_daemon_killed_mid_run_is_restarted_without_leaks() {
     let out = stop(again).await;
     assert!(
         out.stderr
-            .contains("taking over the runners a previous run left"),
+            .contains("taking over the runners and registrations a previous run left"),
         "the restart found the leftovers: {}",
         out.stderr
     );
