@@ -104,6 +104,12 @@ pub struct SimConfig {
     /// `AgentNotFoundException` instead of 204. The service usually answers 204 (the default,
     /// `false`); some of its versions answer 404, which a client reports as "already gone".
     pub missing_runner_delete_not_found: bool,
+    /// How long after the event a `JobStarted` or `JobCompleted` message becomes deliverable
+    /// (default 0: at once). github.com delivers `JobStarted` late, typically on the poll after
+    /// the one in flight when the job started; a runner that finishes a short job can exit
+    /// before its `JobStarted` reaches the listener. Both kinds are held for the same time, so
+    /// a job's messages keep their order; `JobAvailable` and `JobAssigned` are never held.
+    pub job_message_delay: Duration,
 }
 
 /// Longest [`SimConfig::long_poll`] and [`SimConfig::runner_job_poll`] accepted (1 day): these
@@ -166,6 +172,7 @@ impl Default for SimConfig {
             app_id: crate::auth::APP_ID,
             completed_jobs_capacity: 10_000,
             missing_runner_delete_not_found: false,
+            job_message_delay: Duration::ZERO,
         }
     }
 }
@@ -200,6 +207,7 @@ impl fmt::Debug for SimConfig {
                 "missing_runner_delete_not_found",
                 &self.missing_runner_delete_not_found,
             )
+            .field("job_message_delay", &self.job_message_delay)
             .finish()
     }
 }

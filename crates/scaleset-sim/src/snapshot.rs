@@ -87,7 +87,8 @@ pub struct ScaleSetState {
     pub session_id: Option<String>,
     /// Owner of a foreign session holding the scale set (fault), if any.
     pub foreign_session_owner: Option<String>,
-    /// Job events not yet packed into a message.
+    /// Job events not yet packed into a message (including those held back by
+    /// `SimConfig::job_message_delay`).
     pub pending_events: usize,
     /// Ids of messages delivered or packed but not yet deleted.
     pub unacked_messages: Vec<i64>,
@@ -204,7 +205,7 @@ pub(crate) fn snapshot(st: &State) -> SimState {
             statistics: st.stats(ss.id),
             session_id: ss.session.map(|s| s.to_string()),
             foreign_session_owner: ss.foreign_owner.clone(),
-            pending_events: ss.pending.len(),
+            pending_events: ss.pending.len() + ss.delayed.len(),
             unacked_messages: ss.messages.iter().map(|m| m.id).collect(),
         })
         .collect();

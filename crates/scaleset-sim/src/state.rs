@@ -124,6 +124,9 @@ pub(crate) struct ScaleSet {
     pub jobs: BTreeSet<i64>,
     pub runners: BTreeSet<i64>,
     pub pending: Vec<Value>,
+    /// Job messages held back until their time ([`SimConfig::job_message_delay`]), oldest
+    /// first (one delay for all, so this is also the order they fall due).
+    pub delayed: VecDeque<(Instant, Value)>,
     pub messages: VecDeque<Message>,
     pub session: Option<Uuid>,
     pub foreign_owner: Option<String>,
@@ -452,6 +455,7 @@ impl State {
                 jobs: BTreeSet::new(),
                 runners: BTreeSet::new(),
                 pending: Vec::new(),
+                delayed: VecDeque::new(),
                 messages: VecDeque::new(),
                 session: None,
                 foreign_owner: None,
@@ -725,10 +729,17 @@ impl State {
 
     // ----- messages -----
 
-    fn emit(&mut self, ss_id: i64, msg: Value) {
+    fn emit(&mut self, ss_id: i64, msg: Value, held: bool) {
         self.rev += 1;
+        let delay = self.cfg.job_message_delay;
         if let Some(ss) = self.scale_sets.get_mut(&ss_id) {
-            ss.pending.push(msg);
+            if held && !delay.is_zero() {
+                // The poll in flight learns of it when it falls due (see `next_message`).
+                ss.delayed
+                    .push_back((add_or_far(Instant::now(), delay), msg));
+            } else {
+                ss.pending.push(msg);
+            }
             ss.notify.notify_waiters();
         }
     }
@@ -745,8 +756,18 @@ impl State {
         now: Instant,
     ) -> Result<Value, Option<Instant>> {
         let per = self.cfg.max_jobs_per_message.max(1);
-        let pending = match self.scale_sets.get_mut(&ss_id) {
-            Some(ss) => std::mem::take(&mut ss.pending),
+        let (pending, held_until) = match self.scale_sets.get_mut(&ss_id) {
+            Some(ss) => {
+                while ss.delayed.front().is_some_and(|(due, _)| *due <= now) {
+                    if let Some((_, msg)) = ss.delayed.pop_front() {
+                        ss.pending.push(msg);
+                    }
+                }
+                (
+                    std::mem::take(&mut ss.pending),
+                    ss.delayed.front().map(|(due, _)| *due),
+                )
+            }
             None => return Err(None),
         };
         if !pending.is_empty() {
@@ -777,8 +798,9 @@ impl State {
                 .messages
                 .iter()
                 .filter_map(|m| m.delivered_at)
-                .min()
-                .map(|t| add_or_far(t, vis));
+                .map(|t| add_or_far(t, vis))
+                .chain(held_until)
+                .min();
             return Err(wake);
         };
         m.delivered_at = Some(now);
@@ -911,7 +933,7 @@ impl State {
         let Some(j) = self.jobs.get(&jid) else { return };
         let Some(ss) = j.scale_set else { return };
         let msg = self.job_message(j, kind);
-        self.emit(ss, msg);
+        self.emit(ss, msg, matches!(kind, "JobStarted" | "JobCompleted"));
     }
 
     /// Matches queued jobs to scale sets with room (capacity minus non-completed jobs).

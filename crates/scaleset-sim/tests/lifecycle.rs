@@ -520,3 +520,41 @@ async fn abandoned_session_expires_and_a_new_one_can_be_created() {
     let s2 = ctx.create_session(ss).await;
     assert_ne!(s2.id, s.id);
 }
+
+/// `job_message_delay` holds `JobStarted` and `JobCompleted` back, as github.com delivers
+/// `JobStarted` late: the runner is done before the listener hears that the job started,
+/// and both arrive later, in order.
+#[tokio::test]
+async fn job_messages_held_back_arrive_late_and_in_order() {
+    let ctx = Ctx::start(SimConfig {
+        job_message_delay: Duration::from_secs(3),
+        ..fast_cfg()
+    })
+    .await;
+    let ss = ctx.create_scale_set("late-set", &["late"]).await;
+    let s = ctx.create_session(ss).await;
+    let id = ctx
+        .sim
+        .enqueue_jobs(job("late", 1, 50))
+        .await
+        .expect("enqueue")[0];
+    let msgs = ctx
+        .collect(&s, 1, |m| !of_type(m, "JobAssigned").is_empty())
+        .await;
+    assert!(of_type(&msgs, "JobStarted").is_empty());
+    let (_, jit) = ctx.jit(ss, "late-runner").await;
+    let outcome = runner::run(&jit, fast_runner()).await.expect("runner ok");
+    assert_eq!(outcome.request_id, id);
+    let st = ctx.sim.state();
+    assert_eq!(
+        st.scale_set(ss).expect("scale set").pending_events,
+        2,
+        "JobStarted and JobCompleted are held back while the runner already finished"
+    );
+    let msgs = ctx.collect(&s, 1, |m| has_completed(m, id)).await;
+    let kinds: Vec<&str> = msgs
+        .iter()
+        .filter_map(|m| m["messageType"].as_str())
+        .collect();
+    assert_eq!(kinds, ["JobStarted", "JobCompleted"]);
+}
