@@ -728,3 +728,55 @@ async fn a_daemon_whose_stderr_closes_still_shuts_down_cleanly() {
     assert!(sim.state().sessions.is_empty(), "the session is deleted");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// github.com delivers `JobStarted` a poll late, so a runner that ran a short job has often
+/// exited before the daemon hears that its job started. Such a runner did its work: it must
+/// not be replaced. With every `JobStarted` held back 2 s and jobs of 100 ms, 10 jobs mint
+/// exactly 10 JIT configs, all complete, and no runner is left idle afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_job_started_messages_mint_exactly_one_runner_per_job() {
+    let sim = common::sim_with(|c| c.job_message_delay = Duration::from_secs(2)).await;
+    let dir = workdir("late");
+    let mut run = run_cmd(&sim, &dir, "late", &["--max-runners", "5"]);
+    run.wait_stderr("listening").await;
+    sim.enqueue_jobs(EnqueueJobs {
+        labels: vec!["late".into()],
+        count: 10,
+        duration: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await
+    .expect("enqueue");
+    let (done, st) = sim
+        .wait_until(LONG, |st| {
+            st.jobs.len() == 10 && st.jobs.iter().all(|j| j.status == "completed")
+        })
+        .await;
+    assert!(done, "{} of 10 jobs completed", st.jobs_in("completed"));
+    // Every late JobStarted/JobCompleted reaches the daemon, and a few polls pass after.
+    let (settled, st) = sim
+        .wait_until(LONG, |st| {
+            st.scale_sets.iter().all(|s| s.pending_events == 0) && st.runners.is_empty()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let jit_calls = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/generatejitconfig"))
+        .count();
+    assert!(
+        settled,
+        "late messages delivered, no runner left: {:?}",
+        st.runners
+    );
+    assert_eq!(
+        jit_calls, 10,
+        "one JIT config per job, none for replacements"
+    );
+    assert!(sim.state().runners.is_empty(), "no idle runner was started");
+    run.sigterm();
+    let out = run.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
