@@ -134,6 +134,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     config.validate()?;
+    crate::limits::prepare(config.scale_sets.len());
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let readiness = Arc::new(Readiness::new(Duration::from_secs(

@@ -15,6 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod provisioner;
 pub mod server;

@@ -780,3 +780,65 @@ async fn late_job_started_messages_mint_exactly_one_runner_per_job() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A thousand scale sets under the usual soft open-file limit of 1,024: the daemon raises its
+/// soft limit to the hard one at start, so every scale set opens its session and polls, and
+/// a SIGTERM still deletes all 1,000 sessions and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_scale_sets_start_under_a_soft_limit_of_1024_open_files() {
+    const N: usize = 1_000;
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("limits readable")
+        .1;
+    assert!(
+        hard >= 4_096,
+        "this test needs a hard open-file limit of at least 4,096, the machine has {hard}"
+    );
+    let sim = common::sim_with(|c| c.long_poll = Duration::from_secs(20)).await;
+    let dir = workdir("thousand");
+    let mut config = format!("[connection]\nurl = \"{}\"\n", sim.config_url());
+    for i in 0..N {
+        config.push_str(&format!(
+            "\n[[scale_set]]\nname = \"many-{i:04}\"\nmax_runners = 1\n\n[scale_set.provisioner]\nkind = \"process\"\ncommand = \"{exe}\"\nargs = [\"sim-runner\"]\nworkdir = \"{work}\"\n",
+            exe = env!("CARGO_BIN_EXE_scaleset"),
+            work = dir.join(i.to_string()).display(),
+        ));
+    }
+    std::fs::create_dir_all(&dir).expect("the test directory");
+    let path = dir.join("many.toml");
+    std::fs::write(&path, config).expect("config written");
+    let mut c = tokio::process::Command::new("/bin/sh");
+    for var in common::CLEARED {
+        c.env_remove(var);
+    }
+    c.args([
+        "-c",
+        r#"ulimit -Sn 1024 && exec "$0" run --config "$1" --log-level warn"#,
+        env!("CARGO_BIN_EXE_scaleset"),
+    ])
+    .arg(&path)
+    .env("SCALESET_TOKEN", TOKEN)
+    .env("NO_PROXY", "*")
+    .stdin(std::process::Stdio::null())
+    .kill_on_drop(true);
+    let run = Streaming::spawn(c);
+    let (all, st) = sim
+        .wait_until(Duration::from_secs(240), |s| s.in_flight_polls >= N)
+        .await;
+    assert!(
+        all,
+        "only {} of {N} scale sets poll ({} sessions)",
+        st.in_flight_polls,
+        st.sessions.len()
+    );
+    run.sigterm();
+    let out = run.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("Too many open files"),
+        "{}",
+        out.stderr
+    );
+    assert!(sim.state().sessions.is_empty(), "every session deleted");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -18,7 +18,7 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 pub const TOKEN: &str = "ghp_cliTestToken0123456789abcdefXYZ";
 
 /// Environment variables that must not leak from the test runner into the CLI.
-const CLEARED: [&str; 19] = [
+pub const CLEARED: [&str; 19] = [
     "SCALESET_URL",
     "SCALESET_TOKEN",
     "SCALESET_TOKEN_FILE",
