@@ -30,7 +30,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::error::CliError;
-use crate::globals::{GlobalArgs, LogLevel, parse_secs, system_info};
+use crate::globals::{LogArgs, LogLevel, parse_secs, system_info};
 use crate::output::print_json;
 
 /// The scale set the demo creates (and the label its jobs ask for).
@@ -91,37 +91,44 @@ impl StallWatch {
 /// Options of `demo`.
 #[derive(Args, Debug)]
 #[command(after_help = "\
-Starts the scale set simulator on 127.0.0.1, creates the scale set demo-runners, runs the
-autoscaler with `scaleset sim-runner` as the runner command (each runner a child process in a
-temporary work directory), and enqueues --jobs jobs at --arrival-rate jobs per second. Needs no
-network and no credentials (--url, --token and the other connection options are ignored); the
-defaults take about 15 seconds.
+Starts the scale set simulator on 127.0.0.1, creates the scale set
+demo-runners, runs the autoscaler with `scaleset sim-runner` as the runner
+command (each runner a child process in a temporary work directory), and
+enqueues --jobs jobs at --arrival-rate jobs per second. Needs no network and
+no credentials; the defaults take about 15 seconds.
 
-Progress goes to stderr: one updating line on a terminal, otherwise a plain line at most once a
-second. The summary goes to stdout (text, or one JSON object with --json): jobs done, failed
-and canceled, the wait from queued to started (p50, p95, max), the peak number of runners and
-the total time.
+Progress goes to stderr: one updating line on a terminal, otherwise a plain
+line at most once a second. The summary goes to stdout (text, or one JSON
+object with --json): jobs done, failed and canceled, the wait from queued to
+started (p50, p95, max), the peak number of runners and the total time.
 
-With --provisioner docker each runner is a container instead (--network host, so it reaches
-the simulator on 127.0.0.1) of the local image scaleset-demo-runner:VERSION, built FROM
-scratch out of this program, its shared libraries and the CA bundle (reused while this
-program is unchanged). It needs a Docker engine: DOCKER_HOST, else the default socket
-/var/run/docker.sock; without one the demo stops at once with an error saying so.
+With --provisioner docker each runner is a container instead (--network host,
+so it reaches the simulator on 127.0.0.1) of the local image
+scaleset-demo-runner:VERSION, built FROM scratch out of this program, its
+shared libraries and the CA bundle (reused while this program is unchanged).
+It needs a Docker engine: DOCKER_HOST, else the socket /var/run/docker.sock;
+without one the demo stops at once with an error saying so.
 
-SIGINT/SIGTERM (Ctrl-C) stops the workload; running jobs may finish (drain, at most the job
-duration plus 10 s, capped at 60 s), then the runners, the autoscaler and the simulator stop,
-the work directory is removed and the summary is printed. A second Ctrl-C exits at once.
+SIGINT/SIGTERM (Ctrl-C) stops the workload; running jobs may finish (drain,
+at most the job duration plus 10 s, capped at 60 s), then the runners, the
+autoscaler and the simulator stop, the work directory is removed and the
+summary is printed. A second Ctrl-C exits at once.
 
-Exit status: 0 when every job succeeded, 1 when a job failed or was canceled (or the
-autoscaler failed, or nothing moved for a job's duration plus 60 s), 2 for invalid options,
-130 after an interrupt.
+Exit status: 0 when every job succeeded, 1 when a job failed or was canceled
+(or the autoscaler failed, or nothing moved for a job's duration plus 60 s),
+2 for invalid options, 130 after an interrupt.
 
 Examples:
   scaleset demo
-  scaleset demo --jobs 100 --arrival-rate 10 --job-duration 5 --max-runners 20 --min-runners 0
+  scaleset demo --jobs 100 --arrival-rate 10 --job-duration 5 \\
+      --max-runners 20 --min-runners 0
   scaleset demo --jobs 12 --job-duration 0.5 --json | jq .waitP95Secs
-  scaleset demo --provisioner docker  # runners as containers on a Docker engine
-  scaleset demo --log-level info      # also show the autoscaler's logs")]
+
+  # runners as containers on a Docker engine
+  scaleset demo --provisioner docker
+
+  # also show the autoscaler's logs
+  scaleset demo --log-level info")]
 pub(crate) struct DemoArgs {
     /// How many jobs to run (1 to 1000).
     #[arg(long, default_value_t = 40, value_name = "N")]
@@ -646,7 +653,7 @@ enum End {
 }
 
 /// Runs `demo`.
-pub(crate) async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<(), CliError> {
+pub(crate) async fn run(log: &LogArgs, args: DemoArgs) -> Result<(), CliError> {
     args.validate()?;
     let started = Instant::now();
     let shutdown = crate::signal::shutdown_token()?;
@@ -659,7 +666,7 @@ pub(crate) async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<(), CliError> 
     })
     .await
     .map_err(|e| CliError::other("Sim", format!("demo: cannot start the simulator: {e}")))?;
-    let outcome = drive(g, &args, &sim, &workdir, &shutdown, started).await;
+    let outcome = drive(log, &args, &sim, &workdir, &shutdown, started).await;
     sim.shutdown().await;
     workdir.remove();
     let summary = outcome?;
@@ -694,14 +701,14 @@ pub(crate) async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<(), CliError> 
 /// Runs the autoscaler and the workload against a started simulator; always stops the
 /// autoscaler (and so its runners) before returning.
 async fn drive(
-    g: &GlobalArgs,
+    log: &LogArgs,
     args: &DemoArgs,
     sim: &Simulator,
     workdir: &WorkDir,
     shutdown: &CancellationToken,
     started: Instant,
 ) -> Result<Summary, CliError> {
-    let live = std::io::stderr().is_terminal() && g.log_level <= LogLevel::Warn;
+    let live = std::io::stderr().is_terminal() && log.log_level <= LogLevel::Warn;
     let mut reporter = Reporter::new(live, args.jobs);
     let image = match args.provisioner.as_str() {
         "docker" => Some(prepare_docker(&mut reporter).await?),
