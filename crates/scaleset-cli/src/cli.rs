@@ -394,4 +394,21 @@ mod tests {
             }
         }
     }
+
+    /// `--help` of every command, as a terminal 80 columns wide shows it, reviewed like an
+    /// API: a change to any help text shows in the diff of `tests/snapshots`. A new command
+    /// is covered without a change here.
+    #[test]
+    fn help_snapshots() {
+        let mut settings = insta::Settings::clone_current();
+        settings.set_snapshot_path("../tests/snapshots");
+        settings.set_prepend_module_to_snapshot(false);
+        settings.set_omit_expression(true);
+        settings.bind(|| {
+            for (path, _) in every_command() {
+                let name = format!("help__{}", path.replace(' ', "_"));
+                insta::assert_snapshot!(name, long_help(&path));
+            }
+        });
+    }
 }
