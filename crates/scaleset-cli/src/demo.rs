@@ -35,6 +35,13 @@ use crate::output::print_json;
 
 /// The scale set the demo creates (and the label its jobs ask for).
 const SCALE_SET: &str = "demo-runners";
+/// The demo's first line: what it shows, in one sentence.
+const INTRO: &str = "scaleset demo: a runner scale set is a named pool of self-hosted \
+    runners that GitHub sends `runs-on: <name>` jobs to, grown and shrunk by an autoscaler as \
+    jobs arrive (here demo-runners, against a local simulator of GitHub).";
+/// The demo's last line (after the summary): what to try next.
+const NEXT: &str = "Next: try `scaleset demo --jobs 200 --arrival-rate 20 --max-runners 30`, \
+    or serve GitHub's jobs with `scaleset run --help`.";
 /// The name of the runner image `--provisioner docker` builds (tagged with the version).
 const DEMO_IMAGE: &str = "scaleset-demo-runner";
 /// The image label fingerprinting the program it holds (path, size, modification time).
@@ -655,6 +662,7 @@ enum End {
 /// Runs `demo`.
 pub(crate) async fn run(log: &LogArgs, args: DemoArgs) -> Result<(), CliError> {
     args.validate()?;
+    write_stderr(&format!("{INTRO}\n"));
     let started = Instant::now();
     let shutdown = crate::signal::shutdown_token()?;
     let mut workdir = WorkDir::create()?;
@@ -672,9 +680,11 @@ pub(crate) async fn run(log: &LogArgs, args: DemoArgs) -> Result<(), CliError> {
     let summary = outcome?;
     if args.json {
         print_json(&summary)?;
+        // stdout stays one JSON document; the hint goes with the progress.
+        write_stderr(&format!("{NEXT}\n"));
     } else {
         let mut out = std::io::stdout().lock();
-        out.write_all(summary.text().as_bytes())
+        out.write_all(format!("{}{NEXT}\n", summary.text()).as_bytes())
             .and_then(|()| out.flush())
             .map_err(|e| CliError::other("Output", format!("cannot write to stdout: {e}")))?;
     }
