@@ -12,8 +12,9 @@ use crate::output::print_json;
 pub(crate) enum ConfigCommand {
     /// Parse a config URL: its scope, names, whether it is GitHub-hosted, and its API base.
     #[command(after_help = "\
-Prints {\"scope\", \"enterprise\", \"organization\", \"repository\", \"isHosted\", \"apiUrl\"};
-names that do not apply to the scope are null. Sends no request; needs no credentials.
+Prints {\"scope\", \"enterprise\", \"organization\", \"repository\",
+\"isHosted\", \"apiUrl\"}; names that do not apply to the scope are null.
+Sends no request; needs no credentials.
 
 Examples:
   scaleset config parse https://github.com/my-org/my-repo

@@ -30,11 +30,18 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::error::CliError;
-use crate::globals::{GlobalArgs, LogLevel, parse_secs, system_info};
+use crate::globals::{LogArgs, LogLevel, parse_secs, system_info};
 use crate::output::print_json;
 
 /// The scale set the demo creates (and the label its jobs ask for).
 const SCALE_SET: &str = "demo-runners";
+/// The demo's first line: what it shows, in one sentence.
+const INTRO: &str = "scaleset demo: a runner scale set is a named pool of self-hosted \
+    runners that GitHub sends `runs-on: <name>` jobs to, grown and shrunk by an autoscaler as \
+    jobs arrive (here demo-runners, against a local simulator of GitHub).";
+/// The demo's last line (after the summary): what to try next.
+const NEXT: &str = "Next: try `scaleset demo --jobs 200 --arrival-rate 20 --max-runners 30`, \
+    or serve GitHub's jobs with `scaleset run --help`.";
 /// The name of the runner image `--provisioner docker` builds (tagged with the version).
 const DEMO_IMAGE: &str = "scaleset-demo-runner";
 /// The image label fingerprinting the program it holds (path, size, modification time).
@@ -91,37 +98,44 @@ impl StallWatch {
 /// Options of `demo`.
 #[derive(Args, Debug)]
 #[command(after_help = "\
-Starts the scale set simulator on 127.0.0.1, creates the scale set demo-runners, runs the
-autoscaler with `scaleset sim-runner` as the runner command (each runner a child process in a
-temporary work directory), and enqueues --jobs jobs at --arrival-rate jobs per second. Needs no
-network and no credentials (--url, --token and the other connection options are ignored); the
-defaults take about 15 seconds.
+Starts the scale set simulator on 127.0.0.1, creates the scale set
+demo-runners, runs the autoscaler with `scaleset sim-runner` as the runner
+command (each runner a child process in a temporary work directory), and
+enqueues --jobs jobs at --arrival-rate jobs per second. Needs no network and
+no credentials; the defaults take about 15 seconds.
 
-Progress goes to stderr: one updating line on a terminal, otherwise a plain line at most once a
-second. The summary goes to stdout (text, or one JSON object with --json): jobs done, failed
-and canceled, the wait from queued to started (p50, p95, max), the peak number of runners and
-the total time.
+Progress goes to stderr: one updating line on a terminal, otherwise a plain
+line at most once a second. The summary goes to stdout (text, or one JSON
+object with --json): jobs done, failed and canceled, the wait from queued to
+started (p50, p95, max), the peak number of runners and the total time.
 
-With --provisioner docker each runner is a container instead (--network host, so it reaches
-the simulator on 127.0.0.1) of the local image scaleset-demo-runner:VERSION, built FROM
-scratch out of this program, its shared libraries and the CA bundle (reused while this
-program is unchanged). It needs a Docker engine: DOCKER_HOST, else the default socket
-/var/run/docker.sock; without one the demo stops at once with an error saying so.
+With --provisioner docker each runner is a container instead (--network host,
+so it reaches the simulator on 127.0.0.1) of the local image
+scaleset-demo-runner:VERSION, built FROM scratch out of this program, its
+shared libraries and the CA bundle (reused while this program is unchanged).
+It needs a Docker engine: DOCKER_HOST, else the socket /var/run/docker.sock;
+without one the demo stops at once with an error saying so.
 
-SIGINT/SIGTERM (Ctrl-C) stops the workload; running jobs may finish (drain, at most the job
-duration plus 10 s, capped at 60 s), then the runners, the autoscaler and the simulator stop,
-the work directory is removed and the summary is printed. A second Ctrl-C exits at once.
+SIGINT/SIGTERM (Ctrl-C) stops the workload; running jobs may finish (drain,
+at most the job duration plus 10 s, capped at 60 s), then the runners, the
+autoscaler and the simulator stop, the work directory is removed and the
+summary is printed. A second Ctrl-C exits at once.
 
-Exit status: 0 when every job succeeded, 1 when a job failed or was canceled (or the
-autoscaler failed, or nothing moved for a job's duration plus 60 s), 2 for invalid options,
-130 after an interrupt.
+Exit status: 0 when every job succeeded, 1 when a job failed or was canceled
+(or the autoscaler failed, or nothing moved for a job's duration plus 60 s),
+2 for invalid options, 130 after an interrupt.
 
 Examples:
   scaleset demo
-  scaleset demo --jobs 100 --arrival-rate 10 --job-duration 5 --max-runners 20 --min-runners 0
+  scaleset demo --jobs 100 --arrival-rate 10 --job-duration 5 \\
+      --max-runners 20 --min-runners 0
   scaleset demo --jobs 12 --job-duration 0.5 --json | jq .waitP95Secs
-  scaleset demo --provisioner docker  # runners as containers on a Docker engine
-  scaleset demo --log-level info      # also show the autoscaler's logs")]
+
+  # runners as containers on a Docker engine
+  scaleset demo --provisioner docker
+
+  # also show the autoscaler's logs
+  scaleset demo --log-level info")]
 pub(crate) struct DemoArgs {
     /// How many jobs to run (1 to 1000).
     #[arg(long, default_value_t = 40, value_name = "N")]
@@ -646,8 +660,9 @@ enum End {
 }
 
 /// Runs `demo`.
-pub(crate) async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<(), CliError> {
+pub(crate) async fn run(log: &LogArgs, args: DemoArgs) -> Result<(), CliError> {
     args.validate()?;
+    write_stderr(&format!("{INTRO}\n"));
     let started = Instant::now();
     let shutdown = crate::signal::shutdown_token()?;
     let mut workdir = WorkDir::create()?;
@@ -659,15 +674,17 @@ pub(crate) async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<(), CliError> 
     })
     .await
     .map_err(|e| CliError::other("Sim", format!("demo: cannot start the simulator: {e}")))?;
-    let outcome = drive(g, &args, &sim, &workdir, &shutdown, started).await;
+    let outcome = prepare_and_drive(log, &args, &sim, &workdir, &shutdown, started).await;
     sim.shutdown().await;
     workdir.remove();
     let summary = outcome?;
     if args.json {
         print_json(&summary)?;
+        // stdout stays one JSON document; the hint goes with the progress.
+        write_stderr(&format!("{NEXT}\n"));
     } else {
         let mut out = std::io::stdout().lock();
-        out.write_all(summary.text().as_bytes())
+        out.write_all(format!("{}{NEXT}\n", summary.text()).as_bytes())
             .and_then(|()| out.flush())
             .map_err(|e| CliError::other("Output", format!("cannot write to stdout: {e}")))?;
     }
@@ -691,29 +708,24 @@ pub(crate) async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<(), CliError> 
     Ok(())
 }
 
-/// Runs the autoscaler and the workload against a started simulator; always stops the
-/// autoscaler (and so its runners) before returning.
-async fn drive(
-    g: &GlobalArgs,
+/// Prepares the runners (the Docker image, when asked for), the autoscaler configuration and
+/// its client, then runs the autoscaler and the workload with [`drive`].
+async fn prepare_and_drive(
+    log: &LogArgs,
     args: &DemoArgs,
     sim: &Simulator,
     workdir: &WorkDir,
     shutdown: &CancellationToken,
     started: Instant,
 ) -> Result<Summary, CliError> {
-    let live = std::io::stderr().is_terminal() && g.log_level <= LogLevel::Warn;
+    let live = std::io::stderr().is_terminal() && log.log_level <= LogLevel::Warn;
     let mut reporter = Reporter::new(live, args.jobs);
     let image = match args.provisioner.as_str() {
         "docker" => Some(prepare_docker(&mut reporter).await?),
         _ => None,
     };
     let config = autoscaler_config(args, sim.config_url(), workdir.path(), image.as_deref())?;
-    let credentials = Credentials::token(sim.token())
-        .map_err(|e| CliError::api("demo: simulator credentials", e))?;
-    let client = Client::builder(sim.config_url(), credentials)
-        .system_info(system_info())
-        .build()
-        .map_err(|e| CliError::api("demo: client", e))?;
+    let client = simulator_client(sim)?;
     reporter.note(&format!(
         "scaleset demo: simulator at {}, scale set {SCALE_SET}, {} jobs of {:.1} s at {} per second, {} to {} runners{}",
         sim.base_url(),
@@ -727,7 +739,62 @@ async fn drive(
             .map(|i| format!(" (containers of {i})"))
             .unwrap_or_default(),
     ));
+    let enqueue = async |count: u32| {
+        sim.enqueue_jobs(EnqueueJobs {
+            labels: vec![SCALE_SET.to_string()],
+            count,
+            duration: args.job_duration,
+            result: "succeeded".to_string(),
+        })
+        .await
+        .map(drop)
+        .map_err(|e| CliError::other("Sim", format!("demo: cannot enqueue jobs: {e}")))
+    };
+    drive(
+        args,
+        sim,
+        config,
+        client,
+        &mut reporter,
+        shutdown,
+        started,
+        enqueue,
+    )
+    .await
+}
 
+/// A client of the simulator, with its own token.
+fn simulator_client(sim: &Simulator) -> Result<Client, CliError> {
+    let credentials = Credentials::token(sim.token())
+        .map_err(|e| CliError::api("demo: simulator credentials", e))?;
+    Client::builder(sim.config_url(), credentials)
+        .system_info(system_info())
+        .build()
+        .map_err(|e| CliError::api("demo: client", e))
+}
+
+/// How the workload ended, and what the messages about it need.
+struct Workload {
+    end: End,
+    start: Instant,
+    stall_limit: Duration,
+}
+
+/// Runs the autoscaler and the workload (jobs go in through `enqueue`) against a started
+/// simulator. Every way out, a failed enqueue included, stops the autoscaler (and so its
+/// runners) before returning: the workload's result is held until the autoscaler is
+/// stopped.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    args: &DemoArgs,
+    sim: &Simulator,
+    config: Config,
+    client: Client,
+    reporter: &mut Reporter,
+    shutdown: &CancellationToken,
+    started: Instant,
+    enqueue: impl AsyncFn(u32) -> Result<(), CliError>,
+) -> Result<Summary, CliError> {
     // The autoscaler stops on its own token: the demo decides when (after the drain of the
     // workload, or on an interrupt).
     let stop = CancellationToken::new();
@@ -736,103 +803,42 @@ async fn drive(
         move |_url: &str| Ok(client.clone()),
         stop.clone(),
     ));
-
     let peak = Cell::new(0usize);
     let sample = |s: &SimState| peak.set(peak.get().max(s.runners.len()));
 
-    // Start-up: wait until the autoscaler listens, so the waits measure scaling, not boot.
-    let (listening, _) = sim
-        .wait_until(STARTUP_TIMEOUT, |s| {
-            sample(s);
-            s.scale_set_by_name(SCALE_SET)
-                .is_some_and(|ss| ss.session_id.is_some())
-                || shutdown.is_cancelled()
-                || daemon.is_finished()
-        })
-        .await;
-    let mut end = if shutdown.is_cancelled() {
-        End::Interrupted
-    } else if daemon.is_finished() {
-        End::AutoscalerStopped
-    } else if !listening {
-        stop.cancel();
-        let _ = stop_daemon(&mut daemon, args).await;
-        return Err(CliError::other(
-            "Demo",
-            format!(
-                "demo: the autoscaler did not start listening within {} s",
-                STARTUP_TIMEOUT.as_secs()
-            ),
-        ));
-    } else {
-        End::AllDone
+    let workload = workload(args, sim, &daemon, reporter, shutdown, &sample, enqueue).await;
+    let (end, workload_start) = match &workload {
+        Ok(w) => (Some(w.end), w.start),
+        Err(_) => (None, Instant::now()),
     };
-
-    let workload_start = Instant::now();
-    let mut sent = 0u32;
-    let mut stall = StallWatch::new(args.job_duration, workload_start);
-    if end == End::AllDone {
-        end = loop {
-            let due = args.jobs_due(workload_start.elapsed());
-            if due > sent {
-                sim.enqueue_jobs(EnqueueJobs {
-                    labels: vec![SCALE_SET.to_string()],
-                    count: due - sent,
-                    duration: args.job_duration,
-                    result: "succeeded".to_string(),
-                })
-                .await
-                .map_err(|e| CliError::other("Sim", format!("demo: cannot enqueue jobs: {e}")))?;
-                sent = due;
-            }
-            let wait = if sent < args.jobs {
-                (workload_start + args.due_at(sent))
-                    .saturating_duration_since(Instant::now())
-                    .min(TICK)
-            } else {
-                TICK
-            };
-            let total = args.jobs as usize;
-            let (_, snap) = sim
-                .wait_until(wait, |s| {
-                    sample(s);
-                    (s.jobs.len() == total && s.jobs.iter().all(|j| j.status == "completed"))
-                        || shutdown.is_cancelled()
-                        || daemon.is_finished()
-                })
-                .await;
-            let p = Progress::of(&snap);
-            reporter.update(p, workload_start.elapsed());
-            if shutdown.is_cancelled() {
-                break End::Interrupted;
-            }
-            if daemon.is_finished() {
-                break End::AutoscalerStopped;
-            }
-            if p.enqueued == total && p.done == total {
-                break End::AllDone;
-            }
-            if stall.stalled(p, sent >= args.jobs, Instant::now()) {
-                break End::Stalled;
-            }
-        };
-    }
-
-    match end {
-        End::AllDone => {
-            let p = Progress::of(&sim.state());
-            reporter.finish(p, workload_start.elapsed());
-        }
-        End::Interrupted => reporter.note(&format!(
+    match &workload {
+        Ok(Workload {
+            end: End::AllDone,
+            start,
+            ..
+        }) => reporter.finish(Progress::of(&sim.state()), start.elapsed()),
+        Ok(Workload {
+            end: End::Interrupted,
+            ..
+        }) => reporter.note(&format!(
             "scaleset demo: interrupted; no more jobs; running jobs may finish (at most {} s), then everything stops",
             args.drain_timeout_secs()
         )),
-        End::AutoscalerStopped => {}
-        End::Stalled => reporter.note(&format!(
+        Ok(Workload {
+            end: End::Stalled,
+            stall_limit,
+            ..
+        }) => reporter.note(&format!(
             "scaleset demo: nothing moved for {} s; stopping (run with --log-level info to see why)",
-            stall.limit.as_secs()
+            stall_limit.as_secs()
         )),
+        Ok(Workload {
+            end: End::AutoscalerStopped,
+            ..
+        }) => {}
+        Err(_) => reporter.note("scaleset demo: stopping the autoscaler and its runners"),
     }
+
     // Drain: show the running jobs finishing while the autoscaler stops.
     stop.cancel();
     let daemon_result = loop {
@@ -845,36 +851,48 @@ async fn drive(
                 daemon.is_finished()
             })
             .await;
-        if end == End::Interrupted {
+        if end == Some(End::Interrupted) {
             reporter.update(Progress::of(&snap), workload_start.elapsed());
         }
     };
     let state = sim.state();
     sample(&state);
-    if end == End::Interrupted {
+    if end == Some(End::Interrupted) {
         reporter.finish(Progress::of(&state), workload_start.elapsed());
     }
+    let workload = match workload {
+        Ok(w) => w,
+        Err(e) => {
+            if let Err(d) = daemon_result {
+                tracing::warn!(error = d.message(), "the autoscaler failed too");
+            }
+            return Err(e);
+        }
+    };
     daemon_result?;
-    if end == End::AutoscalerStopped {
-        return Err(CliError::other(
-            "Run",
-            "demo: the autoscaler stopped before the jobs were done",
-        ));
-    }
-    if end == End::Stalled {
-        let p = Progress::of(&state);
-        return Err(CliError::other(
-            "DemoStalled",
-            format!(
-                "demo: no job started or finished for {} s ({} waiting, {} running, {} of {} done); \
-                 run with --log-level info to see why",
-                stall.limit.as_secs(),
-                p.queued,
-                p.running,
-                p.done,
-                args.jobs
-            ),
-        ));
+    match workload.end {
+        End::AutoscalerStopped => {
+            return Err(CliError::other(
+                "Run",
+                "demo: the autoscaler stopped before the jobs were done",
+            ));
+        }
+        End::Stalled => {
+            let p = Progress::of(&state);
+            return Err(CliError::other(
+                "DemoStalled",
+                format!(
+                    "demo: no job started or finished for {} s ({} waiting, {} running, {} of {} done); \
+                     run with --log-level info to see why",
+                    workload.stall_limit.as_secs(),
+                    p.queued,
+                    p.running,
+                    p.done,
+                    args.jobs
+                ),
+            ));
+        }
+        End::AllDone | End::Interrupted => {}
     }
     Ok(summarize(
         args,
@@ -882,8 +900,98 @@ async fn drive(
         peak.get(),
         workload_start.elapsed(),
         started.elapsed(),
-        end == End::Interrupted,
+        workload.end == End::Interrupted,
     ))
+}
+
+/// Waits until the autoscaler listens, then enqueues the jobs at the arrival rate and
+/// follows them until they are done, the demo is interrupted, the autoscaler stops or
+/// nothing moves. Leaves the autoscaler running: [`drive`] stops it.
+async fn workload(
+    args: &DemoArgs,
+    sim: &Simulator,
+    daemon: &tokio::task::JoinHandle<scaleset_autoscaler::Result<()>>,
+    reporter: &mut Reporter,
+    shutdown: &CancellationToken,
+    sample: &dyn Fn(&SimState),
+    enqueue: impl AsyncFn(u32) -> Result<(), CliError>,
+) -> Result<Workload, CliError> {
+    // Start-up: wait until the autoscaler listens, so the waits measure scaling, not boot.
+    let (listening, _) = sim
+        .wait_until(STARTUP_TIMEOUT, |s| {
+            sample(s);
+            s.scale_set_by_name(SCALE_SET)
+                .is_some_and(|ss| ss.session_id.is_some())
+                || shutdown.is_cancelled()
+                || daemon.is_finished()
+        })
+        .await;
+    let start = Instant::now();
+    let mut stall = StallWatch::new(args.job_duration, start);
+    let done = |end| {
+        Ok(Workload {
+            end,
+            start,
+            stall_limit: stall.limit,
+        })
+    };
+    if shutdown.is_cancelled() {
+        return done(End::Interrupted);
+    }
+    if daemon.is_finished() {
+        return done(End::AutoscalerStopped);
+    }
+    if !listening {
+        return Err(CliError::other(
+            "Demo",
+            format!(
+                "demo: the autoscaler did not start listening within {} s",
+                STARTUP_TIMEOUT.as_secs()
+            ),
+        ));
+    }
+    let total = args.jobs as usize;
+    let mut sent = 0u32;
+    loop {
+        let due = args.jobs_due(start.elapsed());
+        if due > sent {
+            enqueue(due - sent).await?;
+            sent = due;
+        }
+        let wait = if sent < args.jobs {
+            (start + args.due_at(sent))
+                .saturating_duration_since(Instant::now())
+                .min(TICK)
+        } else {
+            TICK
+        };
+        let (_, snap) = sim
+            .wait_until(wait, |s| {
+                sample(s);
+                (s.jobs.len() == total && s.jobs.iter().all(|j| j.status == "completed"))
+                    || shutdown.is_cancelled()
+                    || daemon.is_finished()
+            })
+            .await;
+        let p = Progress::of(&snap);
+        reporter.update(p, start.elapsed());
+        let end = if shutdown.is_cancelled() {
+            End::Interrupted
+        } else if daemon.is_finished() {
+            End::AutoscalerStopped
+        } else if p.enqueued == total && p.done == total {
+            End::AllDone
+        } else if stall.stalled(p, sent >= args.jobs, Instant::now()) {
+            End::Stalled
+        } else {
+            continue;
+        };
+        return Ok(Workload {
+            end,
+            start,
+            stall_limit: stall.limit,
+        });
+    }
 }
 
 /// Awaits the autoscaler task (cancelled already) and maps its failure.
@@ -934,6 +1042,106 @@ mod tests {
         let e = a.validate().expect_err("invalid");
         assert_eq!(e.exit_code(), 2);
         e.message().to_string()
+    }
+
+    /// Whether process `pid` still runs (a zombie waiting to be reaped does not).
+    fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let state = stat.rsplit(") ").next()?.chars().next()?;
+                Some(state != 'Z' && state != 'X')
+            })
+            .unwrap_or(false)
+    }
+
+    fn pids_in(file: &Path) -> Vec<i32> {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Defect 8 of issue 11: a failed enqueue returned early and left the autoscaler, and the
+    /// runner processes it had started, running. Each runner here is a shell that writes
+    /// its pid to a file and sleeps; enqueueing fails once one runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_enqueue_stops_the_autoscaler_and_leaves_no_runner_process() {
+        const DEADLINE: Duration = Duration::from_secs(30);
+        let sim = Simulator::start(SimConfig {
+            long_poll: Duration::from_millis(500),
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            ..SimConfig::default()
+        })
+        .await
+        .expect("the simulator starts");
+        let mut dir = WorkDir::create().expect("a temporary directory");
+        let pids = dir.path().join("runner-pids");
+        let a = args(&["--jobs", "5", "--min-runners", "1", "--max-runners", "2"]).expect("parses");
+        let mut config =
+            autoscaler_config(&a, sim.config_url(), dir.path(), None).expect("a valid config");
+        config.scale_sets[0].provisioner = ProvisionerConfig::Process(ProcessSettings {
+            command: Some("/bin/sh".to_string()),
+            args: vec![
+                "-c".to_string(),
+                format!("echo $$ >> '{}'; exec sleep 120", pids.display()),
+            ],
+            workdir: Some(dir.path().join("runners")),
+            env: Vec::new(),
+        });
+        let client = simulator_client(&sim).expect("a client");
+        let mut reporter = Reporter::new(false, a.jobs);
+        let enqueue = async |_count: u32| {
+            let deadline = Instant::now() + DEADLINE;
+            while pids_in(&pids).is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(CliError::other(
+                "Sim",
+                "demo: cannot enqueue jobs: injected",
+            ))
+        };
+        let result = tokio::time::timeout(
+            Duration::from_secs(120),
+            drive(
+                &a,
+                &sim,
+                config,
+                client,
+                &mut reporter,
+                &CancellationToken::new(),
+                Instant::now(),
+                enqueue,
+            ),
+        )
+        .await
+        .expect("the demo stops before the deadline");
+        let e = result.expect_err("enqueueing failed");
+        assert!(
+            e.message().contains("cannot enqueue jobs"),
+            "{}",
+            e.message()
+        );
+
+        let started = pids_in(&pids);
+        assert!(!started.is_empty(), "no runner process was started");
+        // Stopped means gone by now; the short grace only covers the kernel's bookkeeping.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while started.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left: Vec<i32> = started.into_iter().filter(|&p| alive(p)).collect();
+        for &pid in &left {
+            // Clean up after a failure, so that the failing run leaves nothing either.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        assert!(left.is_empty(), "runner processes are left: {left:?}");
+        sim.shutdown().await;
+        dir.remove();
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The global options and the [`Client`] built from them.
+//! The options shared by many commands (connection and log options) and the [`Client`]
+//! built from the connection options.
 //!
-//! [`client_from_globals`] is the one place that turns options and environment variables into
+//! [`client_from_connection`] is the one place that turns options and environment variables into
 //! credentials and a client; every command that talks to the service (including `run`) uses it,
 //! so they all accept the same configuration and fail the same way (exit 2, before any request)
 //! when it is incomplete.
@@ -24,7 +25,7 @@ pub(crate) const ENV_GITHUB_TOKEN: &str = "GITHUB_TOKEN";
 pub(crate) enum LogLevel {
     /// Errors only.
     Error,
-    /// Errors and warnings (the default).
+    /// Errors and warnings.
     Warn,
     /// Progress information.
     Info,
@@ -43,93 +44,141 @@ pub(crate) enum LogFormat {
     Json,
 }
 
-/// Options every command accepts, before or after the subcommand.
-#[derive(Args, Clone)]
-pub(crate) struct GlobalArgs {
-    /// The GitHub config URL: a repository, organization or enterprise
-    /// (https://github.com/ORG/REPO, https://github.com/ORG, https://github.com/enterprises/ENT).
-    #[arg(long, global = true, env = "SCALESET_URL", value_name = "URL")]
+/// The options of every command that talks to GitHub: where (the config URL), with what
+/// credentials, over which TLS setup, with which retries and timeouts.
+///
+/// Flattened into [`crate::cli::Cli`] (so they may come before the subcommand, as in
+/// `scaleset --url URL scale-set list`) and into each command that uses them (so they come
+/// after it, and its `--help` lists them under their own heading); the commands that do not
+/// talk to GitHub (`config parse`, `sim`, `sim-runner`, `demo`) have none.
+/// [`ConnectionArgs::take_given_before`] merges the two places. `--help` names each
+/// environment variable without its value: help reads the same whatever is set.
+#[derive(Args, Clone, Default)]
+#[command(next_help_heading = "Connection options")]
+pub(crate) struct ConnectionArgs {
+    /// Config URL: the repository, organization or enterprise to work on.
+    ///
+    /// https://github.com/ORG/REPO, https://github.com/ORG or
+    /// https://github.com/enterprises/ENT (or the same on a GHES host).
+    #[arg(long, env = "SCALESET_URL", hide_env_values = true, value_name = "URL")]
     pub(crate) url: Option<String>,
 
-    /// A personal access token (falls back to GITHUB_TOKEN when SCALESET_TOKEN is unset).
+    /// Personal access token (else GITHUB_TOKEN is read).
     #[arg(
         long,
-        global = true,
         env = "SCALESET_TOKEN",
         hide_env_values = true,
         value_name = "TOKEN"
     )]
     pub(crate) token: Option<String>,
 
-    /// File holding a token (a PAT or an installation token), re-read when it changes, so a
-    /// mounted Secret that rotates in place keeps working.
-    #[arg(long, global = true, env = "SCALESET_TOKEN_FILE", value_name = "PATH")]
+    /// File holding a token, re-read when it changes.
+    ///
+    /// A PAT or an installation token; a mounted Secret that rotates in place keeps
+    /// working.
+    #[arg(
+        long,
+        env = "SCALESET_TOKEN_FILE",
+        hide_env_values = true,
+        value_name = "PATH"
+    )]
     pub(crate) token_file: Option<PathBuf>,
 
     /// GitHub App client id (or numeric app id).
-    #[arg(long, global = true, env = "SCALESET_APP_CLIENT_ID", value_name = "ID")]
+    #[arg(
+        long,
+        env = "SCALESET_APP_CLIENT_ID",
+        hide_env_values = true,
+        value_name = "ID"
+    )]
     pub(crate) app_client_id: Option<String>,
 
     /// GitHub App installation id (non-zero).
     #[arg(
         long,
-        global = true,
         env = "SCALESET_APP_INSTALLATION_ID",
+        hide_env_values = true,
         value_name = "N"
     )]
     pub(crate) app_installation_id: Option<u64>,
 
-    /// File holding the GitHub App private key in PEM (or put the PEM itself in
-    /// SCALESET_APP_PRIVATE_KEY).
+    /// GitHub App private key file (PEM).
+    ///
+    /// Or put the PEM itself in SCALESET_APP_PRIVATE_KEY.
     #[arg(
         long,
-        global = true,
         env = "SCALESET_APP_PRIVATE_KEY_FILE",
+        hide_env_values = true,
         value_name = "PATH"
     )]
     pub(crate) app_private_key_file: Option<PathBuf>,
 
-    /// Extra root CA certificates in PEM to trust (repeatable).
-    #[arg(long, global = true, value_name = "PATH")]
+    /// Extra root CA certificates to trust (PEM; repeatable).
+    #[arg(long, value_name = "PATH")]
     pub(crate) ca_cert: Vec<PathBuf>,
 
-    /// TLS client certificate in PEM, optionally followed by its intermediates (mutual TLS;
-    /// needs --client-key).
-    #[arg(long, global = true, env = "SCALESET_CLIENT_CERT", value_name = "PATH")]
+    /// TLS client certificate (PEM) for mutual TLS; needs --client-key.
+    ///
+    /// The certificate, optionally followed by its intermediates.
+    #[arg(
+        long,
+        env = "SCALESET_CLIENT_CERT",
+        hide_env_values = true,
+        value_name = "PATH"
+    )]
     pub(crate) client_cert: Option<PathBuf>,
 
-    /// Private key of --client-cert in PEM, unencrypted (PKCS#8, PKCS#1 RSA or SEC1 EC).
-    #[arg(long, global = true, env = "SCALESET_CLIENT_KEY", value_name = "PATH")]
+    /// Private key of --client-cert (PEM).
+    ///
+    /// Unencrypted: PKCS#8, PKCS#1 RSA or SEC1 EC.
+    #[arg(
+        long,
+        env = "SCALESET_CLIENT_KEY",
+        hide_env_values = true,
+        value_name = "PATH"
+    )]
     pub(crate) client_key: Option<PathBuf>,
 
     /// Do not verify TLS certificates (testing only).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub(crate) insecure_skip_tls_verify: bool,
 
-    /// Retries after the first attempt of a request [default: 4].
-    #[arg(long, global = true, value_name = "N")]
+    /// Retries after a request's first attempt [default: 4].
+    #[arg(long, value_name = "N")]
     pub(crate) retry_max: Option<u32>,
 
     /// Longest wait between retries, in seconds [default: 30].
-    #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub(crate) retry_wait_max: Option<Duration>,
 
     /// Timeout of each request attempt, in seconds [default: 300].
-    #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub(crate) timeout: Option<Duration>,
 
+    /// What errors call the file options: the flags, or the config file keys they came from.
+    #[arg(skip)]
+    pub(crate) names: OptionNames,
+}
+
+/// Log options: every command accepts them, before or after the subcommand.
+#[derive(Args, Clone, Copy, Debug)]
+#[command(next_help_heading = "Log options")]
+pub(crate) struct LogArgs {
     /// Log level on stderr.
     #[arg(
         long,
         global = true,
         env = "SCALESET_LOG",
+        hide_env_values = true,
         value_enum,
         default_value_t = LogLevel::Warn,
         value_name = "LEVEL"
     )]
     pub(crate) log_level: LogLevel,
 
-    /// Log format on stderr (json also makes the final error line a JSON object).
+    /// Log format on stderr.
+    ///
+    /// json also makes the final error line a JSON object.
     #[arg(
         long,
         global = true,
@@ -138,10 +187,6 @@ pub(crate) struct GlobalArgs {
         value_name = "FORMAT"
     )]
     pub(crate) log_format: LogFormat,
-
-    /// What errors call the file options: the flags, or the config file keys they came from.
-    #[arg(skip)]
-    pub(crate) names: OptionNames,
 }
 
 /// The names errors give the file options: the flag by default, the config file key when
@@ -166,9 +211,52 @@ impl Default for OptionNames {
     }
 }
 
-impl fmt::Debug for GlobalArgs {
+impl ConnectionArgs {
+    /// Takes each option given on the command line before the subcommand (`before`, parsed
+    /// by the top-level command) unless it was given after the subcommand too: after wins.
+    /// Options given in neither place keep what the command's own parse found (its
+    /// environment variable, or nothing).
+    ///
+    /// `given_before` and `given_after` say whether the option with that clap id (its field
+    /// name) was on the command line at that level.
+    pub(crate) fn take_given_before(
+        &mut self,
+        before: &ConnectionArgs,
+        given_before: &dyn Fn(&str) -> bool,
+        given_after: &dyn Fn(&str) -> bool,
+    ) {
+        macro_rules! take {
+            ($($field:ident),* $(,)?) => {
+                // Destructured so that a new field that is not listed here does not compile.
+                let ConnectionArgs { $($field: _,)* names: _ } = before;
+                $(
+                    if given_before(stringify!($field)) && !given_after(stringify!($field)) {
+                        self.$field = before.$field.clone();
+                    }
+                )*
+            };
+        }
+        take!(
+            url,
+            token,
+            token_file,
+            app_client_id,
+            app_installation_id,
+            app_private_key_file,
+            ca_cert,
+            client_cert,
+            client_key,
+            insecure_skip_tls_verify,
+            retry_max,
+            retry_wait_max,
+            timeout,
+        );
+    }
+}
+
+impl fmt::Debug for ConnectionArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GlobalArgs")
+        f.debug_struct("ConnectionArgs")
             .field("url", &self.url)
             .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
             .field("token_file", &self.token_file)
@@ -182,8 +270,6 @@ impl fmt::Debug for GlobalArgs {
             .field("retry_max", &self.retry_max)
             .field("retry_wait_max", &self.retry_wait_max)
             .field("timeout", &self.timeout)
-            .field("log_level", &self.log_level)
-            .field("log_format", &self.log_format)
             .finish()
     }
 }
@@ -211,7 +297,7 @@ pub(crate) fn system_info() -> SystemInfo {
     }
 }
 
-/// Builds a client from the global options and the environment. Sends no request.
+/// Builds a client from the connection options and the environment. Sends no request.
 ///
 /// Credentials, in order: `--token`/`SCALESET_TOKEN`; complete GitHub App credentials (client
 /// id, non-zero installation id, and a key from `--app-private-key-file`/
@@ -220,12 +306,12 @@ pub(crate) fn system_info() -> SystemInfo {
 /// # Errors
 /// Exit code 2 for a missing or invalid URL, missing or malformed credentials, an unreadable
 /// file, or a bad CA bundle.
-pub(crate) fn client_from_globals(g: &GlobalArgs) -> Result<Client, CliError> {
+pub(crate) fn client_from_connection(g: &ConnectionArgs) -> Result<Client, CliError> {
     client_with_env(g, &|name| std::env::var(name).ok())
 }
 
 fn client_with_env(
-    g: &GlobalArgs,
+    g: &ConnectionArgs,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Client, CliError> {
     let url = non_empty(g.url.clone()).ok_or_else(|| {
@@ -314,9 +400,9 @@ fn non_empty(s: Option<String>) -> Option<String> {
     s.filter(|s| !s.trim().is_empty())
 }
 
-/// Picks the credentials (see [`client_from_globals`] for the order).
+/// Picks the credentials (see [`client_from_connection`] for the order).
 fn credentials(
-    g: &GlobalArgs,
+    g: &ConnectionArgs,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Credentials, CliError> {
     let invalid = |e| CliError::api("credentials", e);
@@ -432,10 +518,10 @@ mod tests {
     #[derive(Parser)]
     struct T {
         #[command(flatten)]
-        g: GlobalArgs,
+        g: ConnectionArgs,
     }
 
-    fn globals(args: &[&str]) -> GlobalArgs {
+    fn globals(args: &[&str]) -> ConnectionArgs {
         let mut all = vec!["t"];
         all.extend_from_slice(args);
         T::try_parse_from(all).expect("valid arguments").g

@@ -17,25 +17,31 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::error::{CliError, OrCli};
-use crate::globals::{GlobalArgs, client_from_globals, system_info};
+use crate::globals::{ConnectionArgs, client_from_connection, system_info};
 use crate::output::print_line;
 use crate::signal::shutdown_token;
 
 /// `listen` arguments.
 #[derive(Args)]
 #[command(after_help = "\
-Prints one JSON object per line until SIGINT/SIGTERM, then deletes the session and exits 0:
-  {\"event\":\"statistics\",\"statistics\":{\"totalAvailableJobs\":0,...,\"totalIdleRunners\":0}}
-  {\"event\":\"jobStarted\",\"job\":{\"runnerRequestId\":1,\"jobId\":\"...\",\"runnerName\":\"...\",...}}
+Prints one JSON object per line until SIGINT/SIGTERM, then deletes the
+session and exits 0:
+  {\"event\":\"statistics\",\"statistics\":{\"totalAssignedJobs\":1,...}}
+  {\"event\":\"jobStarted\",\"job\":{\"runnerRequestId\":1,\"jobId\":\"...\",...}}
   {\"event\":\"jobCompleted\",\"job\":{...,\"result\":\"succeeded\"}}
   {\"event\":\"desiredRunners\",\"count\":1}
-Statistics come first from the session, then from every message; desiredRunners (the scale
-set's totalAssignedJobs) follows them and every empty poll. Exit 4 when another client holds
-the session, unless --wait-for-session. The scale set receives jobs up to --max-runners.
+Statistics come first from the session, then from every message;
+desiredRunners (the scale set's totalAssignedJobs) follows them and every
+empty poll. Exit 4 when another client holds the session, unless
+--wait-for-session. The scale set receives jobs up to --max-runners.
 
 Examples:
   scaleset listen --scale-set-id 7
-  scaleset listen --scale-set-id 7 --max-runners 20 --wait-for-session | jq -c 'select(.event == \"desiredRunners\")'")]
+  scaleset listen --scale-set-id 7 --max-runners 20 --wait-for-session
+
+  # only the desired runner counts
+  scaleset listen --scale-set-id 7 |
+    jq -c 'select(.event == \"desiredRunners\")'")]
 pub(crate) struct ListenArgs {
     /// The scale set to listen to.
     #[arg(long, value_name = "ID", value_parser = clap::value_parser!(i64).range(1..))]
@@ -54,13 +60,16 @@ pub(crate) struct ListenArgs {
     /// Wait for another client's session to end instead of exiting 4.
     #[arg(long)]
     wait_for_session: bool,
+    /// Connection options given after the subcommand.
+    #[command(flatten)]
+    pub(crate) connection: ConnectionArgs,
 }
 
 const OP: &str = "listen";
 
 /// Runs `listen`.
-pub(crate) async fn run(g: &GlobalArgs, args: ListenArgs) -> Result<(), CliError> {
-    let client = client_from_globals(g)?;
+pub(crate) async fn run(g: &ConnectionArgs, args: ListenArgs) -> Result<(), CliError> {
+    let client = client_from_connection(g)?;
     client.set_system_info(SystemInfo {
         scale_set_id: args.scale_set_id,
         subsystem: "listen".to_string(),

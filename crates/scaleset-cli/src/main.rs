@@ -5,10 +5,13 @@
 //! [`error`]); scripts depend on it and on the JSON field names, which are the wire names of
 //! the service.
 //!
-//! Layout: [`cli`] is the clap command tree, [`globals`] the global options and the client
-//! built from them, [`error`] the exit codes and the final error line, one module per command
-//! family. A new command is a module with an `Args` type and an async `run` function, one
-//! variant in [`cli::Command`] and one arm in [`dispatch`].
+//! Layout: [`cli`] is the clap command tree, [`globals`] the shared (connection and log)
+//! options and the client built from the connection options, [`error`] the exit codes and
+//! the final error line, one module per command family. A new command is a module with an
+//! `Args` type and an async `run` function, one variant in [`cli::Command`] and one arm in
+//! [`dispatch`]; a command that talks to GitHub also flattens
+//! [`globals::ConnectionArgs`] into its `Args` and returns it from
+//! `cli::Command::connection_mut`.
 
 // Doc comments on clap types double as `--help` text, read in a terminal: URLs stay bare.
 #![allow(rustdoc::bare_urls)]
@@ -30,20 +33,15 @@ mod sim;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use crate::cli::{Cli, Command};
 use crate::error::CliError;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        // Help and version exit 0; usage errors exit 2 in clap's own format.
-        Err(e) => e.exit(),
-    };
-    logging::init(cli.globals.log_level, cli.globals.log_format);
-    let format = cli.globals.log_format;
+    // Help and version exit 0; usage errors exit 2 in clap's own format.
+    let cli = Cli::parse_args();
+    logging::init(cli.log.log_level, cli.log.log_format);
+    let format = cli.log.log_format;
     match dispatch(cli).await {
         Ok(()) => ExitCode::from(error::EXIT_OK),
         Err(e) => {
@@ -55,7 +53,7 @@ async fn main() -> ExitCode {
 
 /// Runs the parsed command.
 async fn dispatch(cli: Cli) -> Result<(), CliError> {
-    let g = &cli.globals;
+    let g = &cli.connection;
     match cli.command {
         Command::Config(cmd) => config::run(cmd),
         Command::RunnerGroup(cmd) => runner_group::run(g, cmd).await,
@@ -63,7 +61,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Runner(cmd) => runner::run(g, cmd).await,
         Command::Listen(args) => listen::run(g, args).await,
         Command::Run(args) => run::run(g, *args).await,
-        Command::Demo(args) => demo::run(g, args).await,
+        Command::Demo(args) => demo::run(&cli.log, args).await,
         Command::Sim(args) => sim::run_sim(args).await,
         Command::SimRunner(args) => sim::run_sim_runner(args).await,
     }

@@ -12,19 +12,20 @@ use scaleset_autoscaler::config::{
 };
 
 use crate::error::CliError;
-use crate::globals::{GlobalArgs, client_from_globals};
+use crate::globals::{ConnectionArgs, client_from_connection};
 
 /// Options of `run`.
 #[derive(Args, Debug)]
 #[command(after_help = "\
-Runs an autoscaler: creates (or adopts) the scale set, starts a runner per assigned job with
-the runner command (the JIT config in ACTIONS_RUNNER_INPUT_JITCONFIG; {name} and {jitconfig}
-substituted in --runner-arg), and stops idle runners. If another instance holds the scale
+Runs an autoscaler: creates (or adopts) the scale set, starts a runner per
+assigned job with the runner command (the JIT config in
+ACTIONS_RUNNER_INPUT_JITCONFIG; {name} and {jitconfig} substituted in
+--runner-arg), and stops idle runners. If another instance holds the scale
 set's session, this one waits as a hot standby.
 
 Examples:
-  scaleset run --url https://github.com/my-org --name linux --label linux --max-runners 20 \\
-      --runner-command /opt/runner/run.sh
+  scaleset run --url https://github.com/my-org --name linux \\
+      --label x64 --max-runners 20 --runner-command /opt/runner/run.sh
   scaleset run --config autoscaler.toml --metrics-addr 127.0.0.1:9090")]
 pub(crate) struct RunArgs {
     /// A TOML file with one `[[scale_set]]` per scale set (the scale set flags are then ignored).
@@ -93,6 +94,10 @@ pub(crate) struct RunArgs {
     /// Seconds drain/delete wait for busy runners.
     #[arg(long, default_value_t = 600, value_name = "SECS")]
     drain_timeout: u64,
+    /// Connection options given after the subcommand (last: the heading they set applies
+    /// to every option after them).
+    #[command(flatten)]
+    pub(crate) connection: ConnectionArgs,
 }
 
 impl RunArgs {
@@ -142,7 +147,7 @@ impl RunArgs {
         }
     }
 
-    fn to_config(&self, g: &GlobalArgs) -> Result<Config, CliError> {
+    fn to_config(&self, g: &ConnectionArgs) -> Result<Config, CliError> {
         let bad = |e: scaleset_autoscaler::Error| CliError::config("InvalidConfig", e.to_string());
         let mut config = match &self.config {
             Some(path) => Config::from_file(path).map_err(bad)?,
@@ -212,7 +217,7 @@ impl RunArgs {
 }
 
 /// Runs `run`.
-pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> Result<(), CliError> {
+pub(crate) async fn run(g: &ConnectionArgs, args: RunArgs) -> Result<(), CliError> {
     let config = args.to_config(g)?;
     let mut clients: HashMap<String, Client> = HashMap::new();
     for i in 0..config.scale_sets.len() {
@@ -220,7 +225,7 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> Result<(), CliError> {
             && !clients.contains_key(url)
         {
             let per_url = globals_for(g, &config.connection, url, &|n| std::env::var(n).ok())?;
-            clients.insert(url.to_string(), client_from_globals(&per_url)?);
+            clients.insert(url.to_string(), client_from_connection(&per_url)?);
         }
     }
     let shutdown = crate::signal::shutdown_token()?;
@@ -249,14 +254,14 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> Result<(), CliError> {
 /// they left unset, and its token (`token_file`, re-read when it changes, else `token_env`) is
 /// used only when neither `--token`/`SCALESET_TOKEN`, `--token-file` nor a complete GitHub App
 /// is given.
-/// Without either, [`client_from_globals`] falls back to `GITHUB_TOKEN`. Secrets are never
+/// Without either, [`client_from_connection`] falls back to `GITHUB_TOKEN`. Secrets are never
 /// part of an error.
 fn globals_for(
-    g: &GlobalArgs,
+    g: &ConnectionArgs,
     conn: &Connection,
     url: &str,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<GlobalArgs, CliError> {
+) -> Result<ConnectionArgs, CliError> {
     let mut g = g.clone();
     g.url = Some(url.to_string());
     // The client certificate: flags (and their variables) win, each half on its own.

@@ -5,7 +5,7 @@ use clap::{ArgGroup, Args, Subcommand};
 use serde_json::json;
 
 use crate::error::{CliError, OrCli};
-use crate::globals::{GlobalArgs, client_from_globals};
+use crate::globals::{ConnectionArgs, client_from_connection};
 use crate::output::print_json;
 
 fn id_parser() -> clap::builder::RangedI64ValueParser<i64> {
@@ -17,9 +17,10 @@ fn id_parser() -> clap::builder::RangedI64ValueParser<i64> {
 pub(crate) enum RunnerCommand {
     /// Register a just-in-time runner in a scale set and print its config (a secret).
     #[command(after_help = "\
-Prints {\"runner\": {\"id\", \"name\", \"runnerScaleSetId\"}, \"encodedJITConfig\": \"...\"}.
-The encoded JIT config is a credential: hand it to one runner (./run.sh --jitconfig, or
-ACTIONS_RUNNER_INPUT_JITCONFIG) and do not log it. Exit 4 when the name is taken.
+Prints {\"runner\": {\"id\", \"name\", \"runnerScaleSetId\"},
+\"encodedJITConfig\": \"...\"}. The encoded JIT config is a credential: hand it
+to one runner (./run.sh --jitconfig, or ACTIONS_RUNNER_INPUT_JITCONFIG) and do
+not log it. Exit 4 when the name is taken.
 
 Examples:
   scaleset runner jit --scale-set-id 7
@@ -35,7 +36,8 @@ Examples:
     Get(GetArgs),
     /// Remove a runner (prints nothing; exit 5 while it runs a job).
     #[command(after_help = "\
-Succeeds when the service no longer has the runner. Exit 5 while the runner is running a job.
+Succeeds when the service no longer has the runner. Exit 5 while the runner
+is running a job.
 
 Example:
   scaleset runner remove --id 42")]
@@ -52,8 +54,11 @@ pub(crate) struct JitArgs {
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
     /// The runner's work folder [default: the runner's own default].
-    #[arg(long, value_name = "DIR", default_value = "")]
-    work_folder: String,
+    #[arg(long, value_name = "DIR")]
+    work_folder: Option<String>,
+    /// Connection options given after the subcommand.
+    #[command(flatten)]
+    pub(crate) connection: ConnectionArgs,
 }
 
 /// `runner get` arguments.
@@ -66,6 +71,9 @@ pub(crate) struct GetArgs {
     /// The runner name.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// Connection options given after the subcommand.
+    #[command(flatten)]
+    pub(crate) connection: ConnectionArgs,
 }
 
 /// `runner remove` arguments.
@@ -74,15 +82,29 @@ pub(crate) struct RemoveArgs {
     /// The runner id.
     #[arg(long, value_name = "ID", value_parser = id_parser())]
     id: i64,
+    /// Connection options given after the subcommand.
+    #[command(flatten)]
+    pub(crate) connection: ConnectionArgs,
+}
+
+impl RunnerCommand {
+    /// The connection options given after the subcommand.
+    pub(crate) fn connection_mut(&mut self) -> &mut ConnectionArgs {
+        match self {
+            RunnerCommand::Jit(a) => &mut a.connection,
+            RunnerCommand::Get(a) => &mut a.connection,
+            RunnerCommand::Remove(a) => &mut a.connection,
+        }
+    }
 }
 
 /// Runs a `runner` subcommand.
-pub(crate) async fn run(g: &GlobalArgs, cmd: RunnerCommand) -> Result<(), CliError> {
+pub(crate) async fn run(g: &ConnectionArgs, cmd: RunnerCommand) -> Result<(), CliError> {
     match cmd {
         RunnerCommand::Jit(args) => jit(g, args).await,
         RunnerCommand::Get(args) => get(g, args).await,
         RunnerCommand::Remove(args) => {
-            let client = client_from_globals(g)?;
+            let client = client_from_connection(g)?;
             client
                 .remove_runner(args.id)
                 .await
@@ -97,7 +119,7 @@ pub(crate) fn generated_runner_name() -> String {
     format!("runner-{:08x}", rand::random::<u32>())
 }
 
-async fn jit(g: &GlobalArgs, args: JitArgs) -> Result<(), CliError> {
+async fn jit(g: &ConnectionArgs, args: JitArgs) -> Result<(), CliError> {
     let name = match args.name {
         Some(n) if n.trim().is_empty() => {
             return Err(CliError::config(
@@ -108,10 +130,10 @@ async fn jit(g: &GlobalArgs, args: JitArgs) -> Result<(), CliError> {
         Some(n) => n.trim().to_string(),
         None => generated_runner_name(),
     };
-    let client = client_from_globals(g)?;
+    let client = client_from_connection(g)?;
     let setting = JitRunnerSetting {
         name,
-        work_folder: args.work_folder,
+        work_folder: args.work_folder.unwrap_or_default(),
     };
     let config = client
         .generate_jit_runner_config(args.scale_set_id, &setting)
@@ -126,8 +148,8 @@ async fn jit(g: &GlobalArgs, args: JitArgs) -> Result<(), CliError> {
     }))
 }
 
-async fn get(g: &GlobalArgs, args: GetArgs) -> Result<(), CliError> {
-    let client = client_from_globals(g)?;
+async fn get(g: &ConnectionArgs, args: GetArgs) -> Result<(), CliError> {
+    let client = client_from_connection(g)?;
     match (args.id, args.name) {
         (Some(id), _) => print_json(&client.get_runner(id).await.or_cli("runner get")?),
         (None, Some(name)) => print_json(

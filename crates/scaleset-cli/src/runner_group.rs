@@ -4,7 +4,7 @@ use actions_scaleset::{Client, DEFAULT_RUNNER_GROUP, DEFAULT_RUNNER_GROUP_ID};
 use clap::{Args, Subcommand};
 
 use crate::error::{CliError, OrCli};
-use crate::globals::{GlobalArgs, client_from_globals};
+use crate::globals::{ConnectionArgs, client_from_connection};
 use crate::output::print_json;
 
 /// `runner-group` subcommands.
@@ -16,19 +16,31 @@ Prints {\"id\", \"name\", \"size\", \"isDefaultGroup\"}.
 
 Examples:
   scaleset runner-group get my-group
-  scaleset runner-group get default --url https://github.com/my-org --token \"$TOKEN\"")]
+  scaleset runner-group get default --url https://github.com/my-org")]
     Get {
         /// The runner group's name.
         #[arg(value_name = "NAME")]
         name: String,
+        /// Connection options given after the subcommand.
+        #[command(flatten)]
+        connection: ConnectionArgs,
     },
 }
 
+impl RunnerGroupCommand {
+    /// The connection options given after the subcommand.
+    pub(crate) fn connection_mut(&mut self) -> &mut ConnectionArgs {
+        match self {
+            RunnerGroupCommand::Get { connection, .. } => connection,
+        }
+    }
+}
+
 /// Runs a `runner-group` subcommand.
-pub(crate) async fn run(g: &GlobalArgs, cmd: RunnerGroupCommand) -> Result<(), CliError> {
+pub(crate) async fn run(g: &ConnectionArgs, cmd: RunnerGroupCommand) -> Result<(), CliError> {
     match cmd {
-        RunnerGroupCommand::Get { name } => {
-            let client = client_from_globals(g)?;
+        RunnerGroupCommand::Get { name, .. } => {
+            let client = client_from_connection(g)?;
             let group = client
                 .get_runner_group_by_name(&name)
                 .await

@@ -6,7 +6,7 @@ use actions_scaleset::{
 use clap::{ArgGroup, Args, Subcommand};
 
 use crate::error::{CliError, OrCli};
-use crate::globals::{GlobalArgs, client_from_globals};
+use crate::globals::{ConnectionArgs, client_from_connection};
 use crate::output::print_json;
 use crate::runner_group::{RunnerGroupArgs, resolve_group};
 
@@ -17,7 +17,7 @@ fn id_parser() -> clap::builder::RangedI64ValueParser<i64> {
 /// `scale-set` subcommands.
 #[derive(Subcommand)]
 pub(crate) enum ScaleSetCommand {
-    /// List the scale sets of a runner group (default: the `default` group).
+    /// List the scale sets of a runner group.
     #[command(after_help = "\
 Prints a JSON array of scale sets.
 
@@ -35,21 +35,23 @@ Examples:
     Get(GetArgs),
     /// Create a scale set (exit 4 when the name is taken).
     #[command(after_help = "\
-The scale set's name is always its first label; --label adds more (GHES before 3.18 keeps only
-the name). Prints the created scale set.
+The scale set's name is always its first label; --label adds more (GHES
+before 3.18 keeps only the name). Prints the created scale set.
 
 Examples:
   scaleset scale-set create --name my-runners
-  scaleset scale-set create --name my-runners --label linux --label x64 --disable-update")]
+  scaleset scale-set create --name gpu --label linux --label x64")]
     Create(CreateArgs),
     /// Update a scale set's name, labels or runner group.
     #[command(after_help = "\
-Only the given fields change. The scale set's name stays its first label: --label replaces the
-other labels, and --name renames the first label too. Prints the updated scale set.
+Only the given fields change. The scale set's name stays its first label:
+--label replaces the other labels, and --name renames the first label too.
+Prints the updated scale set.
 
 Examples:
   scaleset scale-set update --id 7 --name new-name
-  scaleset scale-set update --id 7 --label linux --label gpu --runner-group my-group")]
+  scaleset scale-set update --id 7 --label linux --label gpu
+  scaleset scale-set update --id 7 --runner-group my-group")]
     Update(UpdateArgs),
     /// Delete a scale set (prints nothing; exit 3 when it does not exist).
     #[command(after_help = "\
@@ -58,10 +60,10 @@ Example:
     Delete(DeleteArgs),
     /// List the jobs offered to a scale set and not yet acquired (GHES; empty on github.com).
     #[command(after_help = "\
-Prints a JSON array of JobAvailable messages, as the service sends them: runnerRequestId,
-acquireJobUrl, requestLabels, repositoryName, jobId, queueTime... An empty array when nothing
-waits to be acquired (github.com assigns jobs directly). Exit 3 when the scale set does not
-exist.
+Prints a JSON array of JobAvailable messages, as the service sends them:
+runnerRequestId, acquireJobUrl, requestLabels, repositoryName, jobId,
+queueTime... An empty array when nothing waits to be acquired (github.com
+assigns jobs directly). Exit 3 when the scale set does not exist.
 
 Example:
   scaleset scale-set acquirable-jobs --id 7")]
@@ -73,6 +75,9 @@ Example:
 pub(crate) struct ListArgs {
     #[command(flatten)]
     group: RunnerGroupArgs,
+    /// Connection options given after the subcommand.
+    #[command(flatten)]
+    pub(crate) connection: ConnectionArgs,
 }
 
 /// `scale-set get` arguments.
@@ -96,6 +101,9 @@ pub(crate) struct GetArgs {
     /// Runner group id for --name.
     #[arg(long, value_name = "ID", requires = "name", value_parser = id_parser())]
     runner_group_id: Option<i64>,
+    /// Connection options given after the subcommand.
+    #[command(flatten)]
+    pub(crate) connection: ConnectionArgs,
 }
 
 /// `scale-set create` arguments.
@@ -113,6 +121,9 @@ pub(crate) struct CreateArgs {
     /// Runners of this scale set skip self-updates.
     #[arg(long)]
     disable_update: bool,
+    /// Connection options given after the subcommand.
+    #[command(flatten)]
+    pub(crate) connection: ConnectionArgs,
 }
 
 /// `scale-set update` arguments.
@@ -130,6 +141,9 @@ pub(crate) struct UpdateArgs {
     /// New runner group, by name.
     #[arg(long, value_name = "NAME")]
     runner_group: Option<String>,
+    /// Connection options given after the subcommand.
+    #[command(flatten)]
+    pub(crate) connection: ConnectionArgs,
 }
 
 /// `scale-set delete` arguments.
@@ -138,6 +152,9 @@ pub(crate) struct DeleteArgs {
     /// The scale set id.
     #[arg(long, value_name = "ID", value_parser = id_parser())]
     id: i64,
+    /// Connection options given after the subcommand.
+    #[command(flatten)]
+    pub(crate) connection: ConnectionArgs,
 }
 
 /// `scale-set acquirable-jobs` arguments.
@@ -146,10 +163,27 @@ pub(crate) struct AcquirableJobsArgs {
     /// The scale set id.
     #[arg(long, value_name = "ID", value_parser = id_parser())]
     id: i64,
+    /// Connection options given after the subcommand.
+    #[command(flatten)]
+    pub(crate) connection: ConnectionArgs,
+}
+
+impl ScaleSetCommand {
+    /// The connection options given after the subcommand.
+    pub(crate) fn connection_mut(&mut self) -> &mut ConnectionArgs {
+        match self {
+            ScaleSetCommand::List(a) => &mut a.connection,
+            ScaleSetCommand::Get(a) => &mut a.connection,
+            ScaleSetCommand::Create(a) => &mut a.connection,
+            ScaleSetCommand::Update(a) => &mut a.connection,
+            ScaleSetCommand::Delete(a) => &mut a.connection,
+            ScaleSetCommand::AcquirableJobs(a) => &mut a.connection,
+        }
+    }
 }
 
 /// Runs a `scale-set` subcommand.
-pub(crate) async fn run(g: &GlobalArgs, cmd: ScaleSetCommand) -> Result<(), CliError> {
+pub(crate) async fn run(g: &ConnectionArgs, cmd: ScaleSetCommand) -> Result<(), CliError> {
     match cmd {
         ScaleSetCommand::List(args) => list(g, args).await,
         ScaleSetCommand::Get(args) => get(g, args).await,
@@ -167,15 +201,15 @@ const UPDATE: &str = "scale-set update";
 const DELETE: &str = "scale-set delete";
 const ACQUIRABLE: &str = "scale-set acquirable-jobs";
 
-async fn list(g: &GlobalArgs, args: ListArgs) -> Result<(), CliError> {
-    let client = client_from_globals(g)?;
+async fn list(g: &ConnectionArgs, args: ListArgs) -> Result<(), CliError> {
+    let client = client_from_connection(g)?;
     let group = args.group.resolve(&client, LIST).await?;
     let sets = client.list_runner_scale_sets(group).await.or_cli(LIST)?;
     print_json(&sets)
 }
 
-async fn get(g: &GlobalArgs, args: GetArgs) -> Result<(), CliError> {
-    let client = client_from_globals(g)?;
+async fn get(g: &ConnectionArgs, args: GetArgs) -> Result<(), CliError> {
+    let client = client_from_connection(g)?;
     if let Some(id) = args.id {
         return match client.get_runner_scale_set_by_id(id).await.or_cli(GET)? {
             Some(set) => print_json(&set),
@@ -199,10 +233,10 @@ async fn get(g: &GlobalArgs, args: GetArgs) -> Result<(), CliError> {
     print_json(&set)
 }
 
-async fn create(g: &GlobalArgs, args: CreateArgs) -> Result<(), CliError> {
+async fn create(g: &ConnectionArgs, args: CreateArgs) -> Result<(), CliError> {
     let name = non_empty(Some(args.name), "--name")?;
     let labels = scale_set_labels(&name, labels_from(args.labels)?);
-    let client = client_from_globals(g)?;
+    let client = client_from_connection(g)?;
     let group = resolve_group(&client, args.runner_group.as_deref(), CREATE).await?;
     let wanted = RunnerScaleSet {
         name,
@@ -220,7 +254,7 @@ async fn create(g: &GlobalArgs, args: CreateArgs) -> Result<(), CliError> {
     print_json(&created)
 }
 
-async fn update(g: &GlobalArgs, args: UpdateArgs) -> Result<(), CliError> {
+async fn update(g: &ConnectionArgs, args: UpdateArgs) -> Result<(), CliError> {
     if args.name.is_none() && args.labels.is_empty() && args.runner_group.is_none() {
         return Err(CliError::config(
             "InvalidArgument",
@@ -236,7 +270,7 @@ async fn update(g: &GlobalArgs, args: UpdateArgs) -> Result<(), CliError> {
     } else {
         Some(labels_from(args.labels)?)
     };
-    let client = client_from_globals(g)?;
+    let client = client_from_connection(g)?;
     // The name is always the first label, so a new name or new labels need the other half
     // from the scale set as it is.
     let labels = if name.is_some() || labels.is_some() {
@@ -280,13 +314,13 @@ async fn update(g: &GlobalArgs, args: UpdateArgs) -> Result<(), CliError> {
     print_json(&updated)
 }
 
-async fn delete(g: &GlobalArgs, args: DeleteArgs) -> Result<(), CliError> {
-    let client = client_from_globals(g)?;
+async fn delete(g: &ConnectionArgs, args: DeleteArgs) -> Result<(), CliError> {
+    let client = client_from_connection(g)?;
     client.delete_runner_scale_set(args.id).await.or_cli(DELETE)
 }
 
-async fn acquirable_jobs(g: &GlobalArgs, args: AcquirableJobsArgs) -> Result<(), CliError> {
-    let client = client_from_globals(g)?;
+async fn acquirable_jobs(g: &ConnectionArgs, args: AcquirableJobsArgs) -> Result<(), CliError> {
+    let client = client_from_connection(g)?;
     let list = client
         .get_acquirable_jobs(args.id)
         .await

@@ -35,9 +35,10 @@ impl From<SimMode> for AssignmentMode {
 /// `sim` arguments.
 #[derive(Args)]
 #[command(after_help = "\
-Prints one JSON line, {\"configUrl\": ..., \"token\": ..., \"controlUrl\": ...}, then serves
-until SIGINT/SIGTERM. The token is the simulator's own test PAT. Point the other commands at
-it with --url/--token (or SCALESET_URL/SCALESET_TOKEN); enqueue jobs with
+Prints one JSON line, {\"configUrl\": ..., \"token\": ..., \"controlUrl\": ...},
+then serves until SIGINT/SIGTERM. The token is the simulator's own test PAT.
+Point the other commands at it with --url/--token (or
+SCALESET_URL/SCALESET_TOKEN); enqueue jobs with
 POST <controlUrl>/jobs {\"labels\": [\"my-runners\"], \"count\": 1}.
 
 Examples:
@@ -90,13 +91,15 @@ pub(crate) async fn run_sim(args: SimArgs) -> Result<(), CliError> {
 /// `sim-runner` arguments.
 #[derive(Args)]
 #[command(after_help = "\
-Decodes the JIT config, comes online at the simulator, takes one job, runs it for the job's
-duration with heartbeats, reports the result, and exits 0 (non-zero on any failure). Prints
-{\"runnerId\", \"runnerName\", \"runnerRequestId\", \"jobId\", \"result\"}.
+Decodes the JIT config, comes online at the simulator, takes one job, runs it
+for the job's duration with heartbeats, reports the result, and exits 0
+(non-zero on any failure). Prints {\"runnerId\", \"runnerName\",
+\"runnerRequestId\", \"jobId\", \"result\"}.
 
 Examples:
-  scaleset sim-runner --jitconfig \"$(scaleset runner jit --scale-set-id 1 | jq -r .encodedJITConfig)\"
-  ACTIONS_RUNNER_INPUT_JITCONFIG=... scaleset sim-runner")]
+  jit=$(scaleset runner jit --scale-set-id 1 | jq -r .encodedJITConfig)
+  scaleset sim-runner --jitconfig \"$jit\"
+  ACTIONS_RUNNER_INPUT_JITCONFIG=\"$jit\" scaleset sim-runner")]
 pub(crate) struct SimRunnerArgs {
     /// The encoded JIT config (from `scaleset runner jit`).
     #[arg(

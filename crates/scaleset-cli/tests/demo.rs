@@ -123,6 +123,19 @@ async fn a_small_demo_runs_every_job_and_leaves_nothing() {
         "{progress:#?}"
     );
     assert_eq!(r.stdout.lines().count(), 1, "{}", r.stdout);
+    // The first line says what a scale set is; the last one what to try next.
+    let first = r.stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("scaleset demo: a runner scale set is "),
+        "{}",
+        r.stderr
+    );
+    assert!(first.contains("runs-on:"), "{first}");
+    assert!(
+        r.last_err_line().starts_with("Next: try `scaleset demo"),
+        "{}",
+        r.stderr
+    );
     assert_nothing_left(&dir);
 }
 
@@ -136,6 +149,9 @@ async fn the_text_summary_and_trace_logs_hold_no_secret() {
     assert!(r.stdout.contains("12/12 jobs done"), "{}", r.stdout);
     assert!(r.stdout.contains("p50"), "{}", r.stdout);
     assert!(r.stdout.contains("peak"), "{}", r.stdout);
+    // Text mode: the summary on stdout ends with what to try next.
+    let last = r.stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("Next: try `scaleset demo"), "{}", r.stdout);
     // With logs on, progress stays plain lines even on a terminal; here, not one.
     assert!(r.stderr.contains("runners:"), "{}", r.stderr);
     // The simulator's PAT starts with ghp_sim; JIT configs and JWTs are base64 JSON (eyJ).

@@ -202,6 +202,12 @@ async fn hundred_jobs_with_max_20_runners_all_complete_then_drain_leaves_nothing
             "gha_started_jobs counter",
         ]
     );
+    // prometheus-client ends each HELP text with a period itself: the served text has one.
+    let help: Vec<&str> = body.lines().filter(|l| l.starts_with("# HELP ")).collect();
+    assert!(!help.is_empty(), "{body}");
+    for line in help {
+        assert!(line.ends_with('.') && !line.ends_with(".."), "{line}");
+    }
     let set_labels = r#"{name="e2e",runner_group="default",repository="sim-repo",organization="sim-org",enterprise=""}"#;
     assert!(
         body.contains(&format!("gha_max_runners{set_labels} 20")),
