@@ -48,7 +48,9 @@ use crate::error::{Error, Result};
 
 pub mod provisioner;
 
-pub use provisioner::{DockerSettings, ProcessSettings, ProvisionerConfig, PullPolicy};
+pub use provisioner::{
+    DockerSettings, KubernetesSettings, ProcessSettings, ProvisionerConfig, PullPolicy,
+};
 
 /// The whole configuration.
 #[derive(Clone, Debug, Default, Deserialize)]

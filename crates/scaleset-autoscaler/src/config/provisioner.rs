@@ -27,6 +27,25 @@
 //! memory_mb = 4096
 //! stop_timeout_secs = 10
 //! ```
+//!
+//! ```toml
+//! [scale_set.provisioner]
+//! kind = "kubernetes"
+//! namespace = "runners"                    # default: default
+//! pod_template = "/etc/scaleset/runner-pod.yaml"   # a Pod or a PodTemplateSpec (required)
+//! runner_container = "runner"              # the template's runner container
+//! image = "ghcr.io/actions/actions-runner:latest"  # default: the template's
+//! command = "/home/runner/run.sh"          # default: the template's
+//! args = []
+//! env = ["HTTPS_PROXY"]                    # daemon variables passed to runners
+//! labels = { team = "ci" }                 # extra pod labels
+//! start_deadline_secs = 300                # image pull errors, unschedulable pods
+//! terminating_deadline_secs = 120          # pods stuck terminating are reported then
+//! force_delete = false                     # ... and force-deleted only when true
+//! stop_timeout_secs = 10                   # the pod's termination grace period on stop
+//! kubeconfig = "/home/me/.kube/config"     # default: in-cluster, else KUBECONFIG
+//! context = "prod"                         # default: the kubeconfig's current context
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,6 +62,8 @@ pub enum ProvisionerConfig {
     Process(ProcessSettings),
     /// A container per runner on a Docker engine.
     Docker(DockerSettings),
+    /// A pod per runner on a Kubernetes cluster.
+    Kubernetes(KubernetesSettings),
 }
 
 impl Default for ProvisionerConfig {
@@ -57,6 +78,7 @@ impl ProvisionerConfig {
         match self {
             ProvisionerConfig::Process(_) => "process",
             ProvisionerConfig::Docker(_) => "docker",
+            ProvisionerConfig::Kubernetes(_) => "kubernetes",
         }
     }
 
@@ -65,6 +87,7 @@ impl ProvisionerConfig {
         match self {
             ProvisionerConfig::Process(p) => &p.env,
             ProvisionerConfig::Docker(d) => &d.env,
+            ProvisionerConfig::Kubernetes(k) => &k.env,
         }
     }
 
@@ -135,6 +158,7 @@ impl ProvisionerConfig {
                 }
                 Ok(())
             }
+            ProvisionerConfig::Kubernetes(k) => k.validate(key),
         }
     }
 
@@ -143,14 +167,14 @@ impl ProvisionerConfig {
         let toml::Value::Table(mut table) = value else {
             return Err(Error::config(
                 key,
-                "must be a table with a `kind` (process or docker)",
+                "must be a table with a `kind` (process, docker or kubernetes)",
             ));
         };
         let kind = match table.remove("kind") {
             None => {
                 return Err(Error::config(
                     format!("{key}.kind"),
-                    "missing (process or docker)",
+                    "missing (process, docker or kubernetes)",
                 ));
             }
             Some(toml::Value::String(k)) => k,
@@ -165,13 +189,10 @@ impl ProvisionerConfig {
         match kind.as_str() {
             "process" => Ok(ProvisionerConfig::Process(parse(key, rest)?)),
             "docker" => Ok(ProvisionerConfig::Docker(parse(key, rest)?)),
-            "kubernetes" => Err(Error::config(
-                format!("{key}.kind"),
-                "\"kubernetes\" is not available in this version (process or docker)",
-            )),
+            "kubernetes" => Ok(ProvisionerConfig::Kubernetes(parse(key, rest)?)),
             other => Err(Error::config(
                 format!("{key}.kind"),
-                format!("unknown provisioner {other:?} (process or docker)"),
+                format!("unknown provisioner {other:?} (process, docker or kubernetes)"),
             )),
         }
     }
@@ -300,6 +321,219 @@ impl DockerSettings {
     }
 }
 
+/// Settings of the Kubernetes provisioner (`kind = "kubernetes"`): one Pod per runner from
+/// a pod template. The cluster is reached in-cluster (service account) or through a
+/// kubeconfig (`kubeconfig`, else `KUBECONFIG`, else `~/.kube/config`), as `kubectl` does.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSettings {
+    /// The namespace the runner pods and their Secrets live in.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// The pod template: a YAML file holding a Pod manifest (`kind: Pod`) or a
+    /// PodTemplateSpec (`metadata` and `spec`), with a container named
+    /// [`runner_container`](Self::runner_container). Required.
+    #[serde(default)]
+    pub pod_template: PathBuf,
+    /// Overrides the runner container's image; default: the template's.
+    pub image: Option<String>,
+    /// Overrides the runner container's command (`command: [this]`); default: the
+    /// template's (the official runner image has none: `/home/runner/run.sh`).
+    pub command: Option<String>,
+    /// The runner container's arguments (`args`); when empty, the template's stay.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The name of the runner container in the template.
+    #[serde(default = "default_runner_container")]
+    pub runner_container: String,
+    /// How long a pod may wait for its image (`ErrImagePull`, `ImagePullBackOff`, ...), a
+    /// valid container configuration or a node before it is reported as a failed start and
+    /// deleted. `InvalidImageName` is reported at once.
+    #[serde(default = "default_start_deadline")]
+    pub start_deadline_secs: u64,
+    /// How long a pod may stay terminating before it is reported (and force-deleted when
+    /// [`force_delete`](Self::force_delete) says so).
+    #[serde(default = "default_terminating_deadline")]
+    pub terminating_deadline_secs: u64,
+    /// The grace period of a stopped runner's pod (seconds between SIGTERM and SIGKILL).
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout_secs: u64,
+    /// Force-delete (grace period 0) pods stuck terminating past
+    /// [`terminating_deadline_secs`](Self::terminating_deadline_secs). A force-deleted pod
+    /// may still run on its node while the API no longer shows it.
+    #[serde(default)]
+    pub force_delete: bool,
+    /// The kubeconfig file; default: in-cluster configuration, else `KUBECONFIG`, else
+    /// `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context; default: its current context.
+    pub context: Option<String>,
+    /// Names of the daemon's environment variables passed to the runner container.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Extra pod labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+fn default_runner_container() -> String {
+    "runner".into()
+}
+
+fn default_start_deadline() -> u64 {
+    300
+}
+
+fn default_terminating_deadline() -> u64 {
+    120
+}
+
+impl Default for KubernetesSettings {
+    fn default() -> Self {
+        KubernetesSettings {
+            namespace: default_namespace(),
+            pod_template: PathBuf::new(),
+            image: None,
+            command: None,
+            args: Vec::new(),
+            runner_container: default_runner_container(),
+            start_deadline_secs: default_start_deadline(),
+            terminating_deadline_secs: default_terminating_deadline(),
+            stop_timeout_secs: default_stop_timeout(),
+            force_delete: false,
+            kubeconfig: None,
+            context: None,
+            env: Vec::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+impl KubernetesSettings {
+    /// Settings for the pod template at `pod_template` with defaults for the rest.
+    pub fn new(pod_template: impl Into<PathBuf>) -> KubernetesSettings {
+        KubernetesSettings {
+            pod_template: pod_template.into(),
+            ..Default::default()
+        }
+    }
+
+    fn validate(&self, key: &str) -> Result<()> {
+        let at = |field: &str| format!("{key}.{field}");
+        if self.pod_template.as_os_str().is_empty() {
+            return Err(Error::config(
+                at("pod_template"),
+                "required by the kubernetes provisioner",
+            ));
+        }
+        if !is_dns_label(&self.namespace) {
+            return Err(Error::config(
+                at("namespace"),
+                format!(
+                    "{:?} is not a namespace name (lower-case letters, digits and '-', at most 63)",
+                    self.namespace
+                ),
+            ));
+        }
+        if !is_dns_label(&self.runner_container) {
+            return Err(Error::config(
+                at("runner_container"),
+                format!("{:?} is not a container name", self.runner_container),
+            ));
+        }
+        if let Some(image) = &self.image
+            && (image.trim().is_empty() || image.chars().any(char::is_whitespace))
+        {
+            return Err(Error::config(
+                at("image"),
+                format!("{image:?} is not an image reference"),
+            ));
+        }
+        if self.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(Error::config(at("command"), "must not be empty"));
+        }
+        if self.context.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(Error::config(at("context"), "must not be empty"));
+        }
+        if self
+            .kubeconfig
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(Error::config(at("kubeconfig"), "must not be empty"));
+        }
+        for (field, secs) in [
+            ("start_deadline_secs", self.start_deadline_secs),
+            ("terminating_deadline_secs", self.terminating_deadline_secs),
+            ("stop_timeout_secs", self.stop_timeout_secs),
+        ] {
+            if secs > 86_400 {
+                return Err(Error::config(at(field), "must be at most 86400 (a day)"));
+            }
+        }
+        for (k, v) in &self.labels {
+            if k.starts_with(OWN_LABEL_PREFIX) {
+                return Err(Error::config(
+                    at("labels"),
+                    format!(
+                        "{k:?}: labels starting with {OWN_LABEL_PREFIX} are the provisioner's own"
+                    ),
+                ));
+            }
+            if !is_label_key(k) {
+                return Err(Error::config(
+                    at("labels"),
+                    format!("{k:?} is not a Kubernetes label key"),
+                ));
+            }
+            if !is_label_value(v) {
+                return Err(Error::config(
+                    at("labels"),
+                    format!("{k:?} = {v:?}: not a Kubernetes label value"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` is a DNS-1123 label (namespace and container names).
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Whether `s` is a Kubernetes label value: at most 63 of `[A-Za-z0-9._-]`, starting and
+/// ending with an alphanumeric (or empty).
+pub(crate) fn is_label_value(s: &str) -> bool {
+    s.is_empty()
+        || (s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Whether `s` is a Kubernetes label key: an optional DNS subdomain prefix and `/`, then a
+/// name as for [`is_label_value`] (not empty).
+pub(crate) fn is_label_key(s: &str) -> bool {
+    let (prefix, name) = match s.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    let prefix_ok =
+        prefix.is_none_or(|p| !p.is_empty() && p.len() <= 253 && p.split('.').all(is_dns_label));
+    prefix_ok && !name.is_empty() && is_label_value(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,5 +590,60 @@ mod tests {
                 .to_string()
                 .starts_with("p.labels:")
         );
+    }
+
+    #[test]
+    fn kubernetes_settings_parse_with_defaults_and_are_checked() {
+        let k = parse_table("kind = \"kubernetes\"\npod_template = \"/etc/pod.yaml\"\n")
+            .expect("kubernetes");
+        let ProvisionerConfig::Kubernetes(k) = &k else {
+            panic!("kubernetes settings");
+        };
+        assert_eq!(k.namespace, "default");
+        assert_eq!(k.runner_container, "runner");
+        assert_eq!(k.start_deadline_secs, 300);
+        assert_eq!(k.terminating_deadline_secs, 120);
+        assert_eq!(k.stop_timeout_secs, 10);
+        assert!(!k.force_delete);
+        let full = parse_table(
+            "kind = \"kubernetes\"\nnamespace = \"ci\"\npod_template = \"p.yaml\"\nimage = \"img:1\"\ncommand = \"/run.sh\"\nargs = [\"--once\"]\nrunner_container = \"main\"\nstart_deadline_secs = 5\nterminating_deadline_secs = 6\nstop_timeout_secs = 7\nforce_delete = true\nkubeconfig = \"/k\"\ncontext = \"prod\"\nenv = [\"A\"]\nlabels = { team = \"ci\" }\n",
+        )
+        .expect("every key");
+        full.validate("p").expect("valid");
+        let e = parse_table("kind = \"kubernetes\"\npod_template = \"p\"\npull = \"never\"\n")
+            .expect_err("a docker key");
+        assert!(e.to_string().contains("pull"), "{e}");
+        let e = parse_table("kind = \"kubernetes\"\n")
+            .expect("parses")
+            .validate("p")
+            .expect_err("no template");
+        assert!(e.to_string().starts_with("p.pod_template:"), "{e}");
+        for (extra, field) in [
+            ("namespace = \"Bad_NS\"", "p.namespace:"),
+            ("runner_container = \"\"", "p.runner_container:"),
+            ("image = \"a b\"", "p.image:"),
+            ("command = \" \"", "p.command:"),
+            ("labels = { \"dev.scaleset.x\" = \"y\" }", "p.labels:"),
+            ("labels = { team = \"not a value\" }", "p.labels:"),
+            ("labels = { \"bad key!\" = \"v\" }", "p.labels:"),
+            ("stop_timeout_secs = 100000", "p.stop_timeout_secs:"),
+        ] {
+            let text = format!("kind = \"kubernetes\"\npod_template = \"p\"\n{extra}\n");
+            let e = parse_table(&text)
+                .expect("parses")
+                .validate("p")
+                .expect_err(extra);
+            assert!(e.to_string().starts_with(field), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn kubernetes_names_and_labels_are_checked_as_the_api_does() {
+        assert!(is_dns_label("runners-1"));
+        assert!(!is_dns_label("-x") && !is_dns_label("A") && !is_dns_label(""));
+        assert!(is_label_value("") && is_label_value("a.b_c-D"));
+        assert!(!is_label_value("-a") && !is_label_value(&"a".repeat(64)));
+        assert!(is_label_key("team") && is_label_key("example.com/team"));
+        assert!(!is_label_key("/team") && !is_label_key("Ex.com/x") && !is_label_key("a/"));
     }
 }

@@ -8,6 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 #[cfg(feature = "docker")]
 use super::docker::DockerProvisioner;
+#[cfg(feature = "kubernetes")]
+use super::kubernetes::KubernetesProvisioner;
 use super::process::{ProcessConfig, ProcessProvisioner};
 use super::{OwnedRunner, Provisioner, ProvisionerEvent, RunnerSpec, ScaleSetIdentity};
 use crate::config::{ProvisionerConfig, ScaleSetConfig};
@@ -22,6 +24,9 @@ pub enum AnyProvisioner {
     /// Docker containers.
     #[cfg(feature = "docker")]
     Docker(DockerProvisioner),
+    /// Kubernetes pods.
+    #[cfg(feature = "kubernetes")]
+    Kubernetes(KubernetesProvisioner),
 }
 
 impl AnyProvisioner {
@@ -31,7 +36,8 @@ impl AnyProvisioner {
     ///
     /// # Errors
     /// [`Error::Config`] for a kind this build lacks; [`Error::Provision`] when the backend
-    /// cannot be prepared (work directory unusable, Docker engine unreachable).
+    /// cannot be prepared (work directory unusable, Docker engine or Kubernetes API server
+    /// unreachable, pod template unusable).
     pub async fn build(
         cfg: &ScaleSetConfig,
         identity: ScaleSetIdentity,
@@ -73,6 +79,18 @@ impl AnyProvisioner {
                     "this build has no Docker support (cargo feature `docker`)",
                 ))
             }
+            #[cfg(feature = "kubernetes")]
+            ProvisionerConfig::Kubernetes(k) => Ok(AnyProvisioner::Kubernetes(
+                KubernetesProvisioner::connect(k.clone(), identity).await?,
+            )),
+            #[cfg(not(feature = "kubernetes"))]
+            ProvisionerConfig::Kubernetes(_) => {
+                let _ = (identity, state_dir);
+                Err(Error::config(
+                    "scale_set.provisioner.kind",
+                    "this build has no Kubernetes support (cargo feature `kubernetes`)",
+                ))
+            }
         }
     }
 }
@@ -84,6 +102,8 @@ macro_rules! each {
             AnyProvisioner::Process($p) => $call,
             #[cfg(feature = "docker")]
             AnyProvisioner::Docker($p) => $call,
+            #[cfg(feature = "kubernetes")]
+            AnyProvisioner::Kubernetes($p) => $call,
         }
     };
 }

@@ -5,6 +5,7 @@
 //! * [`process`]: a local process per runner, in its own process group and work directory.
 //! * `docker` (cargo feature `docker`): a container per runner on a Docker engine;
 //!   `docker_image` builds local runner images `FROM scratch` out of host files.
+//! * `kubernetes` (cargo feature `kubernetes`): a pod per runner on a Kubernetes cluster.
 //! * [`fake`]: an in-memory provisioner for tests.
 //! * [`any`]: the one the daemon builds from a scale set's `[scale_set.provisioner]` table.
 //!
@@ -61,6 +62,8 @@ pub mod docker;
 #[cfg(feature = "docker")]
 pub mod docker_image;
 pub mod fake;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod ownership;
 pub mod process;
 
