@@ -14,10 +14,13 @@
 //! Run with `cargo bench -p scaleset-cli --bench burst` (release build). Bounded: each run
 //! gives up after 120 s.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+
 use scaleset_sim::{EndpointClass, EnqueueJobs, Fault, SimConfig, Simulator};
+
+mod support;
 
 const BURST: u32 = 40;
 const ROUNDS: usize = 3;
@@ -55,7 +58,9 @@ max_runners = {BURST}
 max_concurrent_starts = {concurrency}
 shutdown = "drain"
 drain_timeout_secs = 30
-provisioner = "process"
+
+[scale_set.provisioner]
+kind = "process"
 command = "{exe}"
 args = ["sim-runner"]
 workdir = "{work}"
@@ -66,17 +71,7 @@ workdir = "{work}"
     );
     let config_path = dir.join("autoscaler.toml");
     std::fs::write(&config_path, config).expect("config written");
-    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_scaleset"))
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .env("SCALESET_TOKEN", sim.token())
-        .env("NO_PROXY", "*")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("scaleset run starts");
+    let daemon = support::spawn_run(&config_path, &sim.token());
     let (listening, _) = sim
         .wait_until(Duration::from_secs(60), |s| {
             !s.sessions.is_empty() && s.in_flight_polls > 0
@@ -109,13 +104,7 @@ workdir = "{work}"
         state.jobs.iter().map(|j| &j.status).collect::<Vec<_>>()
     );
 
-    let pid = daemon.id().expect("the daemon runs");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM delivered");
-    let _ = tokio::time::timeout(Duration::from_secs(60), daemon.wait()).await;
+    support::stop(daemon, Signal::SIGTERM, Duration::from_secs(60)).await;
     sim.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
     elapsed

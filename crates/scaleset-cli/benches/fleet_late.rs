@@ -24,8 +24,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use scaleset_sim::{EnqueueJobs, SimConfig, Simulator};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+mod support;
 
 const SCALE_SETS: usize = 100;
 const JOBS_EACH: u32 = 5;
@@ -112,15 +115,6 @@ async fn burst(sim: &Simulator, side: &str) -> Outcome {
     }
 }
 
-fn sigterm(child: &Child) {
-    if let Some(pid) = child.id() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-}
-
 async fn ours() -> Outcome {
     let sim = simulator().await;
     let dir = scratch("ours");
@@ -146,20 +140,9 @@ workdir = "{work}"
     }
     let path = dir.join("fleet.toml");
     std::fs::write(&path, config).expect("config written");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_scaleset"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("SCALESET_TOKEN", sim.token())
-        .env("NO_PROXY", "*")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("scaleset run starts");
+    let daemon = support::spawn_run(&path, &sim.token());
     let outcome = burst(&sim, "ours").await;
-    sigterm(&daemon);
-    let _ = tokio::time::timeout(Duration::from_secs(60), daemon.wait()).await;
+    support::stop(daemon, Signal::SIGTERM, Duration::from_secs(60)).await;
     sim.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
     outcome
@@ -218,14 +201,9 @@ async fn peer(bin: &Path) -> Outcome {
         children.push(child);
     }
     let outcome = burst(&sim, "peer").await;
+    // The peer stops on Ctrl-C.
     for c in &children {
-        // The peer stops on Ctrl-C.
-        if let Some(pid) = c.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
-        }
+        support::signal(c, Signal::SIGINT);
     }
     for mut c in children {
         let _ = tokio::time::timeout(Duration::from_secs(30), c.wait()).await;
