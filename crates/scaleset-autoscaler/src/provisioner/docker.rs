@@ -90,9 +90,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const LATE_OOM_TRIES: u32 = 5;
 const LATE_OOM_WAIT: Duration = Duration::from_millis(200);
 
-/// How often, and how far apart, removing an ended runner's container is tried.
+/// After how many failed tries removing an ended runner's container is warned about, and
+/// the first pause between two tries.
 const REMOVE_TRIES: u32 = 3;
 const REMOVE_RETRY: Duration = Duration::from_millis(500);
+/// The longest wait between two tries of a removal while the engine does not answer.
+const REMOVE_RETRY_MAX: Duration = Duration::from_secs(10);
+/// How long an ended runner's container removal is retried while the engine does not answer
+/// (a restart of the Docker engine takes seconds); the runner's terminal event waits for it,
+/// so the engine's books keep counting a container that still exists.
+const REMOVE_DEADLINE: Duration = Duration::from_secs(120);
 
 /// The longest wait between two reconnection attempts of the event stream.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -372,9 +379,10 @@ impl DockerProvisioner {
     /// Reports the terminal `event` of `name` if it is still followed (once: the record
     /// goes with it). When `remove` says so its container is removed first, and the event
     /// follows the removal: whoever waits for the end of a runner (a drain before the
-    /// daemon exits) never leaves its container behind. A removal the engine refuses is
-    /// tried [`REMOVE_TRIES`] times; the event goes out either way (the periodic resync
-    /// and the next start release what is left).
+    /// daemon exits) never leaves its container behind. A removal that fails (the engine is
+    /// restarting) is tried again with a growing pause for up to [`REMOVE_DEADLINE`],
+    /// warning once after [`REMOVE_TRIES`] tries; past the deadline the event goes out
+    /// anyway and the periodic resync or the next start releases what is left.
     fn finish(&self, name: &str, event: RunnerEvent, remove: bool) {
         if lock(&self.inner.runners).remove(name).is_none() {
             return;
@@ -388,17 +396,21 @@ impl DockerProvisioner {
         let name = name.to_string();
         tokio::spawn(
             async move {
-                for attempt in 1..=REMOVE_TRIES {
-                    match this.remove(&name).await {
-                        Ok(()) => break,
-                        Err(e) if attempt < REMOVE_TRIES => {
-                            tracing::debug!(runner = %name, error = %e, attempt, "could not remove the runner's container; trying again");
-                            tokio::time::sleep(REMOVE_RETRY).await;
-                        }
-                        Err(e) => {
-                            tracing::warn!(runner = %name, error = %e, "could not remove the runner's container");
-                        }
+                let deadline = tokio::time::Instant::now() + REMOVE_DEADLINE;
+                let mut pause = REMOVE_RETRY;
+                for attempt in 1.. {
+                    let Err(e) = this.remove(&name).await else { break };
+                    if tokio::time::Instant::now() + pause > deadline {
+                        tracing::warn!(runner = %name, error = %e, "could not remove the runner's container; the next resync removes it");
+                        break;
                     }
+                    if attempt == REMOVE_TRIES {
+                        tracing::warn!(runner = %name, error = %e, "could not remove the runner's container; trying again until the Docker engine answers");
+                    } else {
+                        tracing::debug!(runner = %name, error = %e, attempt, "could not remove the runner's container; trying again");
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(REMOVE_RETRY_MAX);
                 }
                 this.send(&name, event);
             }
