@@ -28,7 +28,7 @@
 //! * Dropping the provisioner leaves running runners alone (the `keep` policy relies on it).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -44,6 +44,7 @@ use tracing::Instrument;
 
 pub use super::JIT_CONFIG_ENV;
 use super::ownership::HostLock;
+use super::state_file::StateFile;
 use super::{
     ExitStatus, OwnedRunner, Provisioner, ProvisionerEvent, RunnerEvent, RunnerSpec, RunnerState,
     VERSION_DEPRECATED_ENV,
@@ -105,7 +106,7 @@ struct Record {
 }
 
 #[derive(Default, Serialize, Deserialize)]
-struct StateFile {
+struct State {
     #[serde(default)]
     runners: BTreeMap<String, Record>,
 }
@@ -119,7 +120,8 @@ struct Live {
 
 struct Inner {
     config: ProcessConfig,
-    records: Mutex<StateFile>,
+    /// The state file `WORKDIR/.scaleset-runners.json`.
+    records: StateFile<State>,
     /// Live processes this instance started or adopted.
     live: Mutex<HashMap<String, Live>>,
     /// Records found at start-up and not yet forgotten or adopted.
@@ -238,10 +240,11 @@ impl ProcessProvisioner {
     pub fn unlocked(config: ProcessConfig) -> Result<ProcessProvisioner, ProvisionError> {
         prepare_workdir(&config.workdir)?;
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        let state_path = config.workdir.join(STATE_FILE);
         Ok(ProcessProvisioner {
             inner: Arc::new(Inner {
                 config,
-                records: Mutex::new(StateFile::default()),
+                records: StateFile::new(BACKEND, state_path, State::default()),
                 live: Mutex::new(HashMap::new()),
                 leftovers: Mutex::new(BTreeMap::new()),
                 exits_tx,
@@ -288,16 +291,16 @@ impl ProcessProvisioner {
     fn owned(&self, lock: HostLock) {
         let config = &self.inner.config;
         let path = config.workdir.join(STATE_FILE);
-        let mut state: StateFile = match std::fs::read(&path) {
+        let mut state: State = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 let aside = config.workdir.join(format!("{STATE_FILE}.unreadable"));
                 tracing::warn!(path = %path.display(), moved_to = %aside.display(), error = %e, "an unreadable state file was moved aside; its runners are not cleaned up");
                 if let Err(e) = std::fs::rename(&path, &aside) {
                     tracing::warn!(path = %path.display(), error = %e, "could not move the unreadable state file aside");
                 }
-                StateFile::default()
+                State::default()
             }),
-            Err(_) => StateFile::default(),
+            Err(_) => State::default(),
         };
         state.runners.retain(|name, _| {
             let ok = valid_runner_name(name, &config.name_prefix);
@@ -307,7 +310,7 @@ impl ProcessProvisioner {
             ok
         });
         *lock_of(&self.inner.leftovers) = state.runners.clone();
-        *lock_of(&self.inner.records) = state;
+        self.inner.records.replace(state);
         *lock_of(&self.inner.lock) = Some(lock);
     }
 
@@ -321,25 +324,12 @@ impl ProcessProvisioner {
         lock(&self.inner.live).values().map(|l| l.pid).collect()
     }
 
-    fn update(&self, f: impl FnOnce(&mut BTreeMap<String, Record>)) -> Result<(), ProvisionError> {
-        let mut state = lock(&self.inner.records);
-        f(&mut state.runners);
-        let path = self.inner.config.workdir.join(STATE_FILE);
-        let tmp = self.inner.config.workdir.join(format!("{STATE_FILE}.tmp"));
-        let bytes = serde_json::to_vec_pretty(&*state).map_err(|e| {
-            ProvisionError::backend(BACKEND, format!("encoding the state file: {e}"))
-        })?;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("writing the state file", &tmp))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(io("writing the state file", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("writing the state file", &path))
+    /// Changes the recorded runners and writes the state file (see [`StateFile`]).
+    async fn update(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<String, Record>),
+    ) -> Result<(), ProvisionError> {
+        self.inner.records.update(|s| f(&mut s.runners)).await
     }
 
     fn runner_dir(&self, name: &str) -> PathBuf {
@@ -354,9 +344,12 @@ impl ProcessProvisioner {
     /// work directory can hold gigabytes after a job), record, exit event.
     async fn finished(&self, name: &str, status: ExitStatus) {
         self.remove_files(name).await;
-        if let Err(e) = self.update(|r| {
-            r.remove(name);
-        }) {
+        if let Err(e) = self
+            .update(|r| {
+                r.remove(name);
+            })
+            .await
+        {
             tracing::warn!(runner = %name, error = %e, "could not update the state file");
         }
         lock(&self.inner.live).remove(name);
@@ -517,12 +510,14 @@ impl Provisioner for ProcessProvisioner {
         self.update(|r| {
             r.insert(name.to_string(), Record::default());
         })
+        .await
     }
 
     async fn unreserve(&self, name: &str) -> Result<(), ProvisionError> {
         self.update(|r| {
             r.remove(name);
         })
+        .await
     }
 
     async fn create(&self, spec: RunnerSpec) -> Result<(), ProvisionError> {
@@ -602,16 +597,19 @@ impl Provisioner for ProcessProvisioner {
             ));
         };
         let started = start_time(pid);
-        if let Err(e) = self.update(|r| {
-            r.insert(
-                name.clone(),
-                Record {
-                    runner_id: spec.runner_id,
-                    pid: Some(pid),
-                    start_time: started,
-                },
-            );
-        }) {
+        if let Err(e) = self
+            .update(|r| {
+                r.insert(
+                    name.clone(),
+                    Record {
+                        runner_id: spec.runner_id,
+                        pid: Some(pid),
+                        start_time: started,
+                    },
+                );
+            })
+            .await
+        {
             // Unrecorded, a crash would leak it: do not run it.
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = child.wait().await;
@@ -701,9 +699,11 @@ impl Provisioner for ProcessProvisioner {
                 (name.clone(), owned)
             })
             .collect();
-        let records = lock(&self.inner.records);
         for name in lock(&self.inner.live).keys() {
-            let runner_id = records.runners.get(name).map_or(0, |r| r.runner_id);
+            let runner_id = self
+                .inner
+                .records
+                .read(|s| s.runners.get(name).map_or(0, |r| r.runner_id));
             out.insert(
                 name.clone(),
                 OwnedRunner {
@@ -758,6 +758,7 @@ impl Provisioner for ProcessProvisioner {
         self.update(|r| {
             r.remove(name);
         })
+        .await
     }
 
     async fn next_event(&self) -> Option<ProvisionerEvent> {
