@@ -674,6 +674,13 @@ async fn evicted_pods_and_pods_deleted_behind_our_back_vanish() {
         .evict(NS, "linux-0040", "The node was low on resource: memory.");
     assert_eq!(ev.next("linux-0040").await, RunnerEvent::Vanished);
     env.all_gone("linux-0040").await;
+    // Killed with its node (a graceful node shutdown): not an exit of the runner.
+    create(&p, "linux-0043").await;
+    env.fake.run_pod(NS, "linux-0043");
+    assert_eq!(ev.next("linux-0043").await, RunnerEvent::Running);
+    env.fake.shut_down_node(NS, "linux-0043");
+    assert_eq!(ev.next("linux-0043").await, RunnerEvent::Vanished);
+    env.all_gone("linux-0043").await;
     // Deleted at once (kubectl delete --force).
     create(&p, "linux-0041").await;
     env.fake.run_pod(NS, "linux-0041");

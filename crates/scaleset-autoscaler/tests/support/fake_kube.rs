@@ -1224,6 +1224,27 @@ impl FakeKube {
         })
     }
 
+    /// Pod `name`'s node shuts down: the kubelet marks it `DisruptionTarget`, kills its
+    /// containers, and the pod fails with reason `Terminated`.
+    pub fn shut_down_node(&self, ns: &str, name: &str) -> bool {
+        self.update(Kind::Pod, ns, name, |pod| {
+            for c in Self::container_names(pod) {
+                Self::set_container(
+                    pod,
+                    &c,
+                    json!({"terminated": {"exitCode": 137, "reason": "Error", "finishedAt": now()}}),
+                );
+            }
+            pod["status"]["phase"] = json!("Failed");
+            pod["status"]["reason"] = json!("Terminated");
+            pod["status"]["message"] =
+                json!("Pod was terminated in response to imminent node shutdown.");
+            if let Some(conditions) = pod["status"]["conditions"].as_array_mut() {
+                conditions.push(json!({"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet", "message": "Pod was terminated in response to imminent node shutdown."}));
+            }
+        })
+    }
+
     /// The kubelet is done with terminating pod `name`: it is removed (and its Secrets with
     /// it). False when there was no such pod.
     pub fn finish_termination(&self, ns: &str, name: &str) -> bool {
