@@ -658,6 +658,47 @@ async fn an_image_that_cannot_be_pulled_is_reported_once_past_the_start_deadline
         .count();
     assert_eq!(pod_creates, 1, "never retried here");
     assert!(p.list().await.expect("list").is_empty());
+
+    // No node for it, past the deadline.
+    let name = "linux-0031";
+    create(&p, name).await;
+    env.fake
+        .unschedulable(NS, name, "0/3 nodes are available: 3 Insufficient memory.");
+    let end = ev.next(name).await;
+    let RunnerEvent::FailedToStart { reason } = &end else {
+        panic!("expected a failed start, got {end:?}");
+    };
+    assert!(reason.starts_with("Unschedulable: 0/3 nodes"), "{reason}");
+    env.all_gone(name).await;
+    ev.quiet().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_image_name_fails_at_once() {
+    let mut env = Env::new().await;
+    // Far beyond this test's deadline: only an immediate report passes.
+    env.settings.start_deadline_secs = 3600;
+    let p = env.provisioner().await;
+    let mut ev = Events::new(&p);
+    let _kubelet = env.kubelet();
+    let name = "linux-0032";
+    create(&p, name).await;
+    env.fake.wait_on(
+        NS,
+        name,
+        "runner",
+        "InvalidImageName",
+        "couldn't parse image name",
+    );
+    let end = ev.next(name).await;
+    assert_eq!(
+        end,
+        RunnerEvent::FailedToStart {
+            reason: "InvalidImageName: couldn't parse image name".into()
+        }
+    );
+    env.all_gone(name).await;
+    ev.quiet().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -724,6 +765,16 @@ async fn an_expired_watch_relists_without_losing_an_exit() {
         RunnerEvent::Exited(ExitStatus::code(3))
     );
     assert!(lists(&env.fake) > before, "the pods were listed again");
+    env.all_gone(name).await;
+
+    // Deleted while the watch was down: missing from the relist, so gone.
+    let name = "linux-0052";
+    create(&p, name).await;
+    env.fake.run_pod(NS, name);
+    assert_eq!(ev.next(name).await, RunnerEvent::Running);
+    env.fake.expire_watches();
+    assert!(env.fake.delete(Kind::Pod, NS, name, Some(0)));
+    assert_eq!(ev.next(name).await, RunnerEvent::Vanished);
     env.all_gone(name).await;
 
     // The next watch expires at once too: still followed.
@@ -795,6 +846,15 @@ async fn a_new_instance_lists_adopts_and_releases_what_the_old_one_left() {
         }
         // Dropped: its watch ends, its pods stay.
     }
+    // linux-0073 ran and exited while no instance watched.
+    {
+        let old = env.provisioner().await;
+        let mut old_ev = Events::new(&old);
+        create(&old, "linux-0073").await;
+        env.fake.run_pod(NS, "linux-0073");
+        assert_eq!(old_ev.next("linux-0073").await, RunnerEvent::Running);
+    }
+    env.fake.terminate(NS, "linux-0073", "runner", 7, "Error");
     // A Secret left without its pod (a crash between the two creates).
     env.fake.insert(
         Kind::Secret,
@@ -823,14 +883,23 @@ async fn a_new_instance_lists_adopts_and_releases_what_the_old_one_left() {
             ("linux-0070".into(), 12, true),
             ("linux-0071".into(), 12, true),
             ("linux-0072".into(), 9, false),
+            ("linux-0073".into(), 12, false),
         ]
     );
+    assert_eq!(listed[3].state, RunnerState::Exited(ExitStatus::code(7)));
     assert!(
         matches!(listed[2].state, RunnerState::Failed { .. }),
         "{:?}",
         listed[2]
     );
     assert!(p.adopt("linux-0070").await.expect("adopt"));
+    assert!(p.adopt("linux-0073").await.expect("adopt"));
+    assert_eq!(
+        ev.next("linux-0073").await,
+        RunnerEvent::Exited(ExitStatus::code(7)),
+        "an adopted runner that ended meanwhile reports its exit"
+    );
+    env.all_gone("linux-0073").await;
     assert!(!p.adopt("other").await.expect("adopt"), "not ours");
     tokio::time::timeout(DEADLINE, p.release("linux-0071"))
         .await
