@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use actions_scaleset::Client;
 use clap::Args;
 use scaleset_autoscaler::config::{
-    Config, Connection, DockerSettings, ProcessSettings, ProvisionerConfig, PullPolicy,
-    ScaleSetConfig, ShutdownPolicy,
+    Config, Connection, DockerSettings, KubernetesSettings, ProcessSettings, ProvisionerConfig,
+    PullPolicy, ScaleSetConfig, ShutdownPolicy,
 };
+use scaleset_autoscaler::provisioner::kubernetes::PodTemplate;
 
 use crate::error::CliError;
 use crate::globals::{ConnectionArgs, client_from_connection};
@@ -26,6 +27,8 @@ set's session, this one waits as a hot standby.
 Examples:
   scaleset run --url https://github.com/my-org --name linux \\
       --label x64 --max-runners 20 --runner-command /opt/runner/run.sh
+  scaleset run --url https://github.com/my-org --name k8s --max-runners 50 \\
+      --provisioner kubernetes --namespace ci --pod-template pod.yaml
   scaleset run --config autoscaler.toml --metrics-addr 127.0.0.1:9090")]
 pub(crate) struct RunArgs {
     /// A TOML file with one `[[scale_set]]` per scale set (the scale set flags are then ignored).
@@ -52,19 +55,21 @@ pub(crate) struct RunArgs {
     /// Seconds an idle runner above the target stays before it is stopped.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     idle_delay: u64,
-    /// What starts runners: local processes, or containers on a Docker engine (reached
-    /// through DOCKER_HOST or the default socket).
-    #[arg(long, default_value = "process", value_parser = ["process", "docker"])]
+    /// What starts runners: local processes, containers on a Docker engine (reached
+    /// through DOCKER_HOST or the default socket), or pods on a Kubernetes cluster (in-cluster,
+    /// else --kubeconfig, KUBECONFIG or ~/.kube/config).
+    #[arg(long, default_value = "process", value_parser = ["process", "docker", "kubernetes"])]
     provisioner: String,
-    /// Program started per runner; with docker, the container's command (the official
-    /// runner image has no entrypoint: /home/runner/run.sh).
+    /// Program started per runner; with docker and kubernetes, the runner container's
+    /// command (the official runner image has no entrypoint: /home/runner/run.sh).
     #[arg(long, value_name = "PROGRAM")]
     runner_command: Option<String>,
     /// An argument of the runner command (repeatable; for processes {name} and {jitconfig}
     /// are substituted).
     #[arg(long = "runner-arg", value_name = "ARG", allow_hyphen_values = true)]
     runner_args: Vec<String>,
-    /// Docker: the runner image.
+    /// Docker: the runner image. Kubernetes: overrides the pod template's runner container
+    /// image.
     #[arg(long, value_name = "IMAGE")]
     image: Option<String>,
     /// Docker: when to pull the image.
@@ -73,6 +78,20 @@ pub(crate) struct RunArgs {
     /// Docker: the network runner containers join (e.g. host) [default: Docker's default].
     #[arg(long, value_name = "NAME")]
     network: Option<String>,
+    /// Kubernetes: the namespace of the runner pods and their Secrets [default: default].
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+    /// Kubernetes: the pod template, a YAML Pod manifest (or PodTemplateSpec) with a
+    /// container named runner.
+    #[arg(long, value_name = "FILE")]
+    pod_template: Option<PathBuf>,
+    /// Kubernetes: the kubeconfig file [default: in-cluster, else KUBECONFIG, else
+    /// ~/.kube/config].
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubernetes: the kubeconfig context [default: its current context].
+    #[arg(long, value_name = "NAME")]
+    context: Option<String>,
     /// Base work directory, private to this user (runner N works in DIR/N) [default:
     /// $XDG_STATE_HOME/scaleset/runners/NAME or ~/.local/state/scaleset/runners/NAME].
     #[arg(long, value_name = "DIR")]
@@ -110,7 +129,46 @@ impl RunArgs {
                 format!("run: {flag} applies to --provisioner {kind} only"),
             )
         };
+        let kubernetes_flags = [
+            ("--namespace", self.namespace.is_some()),
+            ("--pod-template", self.pod_template.is_some()),
+            ("--kubeconfig", self.kubeconfig.is_some()),
+            ("--context", self.context.is_some()),
+        ];
+        if self.provisioner != "kubernetes"
+            && let Some((flag, _)) = kubernetes_flags.iter().find(|(_, set)| *set)
+        {
+            return Err(wrong(flag, "kubernetes"));
+        }
         match self.provisioner.as_str() {
+            "kubernetes" => {
+                for (flag, set, kind) in [
+                    ("--runner-workdir", self.runner_workdir.is_some(), "process"),
+                    ("--pull", self.pull.is_some(), "docker"),
+                    ("--network", self.network.is_some(), "docker"),
+                ] {
+                    if set {
+                        return Err(wrong(flag, kind));
+                    }
+                }
+                let template = self.pod_template.clone().ok_or_else(|| {
+                    CliError::config(
+                        "InvalidArgument",
+                        "run: --provisioner kubernetes needs --pod-template FILE",
+                    )
+                })?;
+                let mut k = KubernetesSettings::new(template);
+                if let Some(ns) = &self.namespace {
+                    k.namespace = ns.clone();
+                }
+                k.image = self.image.clone();
+                k.command = self.runner_command.clone();
+                k.args = self.runner_args.clone();
+                k.env = self.runner_env.clone();
+                k.kubeconfig = self.kubeconfig.clone();
+                k.context = self.context.clone();
+                Ok(ProvisionerConfig::Kubernetes(k))
+            }
             "docker" => {
                 if self.runner_workdir.is_some() {
                     return Err(wrong("--runner-workdir", "process"));
@@ -128,13 +186,13 @@ impl RunArgs {
                 Ok(ProvisionerConfig::Docker(d))
             }
             _ => {
-                for (flag, set) in [
-                    ("--image", self.image.is_some()),
-                    ("--pull", self.pull.is_some()),
-                    ("--network", self.network.is_some()),
+                for (flag, set, kind) in [
+                    ("--image", self.image.is_some(), "docker or kubernetes"),
+                    ("--pull", self.pull.is_some(), "docker"),
+                    ("--network", self.network.is_some(), "docker"),
                 ] {
                     if set {
-                        return Err(wrong(flag, "docker"));
+                        return Err(wrong(flag, kind));
                     }
                 }
                 Ok(ProvisionerConfig::Process(ProcessSettings {
@@ -193,6 +251,10 @@ impl RunArgs {
                     ("scale_set[0].provisioner.network", "--network"),
                     ("scale_set[0].provisioner.workdir", "--runner-workdir"),
                     ("scale_set[0].provisioner.env", "--runner-env"),
+                    ("scale_set[0].provisioner.namespace", "--namespace"),
+                    ("scale_set[0].provisioner.pod_template", "--pod-template"),
+                    ("scale_set[0].provisioner.kubeconfig", "--kubeconfig"),
+                    ("scale_set[0].provisioner.context", "--context"),
                     ("scale_set[0].provisioner.kind", "--provisioner"),
                     ("scale_set[0].url", "--url"),
                     ("scale_set[0].name", "--name"),
@@ -212,6 +274,14 @@ impl RunArgs {
             };
             CliError::config("InvalidConfig", msg)
         })?;
+        // A pod template that cannot be used is a configuration error, found before anything
+        // talks to GitHub or the cluster.
+        for s in &config.scale_sets {
+            if let ProvisionerConfig::Kubernetes(k) = &s.provisioner {
+                PodTemplate::load(&k.pod_template, &k.runner_container)
+                    .map_err(|e| CliError::config("InvalidConfig", format!("run: {e}")))?;
+            }
+        }
         Ok(config)
     }
 }

@@ -224,6 +224,110 @@ async fn usage_and_configuration_errors_exit_2_before_any_request() {
     );
 }
 
+/// `run --provisioner kubernetes`: the pod template and the flags are checked (exit 2, one
+/// line naming the flag or the file) before anything talks to GitHub or a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_kubernetes_flags_and_pod_templates_are_checked_first() {
+    let sim = sim().await;
+    let url = sim.config_url();
+    let dir = std::env::temp_dir().join(format!("scaleset-cli-k8s-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let no_runner = dir.join("no-runner.yaml");
+    std::fs::write(
+        &no_runner,
+        "spec:\n  containers:\n    - name: main\n      image: x\n",
+    )
+    .expect("template");
+    let good = dir.join("pod.yaml");
+    std::fs::write(
+        &good,
+        "spec:\n  containers:\n    - name: runner\n      image: x\n",
+    )
+    .expect("template");
+    let (no_runner, good) = (no_runner.to_string_lossy(), good.to_string_lossy());
+    let base = ["run", "--url", &url, "--token", TOKEN, "--name", "k8s"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--provisioner", "kubernetes"],
+            "run: --provisioner kubernetes needs --pod-template FILE",
+        ),
+        (
+            vec![
+                "--provisioner",
+                "kubernetes",
+                "--pod-template",
+                "/nonexistent/pod.yaml",
+            ],
+            "/nonexistent/pod.yaml: cannot be read",
+        ),
+        (
+            vec!["--provisioner", "kubernetes", "--pod-template", &no_runner],
+            "no container named \"runner\"",
+        ),
+        (
+            vec![
+                "--provisioner",
+                "kubernetes",
+                "--pod-template",
+                &good,
+                "--namespace",
+                "Not_A_Namespace",
+            ],
+            "--namespace: \"Not_A_Namespace\" is not a namespace name",
+        ),
+        (
+            vec![
+                "--provisioner",
+                "kubernetes",
+                "--pod-template",
+                &good,
+                "--pull",
+                "always",
+            ],
+            "run: --pull applies to --provisioner docker only",
+        ),
+        (
+            vec![
+                "--provisioner",
+                "docker",
+                "--image",
+                "x",
+                "--namespace",
+                "ci",
+            ],
+            "run: --namespace applies to --provisioner kubernetes only",
+        ),
+        (
+            vec!["--pod-template", &good],
+            "run: --pod-template applies to --provisioner kubernetes only",
+        ),
+        (
+            vec!["--kubeconfig", "/k", "--runner-command", "/bin/true"],
+            "run: --kubeconfig applies to --provisioner kubernetes only",
+        ),
+        (
+            vec!["--image", "x", "--runner-command", "/bin/true"],
+            "run: --image applies to --provisioner docker or kubernetes only",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let mut args = base.to_vec();
+        args.extend(extra.iter().copied());
+        let r = bare(&args).await;
+        r.expect_code(2);
+        assert!(
+            r.last_err_line().contains(expected),
+            "{extra:?}: expected {expected:?} in {r:?}"
+        );
+    }
+    assert!(
+        sim.requests().is_empty(),
+        "no request may be sent: {:?}",
+        sim.requests()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_set_lifecycle() {
     let sim = sim().await;

@@ -26,8 +26,9 @@
 //!   `InvalidImageName` or `ErrImageNeverPull` at once, and for `ErrImagePull`,
 //!   `ImagePullBackOff`, `CreateContainerConfigError`, `CreateContainerError` or an
 //!   unschedulable pod once the pod is older than `start_deadline_secs` (reported once,
-//!   never retried here); [`RunnerEvent::Vanished`] for a pod evicted, or deleted behind our
-//!   back (a delete event, a deletion in progress that we did not ask for, or a pod missing
+//!   never retried here); [`RunnerEvent::Vanished`] for a pod evicted or otherwise disrupted
+//!   by the cluster (condition `DisruptionTarget`: its node shut down, preemption), or
+//!   deleted behind our back (a delete event, a deletion in progress that we did not ask for, or a pod missing
 //!   from a relist). An ended runner's pod and Secret are deleted and the pod waited for
 //!   (up to its grace period plus `terminating_deadline_secs`) *before* its terminal event
 //!   is reported, so a daemon that drains and exits leaves no pod behind.

@@ -29,6 +29,10 @@ pub const FAILING_WAITING: &[&str] = &[
 /// The pod condition reason of a pod no node can take.
 pub const UNSCHEDULABLE: &str = "Unschedulable";
 
+/// The pod condition the cluster sets on a pod it is about to disrupt (evict, preempt,
+/// terminate with its node).
+pub const DISRUPTION_TARGET: &str = "DisruptionTarget";
+
 /// Container termination reasons that say nothing beyond the exit code.
 const PLAIN_TERMINATIONS: &[&str] = &["Completed", "Error"];
 
@@ -90,12 +94,31 @@ pub fn observe(pod: &Pod, container: &str) -> Observed {
     let phase = status.and_then(|s| s.phase.as_deref());
     let pod_reason = status.and_then(|s| s.reason.as_deref());
     let pod_message = status.and_then(|s| s.message.as_deref());
+    let runner = runner_status(pod, container);
+    let state = runner.and_then(|c| c.state.as_ref());
     // Eviction first: an evicted pod's containers are killed too, and that is not an exit.
+    // Besides the kubelet's node-pressure eviction (reason `Evicted`), a pod the cluster
+    // disrupted carries the `DisruptionTarget` condition (a node shutting down, preemption,
+    // a taint, the pod garbage collector): its runner was killed, it did not end.
+    let disruption = status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .find(|c| c.type_ == DISRUPTION_TARGET && c.status == "True");
+    let runner_terminated = state.is_some_and(|s| s.terminated.is_some());
     if phase == Some("Failed") && pod_reason == Some("Evicted") {
         return Observed::Evicted(words(pod_reason, pod_message));
     }
-    let runner = runner_status(pod, container);
-    let state = runner.and_then(|c| c.state.as_ref());
+    if let Some(c) = disruption
+        && (phase == Some("Failed") || runner_terminated)
+    {
+        let why = words(pod_reason, pod_message);
+        return Observed::Evicted(if why.is_empty() {
+            words(c.reason.as_deref(), c.message.as_deref())
+        } else {
+            why
+        });
+    }
     if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
         let reason = t
             .reason
@@ -294,6 +317,26 @@ mod tests {
             (
                 json!({"phase": "Failed", "reason": "Evicted", "message": "low on memory", "containerStatuses": [runner(json!({"terminated": {"exitCode": 137}}))]}),
                 Observed::Evicted("Evicted: low on memory".into()),
+            ),
+            (
+                json!({"phase": "Failed", "reason": "Terminated", "message": "Pod was terminated in response to imminent node shutdown.",
+                    "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"}],
+                    "containerStatuses": [runner(json!({"terminated": {"exitCode": 137, "reason": "Error"}}))]}),
+                Observed::Evicted(
+                    "Terminated: Pod was terminated in response to imminent node shutdown.".into(),
+                ),
+            ),
+            (
+                json!({"phase": "Running",
+                    "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler", "message": "preempted"}],
+                    "containerStatuses": [runner(json!({"terminated": {"exitCode": 143, "reason": "Error"}}))]}),
+                Observed::Evicted("PreemptionByScheduler: preempted".into()),
+            ),
+            (
+                json!({"phase": "Running",
+                    "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}],
+                    "containerStatuses": [runner(json!({"running": {}}))]}),
+                Observed::Running,
             ),
             (
                 json!({"phase": "Pending", "containerStatuses": [runner(json!({"waiting": {"reason": "ErrImagePull", "message": "not found"}}))]}),
