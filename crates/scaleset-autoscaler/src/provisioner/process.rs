@@ -13,9 +13,11 @@
 //!   runner's directory once the runner is reaped (its content is in the daemon's log by
 //!   then).
 //! * The work directory must belong to the effective user and must not be writable by group
-//!   or others; `WORKDIR/.lock` is locked (`flock`, see [`HostLock`]) by
-//!   [`acquire`](Provisioner::acquire) for the provisioner's whole life, so two autoscalers
-//!   never manage the same runners (a hot standby waits in `acquire`).
+//!   or others; [`acquire`](Provisioner::acquire) locks it for the provisioner's whole life
+//!   (the work directory's key in [`ProcessConfig::lock_file`], see [`HostLock`]), so two
+//!   autoscalers never manage the same runners (a hot standby waits in `acquire`). The
+//!   daemon keeps every scale set's key in one lock file of its state directory: one
+//!   descriptor for all of them.
 //! * Each runner is the leader of its own process group, so a Ctrl-C at the terminal does
 //!   not reach it and [`stop`](Provisioner::stop) ends the whole group (SIGTERM, then
 //!   SIGKILL after the stop timeout).
@@ -60,6 +62,7 @@ const MAX_LINE: usize = 16 * 1024;
 pub const ALLOWED_ENV: [&str; 7] = ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "TZ"];
 
 const STATE_FILE: &str = ".scaleset-runners.json";
+/// The lock file [`ProcessConfig::new`] puts in the work directory.
 const LOCK_FILE: &str = ".lock";
 
 /// Settings of the process provisioner.
@@ -78,14 +81,20 @@ pub struct ProcessConfig {
     pub env: Vec<String>,
     /// Every runner name starts with this; state-file entries that do not are ignored.
     pub name_prefix: String,
+    /// The lock file holding the work directory's key while this provisioner owns it
+    /// ([`HostLock`]). Every instance that may manage these runners must use the same file:
+    /// the daemon uses one in its state directory for all its scale sets.
+    pub lock_file: PathBuf,
 }
 
 impl ProcessConfig {
-    /// Settings with a 10 s stop timeout, no extra environment and no name prefix.
+    /// Settings with a 10 s stop timeout, no extra environment, no name prefix and the lock
+    /// file `WORKDIR/.lock`.
     pub fn new(command: impl Into<String>, args: Vec<String>, workdir: PathBuf) -> ProcessConfig {
         ProcessConfig {
             command: command.into(),
             args,
+            lock_file: workdir.join(LOCK_FILE),
             workdir,
             stop_timeout: Duration::from_secs(10),
             env: Vec::new(),
@@ -261,7 +270,7 @@ impl ProcessProvisioner {
     /// holds the work directory.
     pub fn new(config: ProcessConfig) -> Result<ProcessProvisioner, ProvisionError> {
         let p = Self::unlocked(config)?;
-        let lock = HostLock::try_acquire(BACKEND, &p.inner.config.workdir.join(LOCK_FILE))
+        let lock = HostLock::try_acquire(BACKEND, &p.inner.config.lock_file, &p.lock_key())
             .map_err(|e| match e {
                 ProvisionError::Locked(_) => ProvisionError::Locked(format!(
                     "the work directory {}",
@@ -285,6 +294,16 @@ impl ProcessProvisioner {
         let p = Self::unlocked(config)?;
         p.acquire(cancel).await?;
         Ok(p)
+    }
+
+    /// The work directory's key in the lock file: its canonical path, so two spellings of one
+    /// directory are one key.
+    fn lock_key(&self) -> String {
+        let dir = &self.inner.config.workdir;
+        std::fs::canonicalize(dir)
+            .unwrap_or_else(|_| dir.clone())
+            .display()
+            .to_string()
     }
 
     /// Keeps `lock` and loads the state file (now that no other instance writes it).
@@ -500,8 +519,8 @@ impl Provisioner for ProcessProvisioner {
         if lock(&self.inner.lock).is_some() {
             return Ok(());
         }
-        let lock =
-            HostLock::acquire(BACKEND, &self.inner.config.workdir.join(LOCK_FILE), cancel).await?;
+        let key = self.lock_key();
+        let lock = HostLock::acquire(BACKEND, &self.inner.config.lock_file, &key, cancel).await?;
         self.owned(lock);
         Ok(())
     }
