@@ -987,6 +987,26 @@ impl FakeKube {
             .collect()
     }
 
+    /// The most objects of `kind` that ever existed at once in `ns` (terminating pods
+    /// included), from the event history.
+    pub fn peak(&self, kind: Kind, ns: &str) -> usize {
+        let store = self.store();
+        let (mut now, mut peak) = (0usize, 0usize);
+        for e in store
+            .events
+            .iter()
+            .filter(|e| e.kind == kind && e.namespace == ns)
+        {
+            match e.type_ {
+                "ADDED" => now += 1,
+                "DELETED" => now = now.saturating_sub(1),
+                _ => {}
+            }
+            peak = peak.max(now);
+        }
+        peak
+    }
+
     /// Puts an object in place as another client would (no request recorded).
     pub fn insert(&self, kind: Kind, ns: &str, object: Value) -> Value {
         let t = Target {

@@ -1,0 +1,297 @@
+//! End to end with Kubernetes: the `scaleset` binary runs `scaleset run --provisioner
+//! kubernetes` against the in-process simulator and the fake API server
+//! (`scaleset-autoscaler/tests/support/fake_kube.rs`, reached through a kubeconfig). The
+//! test is the kubelet: when a pod appears it reads the JIT config from the pod's Secret (as
+//! the real kubelet resolves the `secretKeyRef`), runs `scaleset sim-runner` with it, marks
+//! the pod running, and terminated with the runner's exit code when it ends; a deleted pod's
+//! runner gets SIGTERM (SIGKILL after the grace period), then the pod is removed.
+//!
+//! Every wait has a deadline; nothing asserts on wall-clock durations.
+
+mod common;
+#[path = "../../scaleset-autoscaler/tests/support/fake_kube.rs"]
+mod fake_kube;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use common::{Streaming, TOKEN, cmd};
+use fake_kube::{FakeKube, Kind};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use scaleset_sim::{EnqueueJobs, Simulator};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+const LONG: Duration = Duration::from_secs(120);
+const NS: &str = "e2e";
+/// How long a deleted pod's runner has between SIGTERM and SIGKILL.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// The test's kubelet: `scaleset sim-runner` per pod.
+struct SimKubelet {
+    task: tokio::task::JoinHandle<()>,
+    /// Every JIT config it read from a Secret.
+    jit_configs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for SimKubelet {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A runner process the kubelet started.
+struct Proc {
+    pid: Pid,
+    terminated_at: Option<tokio::time::Instant>,
+}
+
+/// The JIT config the pod's runner container gets from its Secret.
+fn jit_config_of(fake: &FakeKube, pod: &Value) -> Option<String> {
+    let env = pod["spec"]["containers"][0]["env"].as_array()?;
+    let key_ref = env
+        .iter()
+        .find(|e| e["name"] == "ACTIONS_RUNNER_INPUT_JITCONFIG")?["valueFrom"]["secretKeyRef"]
+        .clone();
+    let secret = fake.get(Kind::Secret, NS, key_ref["name"].as_str()?)?;
+    let data = secret["data"][key_ref["key"].as_str()?].as_str()?.to_string();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+impl SimKubelet {
+    fn spawn(fake: Arc<FakeKube>) -> SimKubelet {
+        let jit_configs = Arc::new(Mutex::new(Vec::new()));
+        let seen = jit_configs.clone();
+        let task = tokio::spawn(async move {
+            let (exits_tx, mut exits) = mpsc::unbounded_channel::<(String, i32)>();
+            let mut started: HashSet<String> = HashSet::new();
+            let mut procs: HashMap<String, Proc> = HashMap::new();
+            loop {
+                let rv = fake.resource_version();
+                for pod in fake.list(Kind::Pod, NS) {
+                    let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+                    let deleting = !pod["metadata"]["deletionTimestamp"].is_null();
+                    if deleting {
+                        match procs.get_mut(&name) {
+                            Some(p) => match p.terminated_at {
+                                None => {
+                                    let _ = nix::sys::signal::kill(p.pid, Signal::SIGTERM);
+                                    p.terminated_at = Some(tokio::time::Instant::now());
+                                }
+                                Some(at) if at.elapsed() > GRACE => {
+                                    let _ = nix::sys::signal::kill(p.pid, Signal::SIGKILL);
+                                }
+                                Some(_) => {}
+                            },
+                            None => {
+                                fake.finish_termination(NS, &name);
+                            }
+                        }
+                        continue;
+                    }
+                    if !started.insert(uid) {
+                        continue;
+                    }
+                    let Some(jit) = jit_config_of(&fake, &pod) else {
+                        fake.wait_on(
+                            NS,
+                            &name,
+                            "runner",
+                            "CreateContainerConfigError",
+                            "the JIT config Secret is missing",
+                        );
+                        continue;
+                    };
+                    seen.lock().unwrap_or_else(|e| e.into_inner()).push(jit.clone());
+                    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_scaleset"))
+                        .arg("sim-runner")
+                        .env("ACTIONS_RUNNER_INPUT_JITCONFIG", jit)
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .kill_on_drop(true)
+                        .spawn();
+                    let mut child = match child {
+                        Ok(c) => c,
+                        Err(e) => {
+                            fake.wait_on(NS, &name, "runner", "RunContainerError", &e.to_string());
+                            continue;
+                        }
+                    };
+                    let pid = child
+                        .id()
+                        .and_then(|p| i32::try_from(p).ok())
+                        .map(Pid::from_raw)
+                        .expect("a started child has a pid");
+                    procs.insert(
+                        name.clone(),
+                        Proc {
+                            pid,
+                            terminated_at: None,
+                        },
+                    );
+                    fake.run_pod(NS, &name);
+                    let tx = exits_tx.clone();
+                    tokio::spawn(async move {
+                        let code = match child.wait().await {
+                            Ok(s) => s.code().unwrap_or(143),
+                            Err(_) => 137,
+                        };
+                        let _ = tx.send((name, code));
+                    });
+                }
+                while let Ok((name, code)) = exits.try_recv() {
+                    procs.remove(&name);
+                    let reason = if code == 0 { "Completed" } else { "Error" };
+                    fake.terminate(NS, &name, "runner", code, reason);
+                    if fake.is_terminating(NS, &name) {
+                        fake.finish_termination(NS, &name);
+                    }
+                }
+                tokio::select! {
+                    _ = fake.changed_since(rv, Duration::from_millis(200)) => {}
+                    Some((name, code)) = exits.recv() => {
+                        procs.remove(&name);
+                        let reason = if code == 0 { "Completed" } else { "Error" };
+                        fake.terminate(NS, &name, "runner", code, reason);
+                        if fake.is_terminating(NS, &name) {
+                            fake.finish_termination(NS, &name);
+                        }
+                    }
+                }
+            }
+        });
+        SimKubelet { task, jit_configs }
+    }
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("scaleset-k8s-e2e-{tag}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn run_cmd(sim: &Simulator, dir: &Path, name: &str, extra: &[&str]) -> Streaming {
+    let kubeconfig = dir.join("kubeconfig");
+    let template = dir.join("pod.yaml");
+    let mut c = cmd();
+    c.args([
+        "run",
+        "--url",
+        &sim.config_url(),
+        "--token",
+        TOKEN,
+        "--name",
+        name,
+        "--label",
+        name,
+        "--provisioner",
+        "kubernetes",
+        "--namespace",
+        NS,
+        "--pod-template",
+        &template.display().to_string(),
+        "--kubeconfig",
+        &kubeconfig.display().to_string(),
+        "--context",
+        "fake",
+        "--log-level",
+        "info",
+    ])
+    .args(extra)
+    .env("SCALESET_INSTANCE", format!("e2e-{name}"));
+    Streaming::spawn(c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_jobs_with_max_3_pods_all_complete_then_drain_leaves_no_pod_or_secret() {
+    let sim = common::sim().await;
+    let fake = Arc::new(FakeKube::start().await);
+    let dir = temp_dir("ten");
+    std::fs::write(dir.join("kubeconfig"), fake.kubeconfig(NS)).expect("kubeconfig");
+    std::fs::write(
+        dir.join("pod.yaml"),
+        "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n    - name: runner\n      image: scaleset-e2e/sim-runner:1\n",
+    )
+    .expect("pod template");
+    let kubelet = SimKubelet::spawn(fake.clone());
+    let mut run = run_cmd(
+        &sim,
+        &dir,
+        "k8s-e2e",
+        &["--max-runners", "3", "--shutdown", "drain", "--drain-timeout", "30"],
+    );
+    run.wait_stderr("listening").await;
+    sim.enqueue_jobs(EnqueueJobs {
+        labels: vec!["k8s-e2e".into()],
+        count: 10,
+        duration: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await
+    .expect("enqueue");
+    let (done, st) = sim
+        .wait_until(LONG, |st| {
+            st.jobs.len() == 10 && st.jobs.iter().all(|j| j.status == "completed")
+        })
+        .await;
+    assert!(
+        done,
+        "not all jobs completed: {} completed; pods {:?}",
+        st.jobs_in("completed"),
+        fake.names(Kind::Pod, NS)
+    );
+    assert!(
+        st.jobs
+            .iter()
+            .all(|j| j.result.as_deref() == Some("succeeded")),
+        "all succeeded"
+    );
+
+    run.sigterm();
+    let out = run.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        fake.names(Kind::Pod, NS).is_empty(),
+        "no pod is left: {:?}",
+        fake.names(Kind::Pod, NS)
+    );
+    assert!(
+        fake.names(Kind::Secret, NS).is_empty(),
+        "no Secret is left: {:?}",
+        fake.names(Kind::Secret, NS)
+    );
+    let peak = fake.peak(Kind::Pod, NS);
+    assert!(peak <= 3, "never more than max runners pods, terminating ones included: {peak}");
+    assert!(peak >= 2, "pods ran in parallel: {peak}");
+    let st = sim.state();
+    assert!(st.runners.is_empty(), "no runner stays registered: {:?}", st.runners);
+
+    // The JIT configs reached the runners through their Secrets only.
+    let jit_configs = kubelet.jit_configs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(jit_configs.len() >= 10, "a runner per job at least: {}", jit_configs.len());
+    for r in fake.requests() {
+        if r.method == "POST" && r.path.ends_with("/secrets") {
+            continue;
+        }
+        for jit in &jit_configs {
+            assert!(!r.body.contains(jit.as_str()), "a JIT config in a {} {}", r.method, r.path);
+        }
+    }
+    for jit in &jit_configs {
+        assert!(!out.stderr.contains(jit.as_str()), "a JIT config in the daemon's log");
+    }
+    drop(kubelet);
+    let _ = std::fs::remove_dir_all(&dir);
+}
