@@ -34,6 +34,13 @@ pub struct DebugInfo {
     pub user_agent: String,
 }
 
+/// How long an idle pooled HTTP connection is kept for reuse by default: 20 s. A busy scale
+/// set reuses its connection at once (each long poll follows the last), so what stays idle
+/// longer is left from a burst (a daemon starting hundreds of scale sets opens a connection
+/// for each of their set-up calls, HTTP/1.1 cannot share them) and would otherwise hold a
+/// descriptor each for minutes.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Builds a [`Client`]; see [`Client::builder`].
 #[must_use]
 pub struct ClientBuilder {
@@ -42,6 +49,7 @@ pub struct ClientBuilder {
     system_info: SystemInfo,
     retry: RetryPolicy,
     timeout: Duration,
+    pool_idle_timeout: Duration,
     root_cas: Vec<Vec<u8>>,
     insecure: bool,
     proxy: Option<String>,
@@ -120,6 +128,13 @@ impl ClientBuilder {
     /// Timeout of each attempt (default 5 minutes; a long poll lasts about 50 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How long an idle pooled connection is kept for reuse (default
+    /// [`DEFAULT_POOL_IDLE_TIMEOUT`]). Only applies to the HTTP client this builder makes.
+    pub fn pool_idle_timeout(mut self, idle: Duration) -> Self {
+        self.pool_idle_timeout = idle;
         self
     }
 
@@ -216,7 +231,7 @@ impl ClientBuilder {
                 let mut b = reqwest::Client::builder()
                     .default_headers(http::HeaderMap::new())
                     .connect_timeout(Duration::from_secs(30))
-                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_idle_timeout(self.pool_idle_timeout)
                     .tcp_keepalive(Duration::from_secs(30));
                 if !self.root_cas.is_empty() {
                     let mut certs = Vec::new();
@@ -317,6 +332,7 @@ impl Client {
             system_info: SystemInfo::default(),
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(300),
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             root_cas: Vec::new(),
             insecure: false,
             proxy: None,

@@ -231,7 +231,7 @@ mod transport;
 pub mod types;
 
 pub use auth::{Credentials, GitHubApp, JwtSigner, PemJwtSigner, TokenFile, TokenProvider};
-pub use client::{Client, ClientBuilder, DebugInfo, RunnerRemoval};
+pub use client::{Client, ClientBuilder, DEFAULT_POOL_IDLE_TIMEOUT, DebugInfo, RunnerRemoval};
 pub use config::{
     GITHUB_ACTIONS_FORCE_GHES, GitHubConfig, Scope, github_api_base, github_api_url,
     is_hosted_github_url, parse_github_config_from_url,

@@ -848,3 +848,67 @@ async fn a_thousand_scale_sets_start_under_a_soft_limit_of_1024_open_files() {
     assert!(sim.state().sessions.is_empty(), "every session deleted");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Open descriptors of process `pid`.
+fn open_descriptors(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the daemon's descriptors are readable")
+        .count()
+}
+
+/// A daemon holds about one descriptor per scale set once started (its long poll), plus a
+/// constant: one lock file for all the scale sets' work directories, not one each, and the
+/// connections left idle by the start-up burst expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_scale_sets_hold_about_one_descriptor_each() {
+    const N: usize = 200;
+    // Room for the runtime, the standard streams, the lock file, the signal pipes and a
+    // few pooled connections of the last polls to return.
+    const CONSTANT: usize = 40;
+    let bound = N + N / 10 + CONSTANT;
+    let sim = common::sim_with(|c| c.long_poll = Duration::from_secs(5)).await;
+    let dir = workdir("fds");
+    let mut config = format!("[connection]\nurl = \"{}\"\n", sim.config_url());
+    for i in 0..N {
+        config.push_str(&format!(
+            "\n[[scale_set]]\nname = \"fds-{i:03}\"\nmax_runners = 1\n\n[scale_set.provisioner]\nkind = \"process\"\ncommand = \"{exe}\"\nargs = [\"sim-runner\"]\nworkdir = \"{work}\"\n",
+            exe = env!("CARGO_BIN_EXE_scaleset"),
+            work = dir.join(i.to_string()).display(),
+        ));
+    }
+    std::fs::create_dir_all(&dir).expect("the test directory");
+    let path = dir.join("fds.toml");
+    std::fs::write(&path, config).expect("config written");
+    let mut c = cmd();
+    c.args(["run", "--config"])
+        .arg(&path)
+        .args(["--log-level", "warn"])
+        .env("SCALESET_TOKEN", TOKEN);
+    let run = Streaming::spawn(c);
+    let (all, st) = sim.wait_until(LONG, |s| s.in_flight_polls >= N).await;
+    assert!(all, "only {} of {N} scale sets poll", st.in_flight_polls);
+    // Start-up settles: every scale set polls and the burst's idle connections expire.
+    let deadline = tokio::time::Instant::now() + LONG;
+    let mut seen = Vec::new();
+    loop {
+        let open = open_descriptors(run.pid());
+        seen.push(open);
+        if open <= bound {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{N} scale sets hold more than {bound} descriptors; counts seen: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "{N} scale sets: {} descriptors (bound {bound}); counts seen {seen:?}",
+        seen[seen.len() - 1]
+    );
+    run.sigterm();
+    let out = run.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(sim.state().sessions.is_empty(), "every session deleted");
+    let _ = std::fs::remove_dir_all(&dir);
+}

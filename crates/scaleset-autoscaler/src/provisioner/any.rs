@@ -1,7 +1,8 @@
 //! The provisioner the daemon builds from a scale set's `[scale_set.provisioner]` table: one
 //! type over every kind, so one engine type serves them all.
 
-use std::path::PathBuf;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::docker::DockerProvisioner;
 #[cfg(feature = "kubernetes")]
 use super::kubernetes::KubernetesProvisioner;
+use super::ownership::OWNERS_LOCK_FILE;
 use super::process::{ProcessConfig, ProcessProvisioner};
 use super::{OwnedRunner, Provisioner, ProvisionerEvent, RunnerSpec, ScaleSetIdentity};
 use crate::config::{ProvisionerConfig, ScaleSetConfig};
@@ -56,17 +58,12 @@ impl AnyProvisioner {
                 pc.stop_timeout = Duration::from_secs(10);
                 pc.env = p.env.clone();
                 pc.name_prefix = cfg.name_prefix();
+                pc.lock_file = owners_lock_file("process", &state_dir)?;
                 Ok(AnyProvisioner::Process(ProcessProvisioner::unlocked(pc)?))
             }
             #[cfg(feature = "docker")]
             ProvisionerConfig::Docker(d) => {
-                std::fs::create_dir_all(&state_dir).map_err(|e| {
-                    ProvisionError::backend(
-                        "docker",
-                        format!("creating the state directory {}: {e}", state_dir.display()),
-                    )
-                })?;
-                let lock = state_dir.join(format!("docker-{}.lock", identity.id));
+                let lock = owners_lock_file("docker", &state_dir)?;
                 Ok(AnyProvisioner::Docker(
                     DockerProvisioner::connect(d.clone(), identity, lock).await?,
                 ))
@@ -93,6 +90,23 @@ impl AnyProvisioner {
             }
         }
     }
+}
+
+/// The lock file of `state_dir` that holds every scale set's ownership key (one descriptor
+/// for all of them, see [`HostLock`](super::ownership::HostLock)); creates the directory
+/// (mode 0700) when missing.
+fn owners_lock_file(backend: &'static str, state_dir: &Path) -> Result<PathBuf, ProvisionError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(|e| {
+            ProvisionError::backend(
+                backend,
+                format!("creating the state directory {}: {e}", state_dir.display()),
+            )
+        })?;
+    Ok(state_dir.join(OWNERS_LOCK_FILE))
 }
 
 /// Calls `$method` on whichever provisioner `$self` holds.

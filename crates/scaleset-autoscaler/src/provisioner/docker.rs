@@ -315,8 +315,9 @@ pub async fn connect_engine() -> Result<Docker, ProvisionError> {
 
 impl DockerProvisioner {
     /// Connects to the Docker engine (see the [module docs](self)) for the scale set
-    /// `identity`, owning nothing yet: [`acquire`](Provisioner::acquire) takes the lock at
-    /// `lock_path`. Starts following the engine's events.
+    /// `identity`, owning nothing yet: [`acquire`](Provisioner::acquire) takes the scale
+    /// set's key (`docker-ID`) in the lock file `lock_path`. Starts following the engine's
+    /// events.
     ///
     /// # Errors
     /// [`ProvisionError::Backend`] naming `DOCKER_HOST` or the default socket when no engine
@@ -797,7 +798,8 @@ impl Provisioner for DockerProvisioner {
         if lock(&self.inner.lock).is_some() {
             return Ok(());
         }
-        let held = HostLock::acquire(BACKEND, &self.inner.lock_path, cancel).await?;
+        let key = format!("docker-{}", self.inner.identity.id);
+        let held = HostLock::acquire(BACKEND, &self.inner.lock_path, &key, cancel).await?;
         *lock(&self.inner.lock) = Some(held);
         Ok(())
     }

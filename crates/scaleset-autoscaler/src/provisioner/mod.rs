@@ -66,6 +66,7 @@ pub mod fake;
 pub mod kubernetes;
 pub mod ownership;
 pub mod process;
+mod state_file;
 
 /// The environment variable a runner reads its JIT config from.
 pub const JIT_CONFIG_ENV: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";

@@ -13,9 +13,11 @@
 //!   runner's directory once the runner is reaped (its content is in the daemon's log by
 //!   then).
 //! * The work directory must belong to the effective user and must not be writable by group
-//!   or others; `WORKDIR/.lock` is locked (`flock`, see [`HostLock`]) by
-//!   [`acquire`](Provisioner::acquire) for the provisioner's whole life, so two autoscalers
-//!   never manage the same runners (a hot standby waits in `acquire`).
+//!   or others; [`acquire`](Provisioner::acquire) locks it for the provisioner's whole life
+//!   (the work directory's key in [`ProcessConfig::lock_file`], see [`HostLock`]), so two
+//!   autoscalers never manage the same runners (a hot standby waits in `acquire`). The
+//!   daemon keeps every scale set's key in one lock file of its state directory: one
+//!   descriptor for all of them.
 //! * Each runner is the leader of its own process group, so a Ctrl-C at the terminal does
 //!   not reach it and [`stop`](Provisioner::stop) ends the whole group (SIGTERM, then
 //!   SIGKILL after the stop timeout).
@@ -28,7 +30,7 @@
 //! * Dropping the provisioner leaves running runners alone (the `keep` policy relies on it).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -44,6 +46,7 @@ use tracing::Instrument;
 
 pub use super::JIT_CONFIG_ENV;
 use super::ownership::HostLock;
+use super::state_file::StateFile;
 use super::{
     ExitStatus, OwnedRunner, Provisioner, ProvisionerEvent, RunnerEvent, RunnerSpec, RunnerState,
     VERSION_DEPRECATED_ENV,
@@ -59,6 +62,7 @@ const MAX_LINE: usize = 16 * 1024;
 pub const ALLOWED_ENV: [&str; 7] = ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "TZ"];
 
 const STATE_FILE: &str = ".scaleset-runners.json";
+/// The lock file [`ProcessConfig::new`] puts in the work directory.
 const LOCK_FILE: &str = ".lock";
 
 /// Settings of the process provisioner.
@@ -77,14 +81,20 @@ pub struct ProcessConfig {
     pub env: Vec<String>,
     /// Every runner name starts with this; state-file entries that do not are ignored.
     pub name_prefix: String,
+    /// The lock file holding the work directory's key while this provisioner owns it
+    /// ([`HostLock`]). Every instance that may manage these runners must use the same file:
+    /// the daemon uses one in its state directory for all its scale sets.
+    pub lock_file: PathBuf,
 }
 
 impl ProcessConfig {
-    /// Settings with a 10 s stop timeout, no extra environment and no name prefix.
+    /// Settings with a 10 s stop timeout, no extra environment, no name prefix and the lock
+    /// file `WORKDIR/.lock`.
     pub fn new(command: impl Into<String>, args: Vec<String>, workdir: PathBuf) -> ProcessConfig {
         ProcessConfig {
             command: command.into(),
             args,
+            lock_file: workdir.join(LOCK_FILE),
             workdir,
             stop_timeout: Duration::from_secs(10),
             env: Vec::new(),
@@ -105,7 +115,7 @@ struct Record {
 }
 
 #[derive(Default, Serialize, Deserialize)]
-struct StateFile {
+struct State {
     #[serde(default)]
     runners: BTreeMap<String, Record>,
 }
@@ -119,7 +129,8 @@ struct Live {
 
 struct Inner {
     config: ProcessConfig,
-    records: Mutex<StateFile>,
+    /// The state file `WORKDIR/.scaleset-runners.json`.
+    records: StateFile<State>,
     /// Live processes this instance started or adopted.
     live: Mutex<HashMap<String, Live>>,
     /// Records found at start-up and not yet forgotten or adopted.
@@ -238,10 +249,11 @@ impl ProcessProvisioner {
     pub fn unlocked(config: ProcessConfig) -> Result<ProcessProvisioner, ProvisionError> {
         prepare_workdir(&config.workdir)?;
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        let state_path = config.workdir.join(STATE_FILE);
         Ok(ProcessProvisioner {
             inner: Arc::new(Inner {
                 config,
-                records: Mutex::new(StateFile::default()),
+                records: StateFile::new(BACKEND, state_path, State::default()),
                 live: Mutex::new(HashMap::new()),
                 leftovers: Mutex::new(BTreeMap::new()),
                 exits_tx,
@@ -258,7 +270,7 @@ impl ProcessProvisioner {
     /// holds the work directory.
     pub fn new(config: ProcessConfig) -> Result<ProcessProvisioner, ProvisionError> {
         let p = Self::unlocked(config)?;
-        let lock = HostLock::try_acquire(BACKEND, &p.inner.config.workdir.join(LOCK_FILE))
+        let lock = HostLock::try_acquire(BACKEND, &p.inner.config.lock_file, &p.lock_key())
             .map_err(|e| match e {
                 ProvisionError::Locked(_) => ProvisionError::Locked(format!(
                     "the work directory {}",
@@ -284,20 +296,30 @@ impl ProcessProvisioner {
         Ok(p)
     }
 
+    /// The work directory's key in the lock file: its canonical path, so two spellings of one
+    /// directory are one key.
+    fn lock_key(&self) -> String {
+        let dir = &self.inner.config.workdir;
+        std::fs::canonicalize(dir)
+            .unwrap_or_else(|_| dir.clone())
+            .display()
+            .to_string()
+    }
+
     /// Keeps `lock` and loads the state file (now that no other instance writes it).
     fn owned(&self, lock: HostLock) {
         let config = &self.inner.config;
         let path = config.workdir.join(STATE_FILE);
-        let mut state: StateFile = match std::fs::read(&path) {
+        let mut state: State = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 let aside = config.workdir.join(format!("{STATE_FILE}.unreadable"));
                 tracing::warn!(path = %path.display(), moved_to = %aside.display(), error = %e, "an unreadable state file was moved aside; its runners are not cleaned up");
                 if let Err(e) = std::fs::rename(&path, &aside) {
                     tracing::warn!(path = %path.display(), error = %e, "could not move the unreadable state file aside");
                 }
-                StateFile::default()
+                State::default()
             }),
-            Err(_) => StateFile::default(),
+            Err(_) => State::default(),
         };
         state.runners.retain(|name, _| {
             let ok = valid_runner_name(name, &config.name_prefix);
@@ -307,7 +329,7 @@ impl ProcessProvisioner {
             ok
         });
         *lock_of(&self.inner.leftovers) = state.runners.clone();
-        *lock_of(&self.inner.records) = state;
+        self.inner.records.replace(state);
         *lock_of(&self.inner.lock) = Some(lock);
     }
 
@@ -321,25 +343,12 @@ impl ProcessProvisioner {
         lock(&self.inner.live).values().map(|l| l.pid).collect()
     }
 
-    fn update(&self, f: impl FnOnce(&mut BTreeMap<String, Record>)) -> Result<(), ProvisionError> {
-        let mut state = lock(&self.inner.records);
-        f(&mut state.runners);
-        let path = self.inner.config.workdir.join(STATE_FILE);
-        let tmp = self.inner.config.workdir.join(format!("{STATE_FILE}.tmp"));
-        let bytes = serde_json::to_vec_pretty(&*state).map_err(|e| {
-            ProvisionError::backend(BACKEND, format!("encoding the state file: {e}"))
-        })?;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("writing the state file", &tmp))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(io("writing the state file", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("writing the state file", &path))
+    /// Changes the recorded runners and writes the state file (see [`StateFile`]).
+    async fn update(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<String, Record>),
+    ) -> Result<(), ProvisionError> {
+        self.inner.records.update(|s| f(&mut s.runners)).await
     }
 
     fn runner_dir(&self, name: &str) -> PathBuf {
@@ -354,9 +363,12 @@ impl ProcessProvisioner {
     /// work directory can hold gigabytes after a job), record, exit event.
     async fn finished(&self, name: &str, status: ExitStatus) {
         self.remove_files(name).await;
-        if let Err(e) = self.update(|r| {
-            r.remove(name);
-        }) {
+        if let Err(e) = self
+            .update(|r| {
+                r.remove(name);
+            })
+            .await
+        {
             tracing::warn!(runner = %name, error = %e, "could not update the state file");
         }
         lock(&self.inner.live).remove(name);
@@ -507,8 +519,8 @@ impl Provisioner for ProcessProvisioner {
         if lock(&self.inner.lock).is_some() {
             return Ok(());
         }
-        let lock =
-            HostLock::acquire(BACKEND, &self.inner.config.workdir.join(LOCK_FILE), cancel).await?;
+        let key = self.lock_key();
+        let lock = HostLock::acquire(BACKEND, &self.inner.config.lock_file, &key, cancel).await?;
         self.owned(lock);
         Ok(())
     }
@@ -517,12 +529,14 @@ impl Provisioner for ProcessProvisioner {
         self.update(|r| {
             r.insert(name.to_string(), Record::default());
         })
+        .await
     }
 
     async fn unreserve(&self, name: &str) -> Result<(), ProvisionError> {
         self.update(|r| {
             r.remove(name);
         })
+        .await
     }
 
     async fn create(&self, spec: RunnerSpec) -> Result<(), ProvisionError> {
@@ -602,16 +616,19 @@ impl Provisioner for ProcessProvisioner {
             ));
         };
         let started = start_time(pid);
-        if let Err(e) = self.update(|r| {
-            r.insert(
-                name.clone(),
-                Record {
-                    runner_id: spec.runner_id,
-                    pid: Some(pid),
-                    start_time: started,
-                },
-            );
-        }) {
+        if let Err(e) = self
+            .update(|r| {
+                r.insert(
+                    name.clone(),
+                    Record {
+                        runner_id: spec.runner_id,
+                        pid: Some(pid),
+                        start_time: started,
+                    },
+                );
+            })
+            .await
+        {
             // Unrecorded, a crash would leak it: do not run it.
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = child.wait().await;
@@ -701,9 +718,11 @@ impl Provisioner for ProcessProvisioner {
                 (name.clone(), owned)
             })
             .collect();
-        let records = lock(&self.inner.records);
         for name in lock(&self.inner.live).keys() {
-            let runner_id = records.runners.get(name).map_or(0, |r| r.runner_id);
+            let runner_id = self
+                .inner
+                .records
+                .read(|s| s.runners.get(name).map_or(0, |r| r.runner_id));
             out.insert(
                 name.clone(),
                 OwnedRunner {
@@ -758,6 +777,7 @@ impl Provisioner for ProcessProvisioner {
         self.update(|r| {
             r.remove(name);
         })
+        .await
     }
 
     async fn next_event(&self) -> Option<ProvisionerEvent> {

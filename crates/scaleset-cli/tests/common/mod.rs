@@ -218,6 +218,12 @@ impl Streaming {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> i32 {
+        let pid = self.child.id().expect("the child is running");
+        i32::try_from(pid).expect("pids fit in i32")
+    }
+
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
         self.signal(nix::sys::signal::Signal::SIGTERM);
