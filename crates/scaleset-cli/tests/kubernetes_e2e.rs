@@ -58,7 +58,9 @@ fn jit_config_of(fake: &FakeKube, pod: &Value) -> Option<String> {
         .find(|e| e["name"] == "ACTIONS_RUNNER_INPUT_JITCONFIG")?["valueFrom"]["secretKeyRef"]
         .clone();
     let secret = fake.get(Kind::Secret, NS, key_ref["name"].as_str()?)?;
-    let data = secret["data"][key_ref["key"].as_str()?].as_str()?.to_string();
+    let data = secret["data"][key_ref["key"].as_str()?]
+        .as_str()?
+        .to_string();
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data)
         .ok()?;
@@ -76,8 +78,14 @@ impl SimKubelet {
             loop {
                 let rv = fake.resource_version();
                 for pod in fake.list(Kind::Pod, NS) {
-                    let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
-                    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+                    let name = pod["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    let uid = pod["metadata"]["uid"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
                     let deleting = !pod["metadata"]["deletionTimestamp"].is_null();
                     if deleting {
                         match procs.get_mut(&name) {
@@ -110,7 +118,9 @@ impl SimKubelet {
                         );
                         continue;
                     };
-                    seen.lock().unwrap_or_else(|e| e.into_inner()).push(jit.clone());
+                    seen.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(jit.clone());
                     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_scaleset"))
                         .arg("sim-runner")
                         .env("ACTIONS_RUNNER_INPUT_JITCONFIG", jit)
@@ -177,7 +187,10 @@ fn temp_dir(tag: &str) -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!("scaleset-k8s-e2e-{tag}-{}-{nanos}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "scaleset-k8s-e2e-{tag}-{}-{nanos}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
@@ -206,8 +219,9 @@ fn run_cmd(sim: &Simulator, dir: &Path, name: &str, extra: &[&str]) -> Streaming
         &kubeconfig.display().to_string(),
         "--context",
         "fake",
+        // Trace level: the JIT config must not be in the daemon's log even there.
         "--log-level",
-        "info",
+        "trace",
     ])
     .args(extra)
     .env("SCALESET_INSTANCE", format!("e2e-{name}"));
@@ -230,7 +244,14 @@ async fn ten_jobs_with_max_3_pods_all_complete_then_drain_leaves_no_pod_or_secre
         &sim,
         &dir,
         "k8s-e2e",
-        &["--max-runners", "3", "--shutdown", "drain", "--drain-timeout", "30"],
+        &[
+            "--max-runners",
+            "3",
+            "--shutdown",
+            "drain",
+            "--drain-timeout",
+            "30",
+        ],
     );
     run.wait_stderr("listening").await;
     sim.enqueue_jobs(EnqueueJobs {
@@ -273,24 +294,60 @@ async fn ten_jobs_with_max_3_pods_all_complete_then_drain_leaves_no_pod_or_secre
         fake.names(Kind::Secret, NS)
     );
     let peak = fake.peak(Kind::Pod, NS);
-    assert!(peak <= 3, "never more than max runners pods, terminating ones included: {peak}");
+    assert!(
+        peak <= 3,
+        "never more than max runners pods, terminating ones included: {peak}"
+    );
     assert!(peak >= 2, "pods ran in parallel: {peak}");
     let st = sim.state();
-    assert!(st.runners.is_empty(), "no runner stays registered: {:?}", st.runners);
+    assert!(
+        st.runners.is_empty(),
+        "no runner stays registered: {:?}",
+        st.runners
+    );
+    assert!(
+        st.sessions.is_empty(),
+        "the session is deleted: {:?}",
+        st.sessions
+    );
+    let minted = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/generatejitconfig"))
+        .count();
+    assert_eq!(minted, 10, "one JIT config per job");
 
     // The JIT configs reached the runners through their Secrets only.
-    let jit_configs = kubelet.jit_configs.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    assert!(jit_configs.len() >= 10, "a runner per job at least: {}", jit_configs.len());
+    let jit_configs = kubelet
+        .jit_configs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    assert_eq!(
+        jit_configs.len(),
+        10,
+        "each minted JIT config ran in one pod"
+    );
+    let distinct: HashSet<&String> = jit_configs.iter().collect();
+    assert_eq!(distinct.len(), 10, "no JIT config ran twice");
     for r in fake.requests() {
         if r.method == "POST" && r.path.ends_with("/secrets") {
             continue;
         }
         for jit in &jit_configs {
-            assert!(!r.body.contains(jit.as_str()), "a JIT config in a {} {}", r.method, r.path);
+            assert!(
+                !r.body.contains(jit.as_str()),
+                "a JIT config in a {} {}",
+                r.method,
+                r.path
+            );
         }
     }
     for jit in &jit_configs {
-        assert!(!out.stderr.contains(jit.as_str()), "a JIT config in the daemon's log");
+        assert!(
+            !out.stderr.contains(jit.as_str()),
+            "a JIT config in the daemon's log"
+        );
     }
     drop(kubelet);
     let _ = std::fs::remove_dir_all(&dir);
