@@ -352,3 +352,223 @@ async fn ten_jobs_with_max_3_pods_all_complete_then_drain_leaves_no_pod_or_secre
     drop(kubelet);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// `GET path` on 127.0.0.1:port: the status and the body (`None` when nothing listens).
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// Polls `/readyz` until its answer satisfies `ok` (under [`LONG`]).
+async fn wait_readyz(port: u16, ok: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let got = tokio::time::timeout(Duration::from_secs(5), http_get(port, "/readyz"))
+            .await
+            .ok()
+            .flatten();
+        if let Some((code, body)) = &got
+            && ok(*code, body)
+        {
+            return (*code, body.clone());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never answered as wanted; last: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `scaleset run --config` of one replica of a leader-elected daemon.
+fn replica(config: &Path, instance: &str, port: u16) -> Streaming {
+    let mut c = cmd();
+    c.args([
+        "run",
+        "--config",
+        &config.display().to_string(),
+        "--token",
+        TOKEN,
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+        "--log-level",
+        "info",
+    ])
+    .env("SCALESET_INSTANCE", instance);
+    Streaming::spawn(c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_leads_and_the_standby_takes_over_a_killed_leaders_pods() {
+    // The killed leader's session expires soon after its last poll, as GitHub's does.
+    let sim = common::sim_with(|c| c.session_idle_timeout = Duration::from_secs(3)).await;
+    let fake = Arc::new(FakeKube::start().await);
+    let dir = temp_dir("ha");
+    std::fs::write(dir.join("kubeconfig"), fake.kubeconfig(NS)).expect("kubeconfig");
+    std::fs::write(
+        dir.join("pod.yaml"),
+        "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n    - name: runner\n      image: scaleset-e2e/sim-runner:1\n",
+    )
+    .expect("pod template");
+    let config = dir.join("scaleset.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[connection]\nurl = \"{url}\"\n\n[[scale_set]]\nname = \"k8s-ha\"\nmax_runners = 3\nshutdown = \"drain\"\ndrain_timeout_secs = 30\n\n[scale_set.provisioner]\nkind = \"kubernetes\"\nnamespace = \"{NS}\"\npod_template = \"{template}\"\nkubeconfig = \"{kubeconfig}\"\ncontext = \"fake\"\n\n[leader_election]\nlease_name = \"scaleset-e2e\"\nlease_duration_secs = 2\nrenew_deadline_secs = 1.5\nretry_period_secs = 0.3\n",
+            url = sim.config_url(),
+            template = dir.join("pod.yaml").display(),
+            kubeconfig = dir.join("kubeconfig").display(),
+        ),
+    )
+    .expect("config");
+    let kubelet = SimKubelet::spawn(fake.clone());
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = replica(&config, "replica-a", port_a);
+    a.wait_stderr("listening").await;
+    let mut b = replica(&config, "replica-b", port_b);
+    // The standby is ready (it can take over) and says it is not the leader.
+    let (_, body) = wait_readyz(port_b, |code, body| code == 200 && body.contains("standby")).await;
+    assert!(
+        body.contains("not the leader") && body.contains("replica-a"),
+        "{body}"
+    );
+    let (code, body) = wait_readyz(port_a, |code, _| code == 200).await;
+    assert!(
+        !body.contains("standby"),
+        "the leader is no standby: {code} {body}"
+    );
+
+    // Four jobs, three at once; the leader dies with three runner pods at work.
+    sim.enqueue_jobs(EnqueueJobs {
+        labels: vec!["k8s-ha".into()],
+        count: 4,
+        duration: Duration::from_secs(4),
+        ..Default::default()
+    })
+    .await
+    .expect("enqueue");
+    let (busy, st) = sim.wait_until(LONG, |st| st.jobs_in("running") == 3).await;
+    assert!(busy, "three jobs run: {:?}", st.jobs);
+    let lease = fake
+        .get(Kind::Lease, NS, "scaleset-e2e")
+        .expect("the lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-a");
+    let pods_by_a = fake.names(Kind::Pod, NS);
+    assert_eq!(pods_by_a.len(), 3, "{pods_by_a:?}");
+    a.signal(Signal::SIGKILL);
+    let out_a = a.finish().await;
+    assert_ne!(out_a.code, 0);
+
+    // The standby takes over, adopts the three pods, and runs the fourth job.
+    b.wait_stderr("this replica leads now").await;
+    let (done, st) = sim
+        .wait_until(LONG, |st| {
+            st.jobs.len() == 4 && st.jobs.iter().all(|j| j.status == "completed")
+        })
+        .await;
+    assert!(done, "every job completed: {:?}", st.jobs);
+    assert!(
+        st.jobs
+            .iter()
+            .all(|j| j.result.as_deref() == Some("succeeded")),
+        "none was lost: {:?}",
+        st.jobs
+    );
+    let (code, body) = wait_readyz(port_b, |code, _| code == 200).await;
+    assert!(!body.contains("standby"), "the new leader: {code} {body}");
+    b.sigterm();
+    let out_b = b.finish().await;
+    assert_eq!(out_b.code, 0, "{}", out_b.stderr);
+    let leads = out_b.stderr.find("this replica leads now").expect("b led");
+    let listening = out_b.stderr.find("listening").expect("b listened");
+    assert!(leads < listening, "b opened no session as a standby");
+
+    let minted = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/generatejitconfig"))
+        .count();
+    assert_eq!(
+        minted,
+        4,
+        "a runner per job: none created twice; jobs {:?}\nA: {}\nB: {}",
+        sim.state().jobs,
+        out_a.stderr,
+        out_b.stderr
+    );
+    let jit_configs = kubelet
+        .jit_configs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    assert_eq!(jit_configs.len(), 4, "each ran in one pod");
+    assert!(
+        fake.peak(Kind::Pod, NS) <= 3,
+        "never more than max runners pods"
+    );
+    assert!(
+        fake.names(Kind::Pod, NS).is_empty(),
+        "{:?}",
+        fake.names(Kind::Pod, NS)
+    );
+    assert!(
+        fake.names(Kind::Secret, NS).is_empty(),
+        "{:?}",
+        fake.names(Kind::Secret, NS)
+    );
+    let st = sim.state();
+    assert!(st.sessions.is_empty(), "{:?}", st.sessions);
+    assert!(st.runners.is_empty(), "{:?}", st.runners);
+    // A graceful stop gives the lease up.
+    let lease = fake
+        .get(Kind::Lease, NS, "scaleset-e2e")
+        .expect("the lease");
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
+    drop(kubelet);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn lease_flags_need_leader_election_and_bad_values_name_their_flag() {
+    let r = common::bare(&["run", "--name", "x", "--lease-name", "y"]).await;
+    r.expect_code(2);
+    assert!(r.stderr.contains("--leader-election"), "{}", r.stderr);
+    let dir = temp_dir("flags");
+    let template = dir.join("pod.yaml");
+    std::fs::write(&template, "spec:\n  containers:\n    - name: runner\n").expect("template");
+    let r = common::bare(&[
+        "run",
+        "--url",
+        "https://github.com/o",
+        "--token",
+        TOKEN,
+        "--name",
+        "x",
+        "--provisioner",
+        "kubernetes",
+        "--pod-template",
+        &template.display().to_string(),
+        "--leader-election",
+        "--lease-name",
+        "Not_A_Name",
+    ])
+    .await;
+    r.expect_code(2);
+    assert!(r.last_err_line().contains("--lease-name"), "{}", r.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}

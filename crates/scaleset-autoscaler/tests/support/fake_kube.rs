@@ -148,6 +148,9 @@ struct Store {
     /// How many of the next watch requests get `410 Gone` at once.
     expire_next: usize,
     failures: Vec<Failure>,
+    /// How many of the next replaces of a kind lose a race: the object is written by
+    /// "someone else" (a new resource version), then the replace gets `409 Conflict`.
+    conflicts: Vec<(Kind, usize)>,
 }
 
 impl Store {
@@ -651,6 +654,25 @@ fn replace(shared: &Shared, t: &Target, name: &str, mut object: Value) -> Respon
     let Some(old) = store.objects.get(&key).cloned() else {
         return not_found(t.kind, name);
     };
+    if let Some((_, n)) = store
+        .conflicts
+        .iter_mut()
+        .find(|(k, n)| *k == t.kind && *n > 0)
+    {
+        *n -= 1;
+        store.commit(&key, old, "MODIFIED");
+        drop(store);
+        shared.changed.notify_waiters();
+        return status(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                t.kind.plural()
+            ),
+            json!({"name": name, "kind": t.kind.plural()}),
+        );
+    }
     if let Some(rv) = object["metadata"]["resourceVersion"].as_str()
         && old["metadata"]["resourceVersion"].as_str() != Some(rv)
     {
@@ -941,6 +963,12 @@ impl FakeKube {
                 return self.resource_version() > since;
             }
         }
+    }
+
+    /// The next `n` replaces (PUT) of `kind` lose a race: the object gets a new resource
+    /// version as if another client wrote it, and the replace gets `409 Conflict`.
+    pub fn conflict_next_replaces(&self, kind: Kind, n: usize) {
+        self.store().conflicts.push((kind, n));
     }
 
     /// Waits until `pred` holds, at most `limit`; whether it did.
