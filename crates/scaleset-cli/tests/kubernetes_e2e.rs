@@ -453,11 +453,13 @@ async fn two_replicas_one_leads_and_the_standby_takes_over_a_killed_leaders_pods
         "the leader is no standby: {code} {body}"
     );
 
-    // Four jobs, three at once; the leader dies with three runner pods at work.
+    // Four jobs, three at once; the leader dies with three runner pods at work. The jobs
+    // outlast the takeover (the lease's 2 s, then the dead leader's session expiring after
+    // 3 s), so the standby finds the pods busy and adopts them.
     sim.enqueue_jobs(EnqueueJobs {
         labels: vec!["k8s-ha".into()],
         count: 4,
-        duration: Duration::from_secs(4),
+        duration: Duration::from_secs(10),
         ..Default::default()
     })
     .await
