@@ -413,12 +413,13 @@ fn replica(config: &Path, instance: &str, port: u16) -> Streaming {
     Streaming::spawn(c)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_one_leads_and_the_standby_takes_over_a_killed_leaders_pods() {
-    // The killed leader's session expires soon after its last poll, as GitHub's does.
+/// The simulator (sessions of a dead leader expire 3 s after its last poll, as GitHub's
+/// do), the fake API server, and a config of one scale set (max 3 pods) with a short Lease
+/// (2 s, renew deadline 1.5 s, retry 0.3 s).
+async fn ha_setup(tag: &str) -> (Simulator, Arc<FakeKube>, PathBuf, PathBuf) {
     let sim = common::sim_with(|c| c.session_idle_timeout = Duration::from_secs(3)).await;
     let fake = Arc::new(FakeKube::start().await);
-    let dir = temp_dir("ha");
+    let dir = temp_dir(tag);
     std::fs::write(dir.join("kubeconfig"), fake.kubeconfig(NS)).expect("kubeconfig");
     std::fs::write(
         dir.join("pod.yaml"),
@@ -436,6 +437,12 @@ async fn two_replicas_one_leads_and_the_standby_takes_over_a_killed_leaders_pods
         ),
     )
     .expect("config");
+    (sim, fake, dir, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_leads_and_the_standby_takes_over_a_killed_leaders_pods() {
+    let (sim, fake, dir, config) = ha_setup("ha").await;
     let kubelet = SimKubelet::spawn(fake.clone());
     let (port_a, port_b) = (free_port(), free_port());
     let mut a = replica(&config, "replica-a", port_a);
@@ -572,5 +579,94 @@ async fn lease_flags_need_leader_election_and_bad_values_name_their_flag() {
     .await;
     r.expect_code(2);
     assert!(r.last_err_line().contains("--lease-name"), "{}", r.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_is_replaced_and_on_waking_stops_at_once_without_creating_pods() {
+    let (sim, fake, dir, config) = ha_setup("frozen").await;
+    let kubelet = SimKubelet::spawn(fake.clone());
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = replica(&config, "replica-a", port_a);
+    a.wait_stderr("listening").await;
+    let mut b = replica(&config, "replica-b", port_b);
+    wait_readyz(port_b, |code, body| code == 200 && body.contains("standby")).await;
+    sim.enqueue_jobs(EnqueueJobs {
+        labels: vec!["k8s-ha".into()],
+        count: 2,
+        duration: Duration::from_secs(10),
+        ..Default::default()
+    })
+    .await
+    .expect("enqueue");
+    let (busy, st) = sim.wait_until(LONG, |st| st.jobs_in("running") == 2).await;
+    assert!(busy, "two jobs run: {:?}", st.jobs);
+
+    // The leader freezes (a stalled node, a long GC pause): its renewals stop.
+    a.signal(Signal::SIGSTOP);
+    b.wait_stderr("this replica leads now").await;
+    b.wait_stderr("listening").await;
+    let lease = fake
+        .get(Kind::Lease, NS, "scaleset-e2e")
+        .expect("the lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
+    let pods_before = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/pods"))
+        .count();
+    // It wakes up past its renew deadline: it stops at once and exits, leaving the pods.
+    a.signal(Signal::SIGCONT);
+    let out_a = a.finish().await;
+    assert_eq!(out_a.code, 1, "{}", out_a.stderr);
+    assert!(
+        out_a
+            .stderr
+            .contains("lost the leader lease e2e/scaleset-e2e"),
+        "{}",
+        out_a.stderr
+    );
+
+    let (done, st) = sim
+        .wait_until(LONG, |st| {
+            st.jobs.len() == 2 && st.jobs.iter().all(|j| j.status == "completed")
+        })
+        .await;
+    assert!(done, "both jobs completed: {:?}", st.jobs);
+    assert!(
+        st.jobs
+            .iter()
+            .all(|j| j.result.as_deref() == Some("succeeded")),
+        "{:?}",
+        st.jobs
+    );
+    let pods_after = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/pods"))
+        .count();
+    assert_eq!(
+        pods_before, 2,
+        "the two pods of the first leader, none by the standby"
+    );
+    assert_eq!(
+        pods_after, 2,
+        "no pod created after the takeover: the old leader stopped"
+    );
+    b.sigterm();
+    let out_b = b.finish().await;
+    assert_eq!(out_b.code, 0, "{}", out_b.stderr);
+    assert!(out_b.stderr.contains("adopted=2"), "{}", out_b.stderr);
+    assert!(
+        fake.names(Kind::Pod, NS).is_empty(),
+        "{:?}",
+        fake.names(Kind::Pod, NS)
+    );
+    assert!(
+        sim.state().sessions.is_empty(),
+        "{:?}",
+        sim.state().sessions
+    );
+    drop(kubelet);
     let _ = std::fs::remove_dir_all(&dir);
 }
