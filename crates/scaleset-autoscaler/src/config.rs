@@ -14,6 +14,9 @@
 //! addr = "127.0.0.1:9090"                  # /metrics, /healthz, /readyz (optional)
 //! poll_window_secs = 50                    # readiness: a poll succeeded within 2x this
 //!
+//! # [leader_election]                      # a hot standby on Kubernetes (module leader_election)
+//! # lease_name = "scaleset"
+//!
 //! [[scale_set]]
 //! name = "linux-x64"
 //! labels = ["linux", "x64"]                # extra labels; the name is always the first
