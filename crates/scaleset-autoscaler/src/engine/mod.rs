@@ -394,6 +394,7 @@ impl<P: Provisioner> Engine<P> {
         s.cancel.cancel();
         s.tasks.close();
         s.tasks.wait().await;
+        s.provisioner.settle().await;
         let left: Vec<String> = lock(&s.book).runners.keys().cloned().collect();
         if !left.is_empty() && policy != ShutdownPolicy::Keep {
             tracing::warn!(scale_set = %ss, runners = ?left, "runners left behind (still registered with GitHub or still running)");

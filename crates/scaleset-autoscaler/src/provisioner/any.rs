@@ -162,4 +162,8 @@ impl Provisioner for AnyProvisioner {
     async fn next_event(&self) -> Option<ProvisionerEvent> {
         each!(self, p => p.next_event().await)
     }
+
+    async fn settle(&self) {
+        each!(self, p => p.settle().await)
+    }
 }

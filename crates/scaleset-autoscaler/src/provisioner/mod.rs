@@ -48,6 +48,8 @@
 //!    annotation, log line, error or `Debug` output.
 //! 9. **Errors** are [`ProvisionError`]; backend failures are
 //!    [`ProvisionError::Backend`] with the backend's own message.
+//! 10. **Quiet after shutdown.** Once [`settle`](Provisioner::settle) returns (the engine's
+//!     last step), nothing the backend started in the background still writes.
 
 use std::future::Future;
 
@@ -265,4 +267,12 @@ pub trait Provisioner: Send + Sync + 'static {
 
     /// Waits for the next event; `None` once the provisioner is closed.
     fn next_event(&self) -> impl Future<Output = Option<ProvisionerEvent>> + Send;
+
+    /// Returns once the background work the backend started before the call (a state write
+    /// after a runner ended, say) is done. The engine calls it last in its shutdown, so
+    /// whoever removes the backend's files afterwards does not race a write. Default:
+    /// nothing runs in the background.
+    fn settle(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }

@@ -821,6 +821,14 @@ impl Provisioner for ProcessProvisioner {
     async fn next_event(&self) -> Option<ProvisionerEvent> {
         self.inner.exits_rx.lock().await.recv().await
     }
+
+    /// Writes whatever `update_later` left in memory: a background
+    /// write still running is waited for, one not yet begun finds nothing left to write.
+    async fn settle(&self) {
+        if let Err(e) = self.inner.records.flush().await {
+            tracing::warn!(error = %e, "could not update the state file");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -905,6 +913,25 @@ mod tests {
             .expect("in time")
             .expect("joined")
             .expect("the standby takes over");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The record of a runner that ended is removed from the state file in the background;
+    /// `settle` (the engine's last step in its shutdown) returns only once that write is on
+    /// disk, so the demo's removal of the work directory cannot race it.
+    #[tokio::test]
+    async fn settle_returns_once_the_ended_runners_record_is_off_the_disk() {
+        let dir = tempdir("settle");
+        let p = ProcessProvisioner::new(sh(&dir, "true")).expect("provisioner");
+        p.create(spec("t-settle")).await.expect("create");
+        let on_disk = || std::fs::read_to_string(dir.join(STATE_FILE)).expect("state file");
+        assert!(
+            on_disk().contains("t-settle"),
+            "a started runner is recorded"
+        );
+        assert!(next_exit(&p).await.success());
+        p.settle().await;
+        assert!(!on_disk().contains("t-settle"), "{}", on_disk());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
