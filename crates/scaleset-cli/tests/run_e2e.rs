@@ -912,3 +912,50 @@ async fn two_hundred_scale_sets_hold_about_one_descriptor_each() {
     assert!(sim.state().sessions.is_empty(), "every session deleted");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two scale sets of one name in two runner groups (issue 11 defect 3): each registers in
+/// `/readyz` (it passes once both poll) and `/metrics` keeps their series apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_scale_sets_of_one_name_are_ready_and_counted_apart() {
+    let sim = common::sim().await;
+    sim.add_runner_group("gpu").expect("runner group added");
+    let dir = workdir("twins");
+    let port = free_port();
+    let mut config = format!(
+        "[connection]\nurl = \"{}\"\n\n[metrics]\naddr = \"127.0.0.1:{port}\"\n",
+        sim.config_url()
+    );
+    for (i, (group, max)) in [("default", 1), ("gpu", 2)].iter().enumerate() {
+        config.push_str(&format!(
+            "\n[[scale_set]]\nname = \"twin\"\nrunner_group = \"{group}\"\nmax_runners = {max}\n\n[scale_set.provisioner]\nkind = \"process\"\ncommand = \"{exe}\"\nargs = [\"sim-runner\"]\nworkdir = \"{work}\"\n",
+            exe = env!("CARGO_BIN_EXE_scaleset"),
+            work = dir.join(i.to_string()).display(),
+        ));
+    }
+    std::fs::create_dir_all(&dir).expect("the test directory");
+    let path = dir.join("twins.toml");
+    std::fs::write(&path, config).expect("config written");
+    let mut c = cmd();
+    c.args(["run", "--config"])
+        .arg(&path)
+        .env("SCALESET_TOKEN", TOKEN);
+    let run = Streaming::spawn(c);
+    let (both, st) = sim.wait_until(LONG, |s| s.in_flight_polls >= 2).await;
+    assert!(both, "both poll: {:?}", st.sessions);
+    wait_status(port, "/readyz", 200).await;
+    let (_, metrics) = http_get(port, "/metrics").await;
+    let max: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("gha_max_runners{") && l.contains("name=\"twin\""))
+        .collect();
+    assert_eq!(max.len(), 2, "{metrics}");
+    assert!(
+        max.iter()
+            .any(|l| l.contains("runner_group=\"gpu\"") && l.ends_with(" 2")),
+        "{max:?}"
+    );
+    run.sigterm();
+    let out = run.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
