@@ -959,3 +959,134 @@ async fn two_scale_sets_of_one_name_are_ready_and_counted_apart() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The log of `run` at its default level (info) with what changes from run to run redacted:
+/// the timestamp, the version, the metrics port, ids the service makes up, runner names (by
+/// order of appearance) and durations.
+fn redact_log(stderr: &str, prefix: &str) -> Vec<String> {
+    let mut runners: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for line in stderr.lines() {
+        // `2026-12-06T07:54:23.680605Z  INFO target: message fields`
+        let Some((_, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let mut words = Vec::new();
+        for word in rest.trim_start().split(' ') {
+            let word = match word.split_once('=') {
+                Some((key @ ("start_s" | "lifetime_s" | "deadline_in_s" | "waited_s"), _)) => {
+                    format!("{key}=<s>")
+                }
+                Some((key @ ("job_id" | "session_id"), _)) => format!("{key}=<uuid>"),
+                Some((key @ "version", _)) => format!("{key}=<version>"),
+                Some(("metrics", addr)) if addr.starts_with("127.0.0.1:") => {
+                    "metrics=127.0.0.1:<port>".to_string()
+                }
+                _ => word.to_string(),
+            };
+            words.push(word);
+        }
+        let mut line = words.join(" ");
+        // Runner names: the prefix and 8 random hex digits.
+        while let Some(at) = line.find(prefix).filter(|at| {
+            line[at + prefix.len()..]
+                .chars()
+                .take(8)
+                .filter(char::is_ascii_hexdigit)
+                .count()
+                == 8
+        }) {
+            let name = line[at..at + prefix.len() + 8].to_string();
+            let n = match runners.iter().position(|r| *r == name) {
+                Some(i) => i + 1,
+                None => {
+                    runners.push(name.clone());
+                    runners.len()
+                }
+            };
+            line = line.replacen(&name, &format!("<runner {n}>"), 1);
+        }
+        out.push(line);
+    }
+    // A runner's exit and GitHub's JobCompleted for its job race; the snapshot puts the exit
+    // right after the job.
+    let mut i = 0;
+    while i < out.len() {
+        let line = out[i].clone();
+        let span = line.split(": ").next().unwrap_or_default().to_string();
+        if line.contains("runner finished")
+            && let Some(j) = out
+                .iter()
+                .position(|l| l.starts_with(&span) && l.contains("job completed"))
+            && j != i + 1
+            && j != i
+        {
+            out.remove(i);
+            let j = if j > i { j - 1 } else { j };
+            out.insert(j + 1, line);
+            if j < i {
+                i += 1;
+            }
+            continue;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The shape of `run`'s log at its default level, reviewed like an API: start-up, the scale
+/// set ready, a change of target with its reason, a runner started, its job, its end, a second
+/// job busy when SIGTERM comes, the drain waiting for it, and the outcome of the shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_info_log_of_a_short_run() {
+    let sim = common::sim().await;
+    let dir = workdir("infolog");
+    let port = free_port();
+    let mut c = cmd();
+    c.args([
+        "run",
+        "--url",
+        &sim.config_url(),
+        "--token",
+        TOKEN,
+        "--name",
+        "logged",
+        "--label",
+        "x64",
+        "--max-runners",
+        "2",
+        "--runner-command",
+        env!("CARGO_BIN_EXE_scaleset"),
+        "--runner-arg",
+        "sim-runner",
+        "--runner-workdir",
+        &dir.display().to_string(),
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+        "--shutdown",
+        "drain",
+    ]);
+    let mut run = Streaming::spawn(c);
+    run.wait_stderr("listening for jobs").await;
+    let job = |duration| EnqueueJobs {
+        labels: vec!["logged".into()],
+        duration,
+        ..Default::default()
+    };
+    sim.enqueue_jobs(job(Duration::from_millis(100)))
+        .await
+        .expect("enqueue");
+    run.wait_stderr("target changed target=0").await;
+    let (gone, st) = sim.wait_until(LONG, |s| s.runners.is_empty()).await;
+    assert!(gone, "the first runner is deregistered: {:?}", st.runners);
+    // Long enough to be running when SIGTERM arrives, so the drain waits for it.
+    sim.enqueue_jobs(job(Duration::from_secs(8)))
+        .await
+        .expect("enqueue");
+    run.wait_stderr("job started").await;
+    run.sigterm();
+    let out = run.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    insta::assert_snapshot!(redact_log(&out.stderr, "logged-").join("\n"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
