@@ -1090,3 +1090,64 @@ async fn the_info_log_of_a_short_run() {
     insta::assert_snapshot!(redact_log(&out.stderr, "logged-").join("\n"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One label rule (issue 11 defect 5): a scale set made with `scale-set create --name linux
+/// --label x64` has `[linux, x64]`; `run --name linux --label x64` wants the same labels, so
+/// it adopts the scale set as it is and never rewrites it to `[x64]` (which would strand every
+/// workflow with `runs-on: linux`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_keeps_the_name_label_of_a_scale_set_made_by_create() {
+    let sim = common::sim().await;
+    let r = common::scaleset(
+        &sim,
+        &["scale-set", "create", "--name", "linux", "--label", "x64"],
+    )
+    .await;
+    r.expect_code(0);
+    let labels = |sim: &Simulator| {
+        let state = sim.state();
+        let set = state.scale_set_by_name("linux").expect("the scale set");
+        let mut names = set.labels.clone();
+        names.sort();
+        names
+    };
+    assert_eq!(labels(&sim), ["linux", "x64"]);
+    let dir = workdir("labels");
+    let mut c = cmd();
+    c.args([
+        "run",
+        "--url",
+        &sim.config_url(),
+        "--token",
+        TOKEN,
+        "--name",
+        "linux",
+        "--label",
+        "x64",
+        "--runner-command",
+        env!("CARGO_BIN_EXE_scaleset"),
+        "--runner-arg",
+        "sim-runner",
+        "--runner-workdir",
+        &dir.display().to_string(),
+    ]);
+    let mut run = Streaming::spawn(c);
+    run.wait_stderr("listening for jobs").await;
+    assert_eq!(labels(&sim), ["linux", "x64"], "the name is still a label");
+    let patches = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.contains("/runnerscalesets/"))
+        .count();
+    assert_eq!(patches, 0, "the scale set was not rewritten");
+    run.sigterm();
+    let out = run.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("adopted the existing scale set id=1 labels=linux,x64"),
+        "{}",
+        out.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
