@@ -14,6 +14,9 @@
 //! addr = "127.0.0.1:9090"                  # /metrics, /healthz, /readyz (optional)
 //! poll_window_secs = 50                    # readiness: a poll succeeded within 2x this
 //!
+//! # [leader_election]                      # a hot standby on Kubernetes (module leader_election)
+//! # lease_name = "scaleset"
+//!
 //! [[scale_set]]
 //! name = "linux-x64"
 //! labels = ["linux", "x64"]                # extra labels; the name is always the first
@@ -46,8 +49,10 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+pub mod leader_election;
 pub mod provisioner;
 
+pub use leader_election::{LeaderElectionConfig, LeaderElectionSettings};
 pub use provisioner::{
     DockerSettings, KubernetesSettings, ProcessSettings, ProvisionerConfig, PullPolicy,
 };
@@ -65,6 +70,9 @@ pub struct Config {
     /// The scale sets, one `[[scale_set]]` table each.
     #[serde(default, rename = "scale_set")]
     pub scale_sets: Vec<ScaleSetConfig>,
+    /// A hot standby through a Kubernetes Lease (see [`leader_election`]); off when absent.
+    #[serde(default)]
+    pub leader_election: Option<LeaderElectionConfig>,
 }
 
 /// How to reach GitHub. Credentials are never read from the file itself.
@@ -418,6 +426,9 @@ impl Config {
         }
         if self.metrics.poll_window_secs == 0 {
             return Err(Error::config("metrics.poll_window_secs", "must be > 0"));
+        }
+        if let Some(le) = self.leader_election.as_ref().filter(|le| le.enabled) {
+            le.settings(self, "validating")?;
         }
         if let Some(url) = &self.connection.url {
             actions_scaleset::parse_github_config_from_url(url)

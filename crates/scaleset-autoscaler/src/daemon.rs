@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::config::{Config, ScaleSetConfig, ShutdownPolicy};
 use crate::engine::{Engine, EngineSettings, Recovery};
 use crate::error::{Error, ProvisionError, Result};
+use crate::leader::Leading;
 use crate::metrics::{Metrics, ScaleSetLabels, ScaleSetMetrics};
 use crate::provisioner::any::AnyProvisioner;
 use crate::provisioner::{Provisioner, ScaleSetIdentity};
@@ -191,8 +192,19 @@ pub async fn run(
         metrics = %metrics_addr,
         "starting the autoscaler"
     );
+    // With leader election a standby waits here (serving /readyz) and touches nothing.
+    let elected = match crate::leader::elect(&config, &instance_name(), &readiness, &shutdown).await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            server_stop.cancel();
+            return Err(e);
+        }
+    };
+    let leading = elected.leading();
+    let lost = leading.as_ref().map(|l| l.lost.clone()).unwrap_or_default();
     let mut tasks = tokio::task::JoinSet::new();
-    for (cfg, client, slot, label) in sets {
+    for (cfg, client, slot, label) in sets.into_iter().filter(|_| elected.proceed()) {
         let labels = ScaleSetLabels::new(&cfg.name, &cfg.runner_group, client.config());
         let m = metrics.scale_set(labels);
         let readiness = readiness.clone();
@@ -201,9 +213,11 @@ pub async fn run(
         // carries its name once, through this span (with its runner group and URL when
         // another entry has the same name).
         let span = tracing::info_span!("scale_set", scale_set = %label);
+        let leading = leading.clone();
         tasks.spawn(
             async move {
-                let r = run_scale_set(cfg, client, m, (readiness, slot), shutdown.clone()).await;
+                let r = run_scale_set(cfg, client, m, (readiness, slot), shutdown.clone(), leading)
+                    .await;
                 if let Err(e) = &r {
                     tracing::error!(error = %e, "the scale set stopped");
                 }
@@ -213,7 +227,24 @@ pub async fn run(
         );
     }
     let mut first_error = None;
-    while let Some(joined) = tasks.join_next().await {
+    let mut aborted = false;
+    loop {
+        let joined = tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(j) => j,
+                None => break,
+            },
+            // Lost the Lease: a scale set past its set-up stops at once by itself; one still
+            // setting up is ended here.
+            () = async { lost.cancelled().await; tokio::time::sleep(LOST_GRACE).await }, if !aborted => {
+                aborted = true;
+                tasks.abort_all();
+                continue;
+            }
+        };
+        if let Some(l) = leading.as_ref().filter(|l| l.lost.is_cancelled()) {
+            first_error.get_or_insert(l.lost_error());
+        }
         match joined {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -228,6 +259,9 @@ pub async fn run(
             }
         }
     }
+    if !lost.is_cancelled() {
+        elected.release().await;
+    }
     server_stop.cancel();
     if let Some(t) = server_task {
         let _ = t.await;
@@ -240,6 +274,9 @@ pub async fn run(
         }
     }
 }
+
+/// How long a replica that lost the Lease gives its scale sets to stop by themselves.
+const LOST_GRACE: Duration = Duration::from_secs(5);
 
 /// [`get_or_create_scale_set`], retried with capped, jittered backoff (1 s doubling to a
 /// minute) while GitHub fails in a way that may pass (5xx, 429, timeouts, connection
@@ -276,7 +313,9 @@ async fn set_up_retrying(
 ///
 /// Nothing touches runners before this instance holds the scale set's message session: a hot
 /// standby only waits (for the session, then for the work directory's lock) and never
-/// cleans up or starts runners the active instance owns.
+/// cleans up or starts runners the active instance owns. With `leading` (leader election)
+/// the runners are recorded as the Lease's, so the next leader adopts them, and losing the
+/// Lease stops the scale set at once, applying no shutdown policy.
 ///
 /// # Errors
 /// When the scale set cannot be set up, its listener fails for good, or its engine stops
@@ -287,6 +326,7 @@ pub async fn run_scale_set(
     metrics: ScaleSetMetrics,
     (readiness, slot): (Arc<Readiness>, ReadinessSlot),
     shutdown: CancellationToken,
+    leading: Option<Leading>,
 ) -> Result<()> {
     let Some(set) = set_up_retrying(&client, &cfg, (&readiness, slot), &shutdown).await? else {
         return Ok(());
@@ -304,7 +344,9 @@ pub async fn run_scale_set(
     let identity = ScaleSetIdentity {
         id: set.id,
         name: cfg.name.clone(),
-        instance: instance_name(),
+        instance: leading
+            .as_ref()
+            .map_or_else(instance_name, |l| l.instance.clone()),
     };
     let provisioner = match AnyProvisioner::build(&cfg, identity, ScaleSetConfig::state_dir()).await
     {
@@ -348,6 +390,8 @@ pub async fn run_scale_set(
         }
     }
     engine.spawn();
+    let lost = leading.as_ref().map(|l| l.lost.clone()).unwrap_or_default();
+    let _abandon = AbandonIfLost(engine.clone(), lost.clone());
     // The listener stops on shutdown or when the engine fails.
     let stop = shutdown.child_token();
     let watchdog = {
@@ -373,7 +417,18 @@ pub async fn run_scale_set(
             readiness.attach(slot, listener.health_handle());
             tracing::info!(id = set.id, labels = %label_list(&set.labels), min = cfg.min_runners, max = cfg.max_runners, provisioner = %cfg.provisioner.kind(), "listening for jobs");
             // `run` deletes the session before it returns.
-            listener.run(&engine, &stop).await.map_err(Error::from)
+            tokio::select! {
+                r = listener.run(&engine, &stop) => r.map_err(Error::from),
+                () = lost.cancelled() => {
+                    // No more acknowledged messages, no more pods; the session goes so the
+                    // new leader gets it without waiting for it to expire.
+                    engine.abandon();
+                    stop.cancel();
+                    let _ = tokio::time::timeout(LOST_GRACE, session.close()).await;
+                    let _ = watchdog.await;
+                    return Err(leading.map_or_else(|| Error::Internal("lost a lease never held".into()), |l| l.lost_error()));
+                }
+            }
         }
         Err(e) => {
             close_session(&session).await;
@@ -409,6 +464,18 @@ pub async fn run_scale_set(
         tracing::info!(id = set.id, policy = %cfg.shutdown, "stopped; the scale set stays registered for the next start");
     }
     outcome
+}
+
+/// Abandons the engine (see [`Engine::abandon`]) when dropped after the Lease was lost: a
+/// scale set ended while setting up leaves its engine's tasks running otherwise.
+struct AbandonIfLost(Engine<AnyProvisioner>, CancellationToken);
+
+impl Drop for AbandonIfLost {
+    fn drop(&mut self) {
+        if self.1.is_cancelled() {
+            self.0.abandon();
+        }
+    }
 }
 
 async fn close_session(session: &actions_scaleset::MessageSessionClient) {

@@ -30,6 +30,13 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// This replica lost the leader Lease (see [`crate::leader`]): it stopped acting at once,
+    /// leaving its runners to the new leader.
+    #[error("lost the leader lease {lease}: another replica leads now (this one stopped acting)")]
+    LeadershipLost {
+        /// The Lease, `namespace/name`.
+        lease: String,
+    },
     /// A bug: something that should not happen did.
     #[error("internal error: {0}")]
     Internal(String),

@@ -8,6 +8,7 @@
 //! * [`config`]: the TOML configuration, validated up front.
 //! * [`metrics`] and [`server`]: Prometheus metrics with ARC's names, `/metrics`,
 //!   `/healthz`, `/readyz`.
+//! * [`leader`]: a hot standby through a Kubernetes Lease (feature `kubernetes`).
 //! * [`daemon`]: runs several scale sets in one process (get-or-create, orphan clean-up,
 //!   listener, engine, shutdown policy).
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod error;
+pub mod leader;
 pub mod limits;
 pub mod metrics;
 pub mod provisioner;

@@ -1,6 +1,7 @@
 //! The HTTP endpoints: `/metrics` (OpenMetrics text), `/healthz` (the process is up) and
 //! `/readyz` (every scale set has an open session, and a poll succeeded or is in flight within
-//! twice the poll window).
+//! twice the poll window; a hot standby of a leader-elected daemon is ready while it can read
+//! the Lease, and says `standby: not the leader`: see [`StandbyStatus`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +23,26 @@ use crate::error::{Error, Result};
 pub struct Readiness {
     window: Duration,
     sets: Mutex<Vec<Slot>>,
+    standby: Mutex<Option<StandbyStatus>>,
+}
+
+/// How a hot standby (see [`crate::leader`]) is doing, for `/readyz`.
+///
+/// A standby that can read the Lease is *ready*: it is doing its job (standing by, able to
+/// take over), and a standby that never became ready would stall every rolling update of a
+/// two-replica Deployment and keep `kubectl rollout status` waiting. `/readyz` names the
+/// role and the holder; a standby that cannot read the Lease is not ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StandbyStatus {
+    /// Another replica holds the Lease.
+    Waiting {
+        /// The Lease, `namespace/name`.
+        lease: String,
+        /// Its holder.
+        holder: String,
+    },
+    /// The Lease cannot be read or written (the reason).
+    Failing(String),
 }
 
 #[derive(Debug)]
@@ -43,6 +64,7 @@ impl Readiness {
         Readiness {
             window: poll_window,
             sets: Mutex::new(Vec::new()),
+            standby: Mutex::new(None),
         }
     }
 
@@ -81,12 +103,33 @@ impl Readiness {
         }
     }
 
+    /// Marks this replica a hot standby (`None`: it leads, or there is no election); see
+    /// [`StandbyStatus`].
+    pub fn standby(&self, status: Option<StandbyStatus>) {
+        *self.standby.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+    /// What `/readyz` adds to `ready`: the standby's role and the holder.
+    pub fn note(&self) -> Option<String> {
+        match &*self.standby.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(StandbyStatus::Waiting { lease, holder }) => Some(format!(
+                "standby: not the leader (lease {lease} held by {holder})"
+            )),
+            _ => None,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
         self.sets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `Ok` when ready, else the reasons (see [`actions_scaleset::ListenerHealth::ready_at`]).
     pub fn check(&self) -> std::result::Result<(), Vec<String>> {
+        match &*self.standby.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(StandbyStatus::Waiting { .. }) => return Ok(()),
+            Some(StandbyStatus::Failing(why)) => return Err(vec![format!("standby: {why}")]),
+            None => {}
+        }
         let now = jiff::Timestamp::now();
         let limit = self.window.saturating_mul(2);
         let sets = self.lock();
@@ -151,7 +194,10 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     match s.readiness.check() {
-        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Ok(()) => match s.readiness.note() {
+            Some(note) => (StatusCode::OK, format!("ready ({note})\n")),
+            None => (StatusCode::OK, "ready\n".to_string()),
+        },
         Err(p) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{}\n", p.join("\n")),

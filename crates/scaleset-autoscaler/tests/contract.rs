@@ -812,7 +812,7 @@ mod kubernetes_backend {
 
         fn exclusive(&self) -> Result<(), &'static str> {
             Err(
-                "the Lease that makes one replica the manager is not built yet; acquire takes nothing",
+                "one manager per scale set is the daemon's Lease (leader election, tests/leader.rs and the CLI's kubernetes_e2e), held before any provisioner is built; acquire takes nothing",
             )
         }
 

@@ -35,12 +35,20 @@ const JOBS_EACH: u32 = 5;
 const TOTAL: usize = SCALE_SETS * JOBS_EACH as usize;
 const DEADLINE: Duration = Duration::from_secs(300);
 
-/// What one side achieved.
+/// What one side achieved in one round.
 #[derive(Debug)]
 struct Outcome {
     jit_configs: usize,
     all_started: Duration,
     all_completed: Duration,
+    /// CPU time the side's own processes (the daemon, or the peer's 100 processes; not the
+    /// runners) used from the enqueue until every job completed.
+    cpu: Duration,
+}
+
+/// The summed CPU time of `pids`.
+fn cpu_of(pids: &[u32]) -> Duration {
+    pids.iter().filter_map(|p| support::cpu_time(*p)).sum()
 }
 
 async fn simulator() -> Simulator {
@@ -64,8 +72,9 @@ fn name(side: &str, i: usize) -> String {
     format!("{side}-{i:03}")
 }
 
-/// Enqueues the burst once every scale set polls, then measures it.
-async fn burst(sim: &Simulator, side: &str) -> Outcome {
+/// Enqueues the burst once every scale set polls, then measures it; `pids` are the side's
+/// own processes.
+async fn burst(sim: &Simulator, side: &str, pids: &[u32]) -> Outcome {
     let (polling, st) = sim
         .wait_until(DEADLINE, |s| s.in_flight_polls >= SCALE_SETS)
         .await;
@@ -75,7 +84,11 @@ async fn burst(sim: &Simulator, side: &str) -> Outcome {
         st.in_flight_polls
     );
     sim.clear_requests();
+    let cpu_before = cpu_of(pids);
     let start = Instant::now();
+    if std::env::var_os("SCALESET_BENCH_LOG").is_some() {
+        eprintln!("{side}: enqueue at {:?}", std::time::SystemTime::now());
+    }
     for i in 0..SCALE_SETS {
         sim.enqueue_jobs(EnqueueJobs {
             labels: vec![name(side, i)],
@@ -101,6 +114,7 @@ async fn burst(sim: &Simulator, side: &str) -> Outcome {
         .await;
     assert!(completed, "{side}: {} completed", st.jobs_in("completed"));
     let all_completed = start.elapsed();
+    let cpu = cpu_of(pids).saturating_sub(cpu_before);
     // Late replacements would be minted after the last late message: let those arrive.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let jit_configs = sim
@@ -112,6 +126,7 @@ async fn burst(sim: &Simulator, side: &str) -> Outcome {
         jit_configs,
         all_started,
         all_completed,
+        cpu,
     }
 }
 
@@ -141,7 +156,8 @@ workdir = "{work}"
     let path = dir.join("fleet.toml");
     std::fs::write(&path, config).expect("config written");
     let daemon = support::spawn_run(&path, &sim.token());
-    let outcome = burst(&sim, "ours").await;
+    let pids: Vec<u32> = daemon.id().into_iter().collect();
+    let outcome = burst(&sim, "ours", &pids).await;
     support::stop(daemon, Signal::SIGTERM, Duration::from_secs(60)).await;
     sim.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -200,7 +216,11 @@ async fn peer(bin: &Path) -> Outcome {
             .expect("the peer starts");
         children.push(child);
     }
-    let outcome = burst(&sim, "peer").await;
+    let pids: Vec<u32> = children
+        .iter()
+        .filter_map(tokio::process::Child::id)
+        .collect();
+    let outcome = burst(&sim, "peer", &pids).await;
     // The peer stops on Ctrl-C.
     for c in &children {
         support::signal(c, Signal::SIGINT);
@@ -212,27 +232,54 @@ async fn peer(bin: &Path) -> Outcome {
     outcome
 }
 
+/// The median of `f` over `outcomes` (the upper one of an even count).
+fn median(outcomes: &[Outcome], f: impl Fn(&Outcome) -> Duration) -> Duration {
+    let mut v: Vec<Duration> = outcomes.iter().map(f).collect();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn report(label: &str, outcomes: &[Outcome]) {
+    let jit: Vec<usize> = outcomes.iter().map(|o| o.jit_configs).collect();
+    println!(
+        "  {label:<22} JIT configs {jit:?}, all started {:.2?}, all completed {:.2?}, CPU {:.2?} (medians)",
+        median(outcomes, |o| o.all_started),
+        median(outcomes, |o| o.all_completed),
+        median(outcomes, |o| o.cpu),
+    );
+}
+
 #[tokio::main]
 async fn main() {
+    let rounds: usize = std::env::var("FLEET_LATE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(3);
     let peer_bin = peer_binary();
-    let ours = ours().await;
-    println!(
-        "{SCALE_SETS} scale sets x {JOBS_EACH} jobs ({TOTAL}), JobStarted/JobCompleted 1 s late, jobs 500 ms"
-    );
-    println!(
-        "  one scaleset run:        {} JIT configs, all started {:.2?}, all completed {:.2?}",
-        ours.jit_configs, ours.all_started, ours.all_completed
-    );
-    if let Some(bin) = peer_bin {
-        let peer = peer(&bin).await;
-        println!(
-            "  {SCALE_SETS} peer processes:      {} JIT configs, all started {:.2?}, all completed {:.2?}",
-            peer.jit_configs, peer.all_started, peer.all_completed
-        );
-        println!(
-            "  all started: {:.2}x the peer's time; all completed: {:.2}x",
-            ours.all_started.as_secs_f64() / peer.all_started.as_secs_f64(),
-            ours.all_completed.as_secs_f64() / peer.all_completed.as_secs_f64()
-        );
+    let (mut ours_runs, mut peer_runs) = (Vec::new(), Vec::new());
+    // Alternating, so that a change of the machine's load falls on both sides.
+    for _ in 0..rounds {
+        ours_runs.push(ours().await);
+        if let Some(bin) = &peer_bin {
+            peer_runs.push(peer(bin).await);
+        }
     }
+    println!(
+        "{SCALE_SETS} scale sets x {JOBS_EACH} jobs ({TOTAL}), JobStarted/JobCompleted 1 s late, jobs 500 ms, {rounds} rounds"
+    );
+    report("one scaleset run:", &ours_runs);
+    if peer_runs.is_empty() {
+        return;
+    }
+    report(&format!("{SCALE_SETS} peer processes:"), &peer_runs);
+    let ratio = |f: fn(&Outcome) -> Duration| {
+        median(&ours_runs, f).as_secs_f64() / median(&peer_runs, f).as_secs_f64()
+    };
+    println!(
+        "  ours / peer: all started {:.2}x, all completed {:.2}x, CPU {:.2}x",
+        ratio(|o| o.all_started),
+        ratio(|o| o.all_completed),
+        ratio(|o| o.cpu),
+    );
 }

@@ -22,13 +22,15 @@ Runs an autoscaler: creates (or adopts) the scale set, starts a runner per
 assigned job with the runner command (the JIT config in
 ACTIONS_RUNNER_INPUT_JITCONFIG; {name} and {jitconfig} substituted in
 --runner-arg), and stops idle runners. If another instance holds the scale
-set's session, this one waits as a hot standby.
+set's session, this one waits as a hot standby. On Kubernetes,
+--leader-election makes replicas share a Lease: only its holder acts.
 
 Examples:
   scaleset run --url https://github.com/my-org --name linux \\
       --label x64 --max-runners 20 --runner-command /opt/runner/run.sh
   scaleset run --url https://github.com/my-org --name k8s --max-runners 50 \\
-      --provisioner kubernetes --namespace ci --pod-template pod.yaml
+      --provisioner kubernetes --namespace ci --pod-template pod.yaml \\
+      --leader-election
   scaleset run --config autoscaler.toml --metrics-addr 127.0.0.1:9090")]
 pub(crate) struct RunArgs {
     /// A TOML file with one `[[scale_set]]` per scale set (the scale set flags are then ignored).
@@ -113,6 +115,18 @@ pub(crate) struct RunArgs {
     /// Seconds drain/delete wait for busy runners.
     #[arg(long, default_value_t = 600, value_name = "SECS")]
     drain_timeout: u64,
+    /// Kubernetes hot standby: only the replica holding a coordination.k8s.io Lease acts;
+    /// the others wait, ready, and take over within the lease duration (15 s) when it stops
+    /// renewing. In a config file: the leader_election table.
+    #[arg(long)]
+    leader_election: bool,
+    /// The Lease's name [default: scaleset-NAME-HASH: the first scale set's name and a hash
+    /// of all of them].
+    #[arg(long, value_name = "NAME", requires = "leader_election")]
+    lease_name: Option<String>,
+    /// The Lease's namespace [default: --namespace].
+    #[arg(long, value_name = "NS", requires = "leader_election")]
+    lease_namespace: Option<String>,
     /// Connection options given after the subcommand (last: the heading they set applies
     /// to every option after them).
     #[command(flatten)]
@@ -237,6 +251,16 @@ impl RunArgs {
         if let Some(w) = self.poll_window {
             config.metrics.poll_window_secs = w;
         }
+        if self.leader_election {
+            let le = config.leader_election.get_or_insert_with(Default::default);
+            le.enabled = true;
+            if let Some(name) = &self.lease_name {
+                le.lease_name = Some(name.clone());
+            }
+            if let Some(ns) = &self.lease_namespace {
+                le.namespace = Some(ns.clone());
+            }
+        }
         config.validate().map_err(|e| {
             // Flag-built configs name flags, not file keys.
             let msg = e.to_string();
@@ -263,6 +287,8 @@ impl RunArgs {
                     ("scale_set[0].idle_delay_secs", "--idle-delay"),
                     ("scale_set[0].drain_timeout_secs", "--drain-timeout"),
                     ("scale_set[0].runner_name_prefix", "--name"),
+                    ("leader_election.lease_name", "--lease-name"),
+                    ("leader_election.namespace", "--lease-namespace"),
                     ("metrics.addr", "--metrics-addr"),
                     ("metrics.poll_window_secs", "--poll-window"),
                     ("connection.url", "--url"),

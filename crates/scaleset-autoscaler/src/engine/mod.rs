@@ -366,6 +366,15 @@ impl<P: Provisioner> Engine<P> {
         Ok(self.shared.resync().await?)
     }
 
+    /// Stops the engine's tasks at once and applies no shutdown policy: runners, their
+    /// registrations and their pods stay as they are, for whoever manages the scale set next
+    /// (a replica that lost its leader Lease must not stop another leader's runners, nor
+    /// start new ones). A start already under way finishes its current call.
+    pub fn abandon(&self) {
+        self.shared.cancel.cancel();
+        self.shared.tasks.close();
+    }
+
     /// Stops the engine according to `policy` (see [`ShutdownPolicy`]); `drain_timeout`
     /// bounds the wait for busy runners under `drain`/`delete`, after which the remaining
     /// runners are stopped and their registrations removed (for up to a minute more).

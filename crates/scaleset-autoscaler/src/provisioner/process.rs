@@ -22,8 +22,12 @@
 //!   not reach it and [`stop`](Provisioner::stop) ends the whole group (SIGTERM, then
 //!   SIGKILL after the stop timeout).
 //! * Owned runners are recorded in `WORKDIR/.scaleset-runners.json` (name, runner id, pid,
-//!   process start time), written before a JIT config is minted and before a start is
-//!   reported, so a restarted daemon finds what a crashed one left behind
+//!   process start time). A started runner's record is on disk before the start is
+//!   reported; a reservation (before the JIT config is minted) and the removal of an ended
+//!   runner's record are written in the background, since losing them in a crash costs
+//!   nothing (the daemon's start-up sweep removes a registration without a record by its
+//!   name prefix; a record whose process is gone is released). So a restarted daemon finds
+//!   what a crashed one left behind
 //!   ([`list`](Provisioner::list)) and can stop or adopt it ([`adopt`](Provisioner::adopt)
 //!   polls a leftover's liveness). A recorded pid is only signalled while its start time
 //!   still matches (pid reuse), and names read back must carry the runner-name prefix.
@@ -351,6 +355,24 @@ impl ProcessProvisioner {
         self.inner.records.update(|s| f(&mut s.runners)).await
     }
 
+    /// Changes the recorded runners and writes the state file in the background, for a
+    /// change whose loss in a crash costs nothing: a reservation (the daemon's start-up sweep
+    /// finds a registration without a record by its name prefix) or a removed record (a
+    /// record whose process is gone is released at the next start). A failed write is
+    /// logged; the next write carries the change.
+    fn update_later(&self, f: impl FnOnce(&mut BTreeMap<String, Record>)) {
+        self.inner.records.change(|s| f(&mut s.runners));
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = this.inner.records.flush().await {
+                    tracing::warn!(error = %e, "could not update the state file; the next write carries the change");
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
     fn runner_dir(&self, name: &str) -> PathBuf {
         self.inner.config.workdir.join(name)
     }
@@ -363,14 +385,9 @@ impl ProcessProvisioner {
     /// work directory can hold gigabytes after a job), record, exit event.
     async fn finished(&self, name: &str, status: ExitStatus) {
         self.remove_files(name).await;
-        if let Err(e) = self
-            .update(|r| {
-                r.remove(name);
-            })
-            .await
-        {
-            tracing::warn!(runner = %name, error = %e, "could not update the state file");
-        }
+        self.update_later(|r| {
+            r.remove(name);
+        });
         lock(&self.inner.live).remove(name);
         let _ = self
             .inner
@@ -479,6 +496,35 @@ fn forward_lines(pending: &mut Vec<u8>, name: &str, flush: bool) {
     }
 }
 
+/// Creates the runner's work directory (mode 0700; a stale one of the same name, not ours
+/// any more, is removed first) and its log file (mode 0600, truncated); returns the log file
+/// twice, for stdout and stderr.
+fn prepare_runner_files(
+    dir: &Path,
+    log_path: &Path,
+) -> Result<(std::fs::File, std::fs::File), ProvisionError> {
+    let mkdir = || std::fs::DirBuilder::new().mode(0o700).create(dir);
+    match mkdir() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_dir_all(dir).map_err(io("removing a stale runner directory", dir))?;
+            mkdir()
+        }
+        other => other,
+    }
+    .map_err(io("creating the runner's work directory", dir))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(log_path)
+        .map_err(io("creating the runner's log file", log_path))?;
+    let log_err = log
+        .try_clone()
+        .map_err(io("creating the runner's log file", log_path))?;
+    Ok((log, log_err))
+}
+
 /// Tails the runner's log file into the daemon's log until `exited` turns true (then reads
 /// what is left and returns).
 async fn tail_log(path: PathBuf, name: String, mut exited: watch::Receiver<bool>) {
@@ -526,17 +572,19 @@ impl Provisioner for ProcessProvisioner {
     }
 
     async fn reserve(&self, name: &str) -> Result<(), ProvisionError> {
-        self.update(|r| {
+        // Not waited for: it is on the way to every start, and a sync to disk under load
+        // takes long (a crash before it lands leaves a registration the sweep removes).
+        self.update_later(|r| {
             r.insert(name.to_string(), Record::default());
-        })
-        .await
+        });
+        Ok(())
     }
 
     async fn unreserve(&self, name: &str) -> Result<(), ProvisionError> {
-        self.update(|r| {
+        self.update_later(|r| {
             r.remove(name);
-        })
-        .await
+        });
+        Ok(())
     }
 
     async fn create(&self, spec: RunnerSpec) -> Result<(), ProvisionError> {
@@ -552,27 +600,17 @@ impl Provisioner for ProcessProvisioner {
         }
         let cfg = &self.inner.config;
         let dir = self.runner_dir(&name);
-        // A stale directory of the same name (not ours any more) goes first.
-        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(io("removing a stale runner directory", &dir)(e));
-        }
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io("creating the runner's work directory", &dir))?;
         let log_path = self.log_path(&name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&log_path)
-            .map_err(io("creating the runner's log file", &log_path))?;
-        let log_err = log
-            .try_clone()
-            .map_err(io("creating the runner's log file", &log_path))?;
+        // Directory and log file on a blocking thread: under a burst of starts and syncs,
+        // file-system metadata operations wait on the journal for a long time.
+        let (log, log_err) = {
+            let (dir, log_path) = (dir.clone(), log_path.clone());
+            tokio::task::spawn_blocking(move || prepare_runner_files(&dir, &log_path))
+                .await
+                .map_err(|e| {
+                    ProvisionError::backend(BACKEND, format!("preparing the runner's files: {e}"))
+                })??
+        };
         let jit = spec.jit_config.expose_secret();
         let mut cmd = tokio::process::Command::new(&cfg.command);
         cmd.args(cfg.args.iter().map(|a| substitute(a, &name, jit)))

@@ -6,7 +6,9 @@
 //! milliseconds, and a burst of runner starts would otherwise stall every listener's poll.
 //! Changes that arrive while a write is under way are committed together by the next write
 //! (group commit): [`update`](StateFile::update) returns once a write that includes its
-//! change is on disk, so a burst of 16 starts costs a few writes, not 16.
+//! change is on disk, so a burst of 16 starts costs a few writes, not 16. A change whose
+//! loss in a crash is harmless is made with [`change`](StateFile::change) and written by a
+//! later [`flush`](StateFile::flush) or update, off the caller's path.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -68,12 +70,26 @@ impl<T: Serialize> StateFile<T> {
     /// When the file cannot be written; the change stays in memory and the next successful
     /// write carries it.
     pub(crate) async fn update(&self, f: impl FnOnce(&mut T)) -> Result<(), ProvisionError> {
-        let mine = {
-            let mut c = self.current();
-            f(&mut c.value);
-            c.generation += 1;
-            c.generation
-        };
+        self.change(f);
+        self.flush().await
+    }
+
+    /// Changes the value with `f` in memory only: the next [`flush`](Self::flush) (or
+    /// [`update`](Self::update)) writes it.
+    pub(crate) fn change(&self, f: impl FnOnce(&mut T)) {
+        let mut c = self.current();
+        f(&mut c.value);
+        c.generation += 1;
+    }
+
+    /// Returns once every change made before the call is on disk (at once when a write
+    /// that started after the latest change already carried it).
+    ///
+    /// # Errors
+    /// When the file cannot be written; the changes stay in memory and the next successful
+    /// write carries them.
+    pub(crate) async fn flush(&self) -> Result<(), ProvisionError> {
+        let mine = self.current().generation;
         let mut written = self.written.lock().await;
         if *written >= mine {
             // A write that started after this change carried it.
@@ -168,6 +184,30 @@ mod tests {
         }
         assert_eq!(on_disk(&path).len(), 64);
         assert_eq!(file.read(BTreeMap::len), 64);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_change_reaches_the_disk_with_the_next_flush() {
+        let dir = tempdir("change");
+        let path = dir.join("state.json");
+        let file = StateFile::new("test", path.clone(), BTreeMap::new());
+        file.change(|m| {
+            m.insert("a".to_string(), 1u32);
+        });
+        assert!(!path.exists(), "a change alone writes nothing");
+        assert_eq!(file.read(BTreeMap::len), 1);
+        file.flush().await.expect("written");
+        assert_eq!(on_disk(&path).get("a"), Some(&1));
+        file.change(|m| {
+            m.remove("a");
+        });
+        file.update(|m| {
+            m.insert("b".to_string(), 2u32);
+        })
+        .await
+        .expect("written");
+        assert_eq!(on_disk(&path), BTreeMap::from([("b".to_string(), 2)]));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

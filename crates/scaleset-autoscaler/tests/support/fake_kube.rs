@@ -148,6 +148,9 @@ struct Store {
     /// How many of the next watch requests get `410 Gone` at once.
     expire_next: usize,
     failures: Vec<Failure>,
+    /// How many of the next replaces of a kind lose a race: the object is written by
+    /// "someone else" (a new resource version), then the replace gets `409 Conflict`.
+    conflicts: Vec<(Kind, usize)>,
 }
 
 impl Store {
@@ -651,6 +654,25 @@ fn replace(shared: &Shared, t: &Target, name: &str, mut object: Value) -> Respon
     let Some(old) = store.objects.get(&key).cloned() else {
         return not_found(t.kind, name);
     };
+    if let Some((_, n)) = store
+        .conflicts
+        .iter_mut()
+        .find(|(k, n)| *k == t.kind && *n > 0)
+    {
+        *n -= 1;
+        store.commit(&key, old, "MODIFIED");
+        drop(store);
+        shared.changed.notify_waiters();
+        return status(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                t.kind.plural()
+            ),
+            json!({"name": name, "kind": t.kind.plural()}),
+        );
+    }
     if let Some(rv) = object["metadata"]["resourceVersion"].as_str()
         && old["metadata"]["resourceVersion"].as_str() != Some(rv)
     {
@@ -943,6 +965,12 @@ impl FakeKube {
         }
     }
 
+    /// The next `n` replaces (PUT) of `kind` lose a race: the object gets a new resource
+    /// version as if another client wrote it, and the replace gets `409 Conflict`.
+    pub fn conflict_next_replaces(&self, kind: Kind, n: usize) {
+        self.store().conflicts.push((kind, n));
+    }
+
     /// Waits until `pred` holds, at most `limit`; whether it did.
     pub async fn wait_until(&self, limit: Duration, pred: impl Fn(&FakeKube) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
@@ -985,6 +1013,26 @@ impl FakeKube {
             .iter()
             .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_string))
             .collect()
+    }
+
+    /// The most objects of `kind` that ever existed at once in `ns` (terminating pods
+    /// included), from the event history.
+    pub fn peak(&self, kind: Kind, ns: &str) -> usize {
+        let store = self.store();
+        let (mut now, mut peak) = (0usize, 0usize);
+        for e in store
+            .events
+            .iter()
+            .filter(|e| e.kind == kind && e.namespace == ns)
+        {
+            match e.type_ {
+                "ADDED" => now += 1,
+                "DELETED" => now = now.saturating_sub(1),
+                _ => {}
+            }
+            peak = peak.max(now);
+        }
+        peak
     }
 
     /// Puts an object in place as another client would (no request recorded).

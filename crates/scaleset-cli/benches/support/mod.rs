@@ -8,8 +8,19 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::process::{Child, Command};
 
-/// Starts `scaleset run --config <config>` with `token`, its output discarded.
+/// Starts `scaleset run --config <config>` with `token`. Its log is discarded, or appended
+/// to the file `SCALESET_BENCH_LOG` names (at the level `RUST_LOG` sets) when that is set.
 pub fn spawn_run(config: &Path, token: &str) -> Child {
+    let log = match std::env::var_os("SCALESET_BENCH_LOG") {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("SCALESET_BENCH_LOG {path:?} cannot be opened: {e}")),
+        ),
+        None => Stdio::null(),
+    };
     Command::new(env!("CARGO_BIN_EXE_scaleset"))
         .args(["run", "--config"])
         .arg(config)
@@ -17,7 +28,7 @@ pub fn spawn_run(config: &Path, token: &str) -> Child {
         .env("NO_PROXY", "*")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .kill_on_drop(true)
         .spawn()
         .expect("scaleset run starts")
@@ -34,4 +45,22 @@ pub fn signal(child: &Child, signal: Signal) {
 pub async fn stop(mut child: Child, sig: Signal, grace: Duration) {
     signal(&child, sig);
     let _ = tokio::time::timeout(grace, child.wait()).await;
+}
+
+#[allow(dead_code, reason = "used by some benches only")]
+/// CPU time (user + system) `pid` has used so far, its children excluded; `None` when it is
+/// gone or `/proc` cannot be read.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (in parentheses, which may hold spaces): state is the
+    // first, utime the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|v| u64::try_from(v).ok())
+        .filter(|v| *v > 0)?;
+    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }

@@ -37,10 +37,12 @@
 //!   `force_delete = true`: a force-deleted pod may still run on a node the API server lost.
 //! * **Stopping** deletes the pod with a grace period of `stop_timeout_secs` (SIGTERM, then
 //!   SIGKILL) and waits until it is gone; releasing deletes the pod and its Secret.
-//! * **Ownership.** [`acquire`](Provisioner::acquire) takes nothing yet: every instance may
-//!   manage the pods labelled with its own instance name. Ownership across replicas through
-//!   a `coordination.k8s.io` Lease is a later step; until then contract rule 1 (one manager
-//!   per scale set) is the operator's to keep by running one replica per instance name.
+//! * **Ownership.** [`acquire`](Provisioner::acquire) takes nothing: one manager per scale
+//!   set across replicas is the daemon's `coordination.k8s.io` Lease ([`crate::leader`]),
+//!   held before any provisioner is built. With leader election the instance recorded on
+//!   pods and Secrets is the Lease's name, shared by the replicas, so the next leader lists
+//!   and adopts the pods of the last one. Without it every instance manages the pods labelled
+//!   with its own instance name, and one replica per instance name is the operator's to keep.
 
 pub mod status;
 pub mod template;
@@ -226,8 +228,20 @@ fn redact(text: String, secret: &str) -> String {
 /// # Errors
 /// [`ProvisionError::Backend`] saying which configuration could not be read.
 pub async fn client(settings: &KubernetesSettings) -> Result<Client, ProvisionError> {
+    client_for(settings.kubeconfig.as_deref(), settings.context.as_deref()).await
+}
+
+/// A client for the cluster a kubeconfig file and context name (see [`client`]); both `None`:
+/// inferred.
+///
+/// # Errors
+/// [`ProvisionError::Backend`] saying which configuration could not be read.
+pub async fn client_for(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> Result<Client, ProvisionError> {
     let failed = |what: String| ProvisionError::backend(BACKEND, what);
-    let config = if settings.kubeconfig.is_none() && settings.context.is_none() {
+    let config = if kubeconfig.is_none() && context.is_none() {
         Config::infer().await.map_err(|e| {
             failed(format!(
                 "no cluster configuration (in-cluster, KUBECONFIG or ~/.kube/config): {e}"
@@ -235,10 +249,10 @@ pub async fn client(settings: &KubernetesSettings) -> Result<Client, ProvisionEr
         })?
     } else {
         let options = KubeConfigOptions {
-            context: settings.context.clone(),
+            context: context.map(str::to_string),
             ..Default::default()
         };
-        match &settings.kubeconfig {
+        match kubeconfig {
             Some(path) => {
                 let kubeconfig = Kubeconfig::read_from(path).map_err(|e| {
                     failed(format!("reading the kubeconfig {}: {e}", path.display()))
