@@ -111,7 +111,8 @@ pub fn parse_github_config_from_url(input: &str) -> Result<GitHubConfig, Error> 
         }
         _ => {
             return Err(invalid(
-                "invalid config URL, should point to an enterprise, org, or repository",
+                "it should point to an enterprise, an organization or a repository \
+                 (https://HOST/enterprises/ENT, https://HOST/ORG or https://HOST/ORG/REPO)",
             ));
         }
     };

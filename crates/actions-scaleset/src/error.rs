@@ -161,6 +161,12 @@ impl ApiError {
         &self.body
     }
 
+    /// What this library found wrong with an answer the service meant as a success (e.g.
+    /// `no runner group found with name "gpu"` for an empty lookup), when it did.
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+
     /// The delay the service asked for with `Retry-After`, when it gave one.
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after

@@ -785,6 +785,7 @@ where
         _ => None,
     };
     let mut waits = 0u32;
+    let mut started = None;
     loop {
         match attempt().await {
             Err(e @ Error::SessionConflict(_)) => {
@@ -796,18 +797,38 @@ where
                 if deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d) {
                     return Err(e);
                 }
-                tracing::info!(
-                    scale_set_id,
-                    waits,
-                    delay_ms = delay.as_millis() as u64,
-                    "another client holds the scale set's session; waiting for it to end"
-                );
+                // Said once at info (a hot standby can wait for hours), then at debug.
+                if waits == 1 {
+                    started = Some(tokio::time::Instant::now());
+                    tracing::info!(
+                        scale_set_id,
+                        service_says = e.exception().map_or("", |x| x.message.as_str()),
+                        "another client holds the scale set's message session; waiting for it \
+                         to end (hot standby)"
+                    );
+                } else {
+                    tracing::debug!(
+                        scale_set_id,
+                        waits,
+                        delay_ms = delay.as_millis() as u64,
+                        "the scale set's message session is still held; waiting"
+                    );
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(None),
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
-            other => return other.map(Some),
+            other => {
+                if let (Ok(_), Some(started)) = (&other, started) {
+                    tracing::info!(
+                        scale_set_id,
+                        waited_s = started.elapsed().as_secs(),
+                        "the other client's session ended; this one holds it now"
+                    );
+                }
+                return other.map(Some);
+            }
         }
     }
 }

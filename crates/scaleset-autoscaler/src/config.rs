@@ -150,6 +150,17 @@ impl std::str::FromStr for ShutdownPolicy {
     }
 }
 
+/// The policy's name as the configuration spells it (`keep`, `drain`, `delete`).
+impl std::fmt::Display for ShutdownPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ShutdownPolicy::Keep => "keep",
+            ShutdownPolicy::Drain => "drain",
+            ShutdownPolicy::Delete => "delete",
+        })
+    }
+}
+
 /// One scale set.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

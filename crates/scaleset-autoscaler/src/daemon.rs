@@ -63,7 +63,7 @@ pub async fn get_or_create_scale_set(
         Some(existing) => {
             let have = label_set(&existing.labels);
             if have == wanted {
-                tracing::debug!(id = existing.id, "adopted the existing scale set");
+                tracing::info!(id = existing.id, labels = %label_list(&existing.labels), "adopted the existing scale set");
                 existing
             } else {
                 tracing::info!(
@@ -95,7 +95,7 @@ pub async fn get_or_create_scale_set(
                     ..Default::default()
                 })
                 .await?;
-            tracing::info!(id = created.id, "created the scale set");
+            tracing::info!(id = created.id, labels = %label_list(&created.labels), "created the scale set");
             created
         }
     };
@@ -114,13 +114,13 @@ fn label_set(labels: &[Label]) -> BTreeSet<String> {
     labels.iter().map(|l| l.name.to_lowercase()).collect()
 }
 
-/// Label names for a log line: `linux, x64`.
+/// Label names for a log line: `linux,x64` (one word, so `key=value` stays readable).
 fn label_list(labels: &[Label]) -> String {
     labels
         .iter()
         .map(|l| l.name.as_str())
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(",")
 }
 
 /// Runs every scale set of `config` until `shutdown` fires (then applies each one's shutdown
@@ -168,19 +168,30 @@ pub async fn run(
         } else {
             s.name.clone()
         };
-        let slot = readiness.add(label);
-        sets.push((s.clone(), client, slot));
+        let slot = readiness.add(label.clone());
+        sets.push((s.clone(), client, slot, label));
     }
     let server_stop = CancellationToken::new();
-    let server_task = match &config.metrics.addr {
+    let (server_task, metrics_addr) = match &config.metrics.addr {
         Some(addr) => {
             let router = server::router(Arc::new(registry), readiness.clone());
             let (bound, task) = server::serve(addr, router, server_stop.clone()).await?;
-            tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
-            Some(task)
+            (Some(task), bound.to_string())
         }
-        None => None,
+        None => (None, "off".to_string()),
     };
+    let kinds: BTreeSet<&str> = config
+        .scale_sets
+        .iter()
+        .map(|s| s.provisioner.kind())
+        .collect();
+    tracing::info!(
+        version = %env!("CARGO_PKG_VERSION"),
+        scale_sets = config.scale_sets.len(),
+        provisioner = %kinds.into_iter().collect::<Vec<_>>().join(", "),
+        metrics = %metrics_addr,
+        "starting the autoscaler"
+    );
     // With leader election a standby waits here (serving /readyz) and touches nothing.
     let elected = match crate::leader::elect(&config, &instance_name(), &readiness, &shutdown).await
     {
@@ -193,21 +204,22 @@ pub async fn run(
     let leading = elected.leading();
     let lost = leading.as_ref().map(|l| l.lost.clone()).unwrap_or_default();
     let mut tasks = tokio::task::JoinSet::new();
-    for (cfg, client, slot) in sets.into_iter().filter(|_| elected.proceed()) {
+    for (cfg, client, slot, label) in sets.into_iter().filter(|_| elected.proceed()) {
         let labels = ScaleSetLabels::new(&cfg.name, &cfg.runner_group, client.config());
         let m = metrics.scale_set(labels);
         let readiness = readiness.clone();
         let shutdown = shutdown.clone();
         // Every line logged for this scale set, the library's listener and session included,
-        // carries its name through this span.
-        let span = tracing::info_span!("scale_set", scale_set = %cfg.name);
+        // carries its name once, through this span (with its runner group and URL when
+        // another entry has the same name).
+        let span = tracing::info_span!("scale_set", scale_set = %label);
         let leading = leading.clone();
         tasks.spawn(
             async move {
-                let name = cfg.name.clone();
-                let r = run_scale_set(cfg, client, m, (readiness, slot), shutdown, leading).await;
+                let r = run_scale_set(cfg, client, m, (readiness, slot), shutdown.clone(), leading)
+                    .await;
                 if let Err(e) = &r {
-                    tracing::error!(scale_set = %name, error = %e, "the scale set stopped");
+                    tracing::error!(error = %e, "the scale set stopped");
                 }
                 r
             }
@@ -256,7 +268,10 @@ pub async fn run(
     }
     match first_error {
         Some(e) => Err(e),
-        None => Ok(()),
+        None => {
+            tracing::info!("the autoscaler stopped");
+            Ok(())
+        }
     }
 }
 
@@ -285,7 +300,7 @@ async fn set_up_retrying(
         };
         let delay = crate::engine::book::retry_backoff(attempt, rand::random::<f64>());
         attempt = attempt.saturating_add(1);
-        tracing::warn!(scale_set = %cfg.name, attempt, retry_in_s = delay.as_secs_f64(), error = %e, "could not set the scale set up; GitHub may be having a bad minute, retrying (not ready meanwhile)");
+        tracing::warn!(attempt, retry_in_s = delay.as_secs_f64(), error = %e, "could not set the scale set up; GitHub may be having a bad minute, retrying (not ready meanwhile)");
         readiness.waiting(slot, Some(format!("setting the scale set up: {e}")));
         tokio::select! {
             () = shutdown.cancelled() => return Ok(None),
@@ -316,7 +331,7 @@ pub async fn run_scale_set(
     let Some(set) = set_up_retrying(&client, &cfg, (&readiness, slot), &shutdown).await? else {
         return Ok(());
     };
-    tracing::info!(scale_set = %cfg.name, id = set.id, "opening the message session; if another instance holds it, this one waits as a hot standby");
+    tracing::debug!(id = set.id, "opening the message session");
     let session = match client
         .create_message_session_client_waiting(set.id, None, ConflictPolicy::Wait(None), &shutdown)
         .await
@@ -336,7 +351,10 @@ pub async fn run_scale_set(
     let provisioner = match AnyProvisioner::build(&cfg, identity, ScaleSetConfig::state_dir()).await
     {
         Ok(p) => {
-            tracing::info!(scale_set = %cfg.name, provisioner = p.kind(), "taking ownership of the scale set's runners; if another instance holds them, this one waits");
+            tracing::debug!(
+                provisioner = p.kind(),
+                "taking ownership of the scale set's runners"
+            );
             p.acquire(&shutdown).await.map(|()| p).map_err(Error::from)
         }
         Err(e) => Err(e),
@@ -344,7 +362,7 @@ pub async fn run_scale_set(
     let provisioner = match provisioner {
         Ok(p) => p,
         Err(e) => {
-            close_session(&cfg, &session).await;
+            close_session(&session).await;
             return match e {
                 Error::Provision(ProvisionError::Cancelled) => Ok(()),
                 e => Err(e),
@@ -360,10 +378,15 @@ pub async fn run_scale_set(
             released,
             unaccounted,
         }) => {
-            tracing::info!(scale_set = %cfg.name, adopted, released, unaccounted, "taking over the runners and registrations a previous run left")
+            tracing::info!(
+                adopted,
+                released,
+                unaccounted,
+                "taking over the runners and registrations a previous run left"
+            )
         }
         Err(e) => {
-            tracing::warn!(scale_set = %cfg.name, error = %e, "could not look for leftover runners")
+            tracing::warn!(error = %e, "could not look for leftover runners")
         }
     }
     engine.spawn();
@@ -392,7 +415,7 @@ pub async fn run_scale_set(
         Ok(listener) => {
             let listener = listener.with_metrics(Arc::new(metrics.clone()));
             readiness.attach(slot, listener.health_handle());
-            tracing::info!(scale_set = %cfg.name, id = set.id, min = cfg.min_runners, max = cfg.max_runners, "listening");
+            tracing::info!(id = set.id, labels = %label_list(&set.labels), min = cfg.min_runners, max = cfg.max_runners, provisioner = %cfg.provisioner.kind(), "listening for jobs");
             // `run` deletes the session before it returns.
             tokio::select! {
                 r = listener.run(&engine, &stop) => r.map_err(Error::from),
@@ -408,7 +431,7 @@ pub async fn run_scale_set(
             }
         }
         Err(e) => {
-            close_session(&cfg, &session).await;
+            close_session(&session).await;
             Err(e.into())
         }
     };
@@ -421,27 +444,24 @@ pub async fn run_scale_set(
         }),
         (outcome, _) => outcome,
     };
+    // The engine logs what it stopped and what it left.
     let left = engine.shutdown(cfg.shutdown, cfg.drain_timeout()).await;
-    if !left.is_empty() {
-        match cfg.shutdown {
-            ShutdownPolicy::Keep => {
-                tracing::info!(scale_set = %cfg.name, runners = ?left, "busy runners keep running and finish their jobs")
-            }
-            ShutdownPolicy::Drain | ShutdownPolicy::Delete => {
-                tracing::warn!(scale_set = %cfg.name, runners = ?left, "runners still registered after the drain")
-            }
-        }
-    }
     if cfg.shutdown == ShutdownPolicy::Delete {
         if !left.is_empty() {
-            tracing::warn!(scale_set = %cfg.name, id = set.id, runners = ?left, "deleting the scale set although runner registrations remain");
+            tracing::warn!(
+                id = set.id,
+                left = left.len(),
+                "deleting the scale set although runner registrations remain"
+            );
         }
         match client.delete_runner_scale_set(set.id).await {
-            Ok(()) => tracing::info!(scale_set = %cfg.name, id = set.id, "deleted the scale set"),
+            Ok(()) => tracing::info!(id = set.id, "deleted the scale set"),
             Err(e) => {
-                tracing::warn!(scale_set = %cfg.name, error = %e, "could not delete the scale set")
+                tracing::warn!(error = %e, "could not delete the scale set")
             }
         }
+    } else if outcome.is_ok() {
+        tracing::info!(id = set.id, policy = %cfg.shutdown, "stopped; the scale set stays registered for the next start");
     }
     outcome
 }
@@ -458,8 +478,8 @@ impl Drop for AbandonIfLost {
     }
 }
 
-async fn close_session(cfg: &ScaleSetConfig, session: &actions_scaleset::MessageSessionClient) {
+async fn close_session(session: &actions_scaleset::MessageSessionClient) {
     if let Err(e) = session.close().await {
-        tracing::warn!(scale_set = %cfg.name, error = %e, "could not delete the message session");
+        tracing::warn!(error = %e, "could not delete the message session");
     }
 }

@@ -718,7 +718,7 @@ async fn prepare_and_drive(
     shutdown: &CancellationToken,
     started: Instant,
 ) -> Result<Summary, CliError> {
-    let live = std::io::stderr().is_terminal() && log.log_level <= LogLevel::Warn;
+    let live = std::io::stderr().is_terminal() && log.level_or(LogLevel::Warn) <= LogLevel::Warn;
     let mut reporter = Reporter::new(live, args.jobs);
     let image = match args.provisioner.as_str() {
         "docker" => Some(prepare_docker(&mut reporter).await?),

@@ -57,7 +57,7 @@ impl CliError {
             status: err.status(),
             activity_id: api.and_then(|a| a.activity_id()).map(str::to_string),
             github_request_id: api.and_then(|a| a.github_request_id()).map(str::to_string),
-            message: format!("{operation}: {err}"),
+            message: format!("{operation}: {}", readable(&err)),
         }
     }
 
@@ -144,6 +144,92 @@ struct JsonLine<'a> {
     message: &'a str,
     activity_id: Option<&'a str>,
     github_request_id: Option<&'a str>,
+}
+
+/// The words of the error line for a library error: what failed and why first, then where
+/// it happened (method, URL, status, the service's request ids) in parentheses.
+fn readable(err: &Error) -> String {
+    if let Error::Transport {
+        method,
+        url,
+        attempts,
+        ..
+    } = err
+    {
+        let text = err.to_string();
+        let prefix = format!("request {method} {url} failed after {attempts} attempt(s): ");
+        let cause = text.strip_prefix(&prefix).unwrap_or(&text);
+        let plural = if *attempts == 1 { "" } else { "s" };
+        return format!(
+            "no answer from the server: {cause} ({method} {url}, {attempts} attempt{plural})"
+        );
+    }
+    let api = match err {
+        Error::Decode { .. } | Error::Protocol { .. } => None,
+        e => e.api_error(),
+    };
+    let Some(api) = api else {
+        return err.to_string();
+    };
+    // What the service (or the library, about an answer) said, in its own words.
+    let said = api
+        .exception()
+        .map(|ex| ex.message.trim())
+        .filter(|m| !m.is_empty())
+        .or(api.detail())
+        .or(Some(api.body().trim()).filter(|b| !b.is_empty() && b.len() <= 200))
+        .unwrap_or_default()
+        .trim_end_matches('.')
+        .to_string();
+    // What failed, for kinds whose service message may not say it.
+    let words = match err {
+        Error::SessionConflict(_) => Some(
+            "another client holds the scale set's message session (wait for it with \
+             --wait-for-session)",
+        ),
+        Error::Unauthorized(_) => Some("GitHub refused the credentials"),
+        Error::JobStillRunning(_) => Some("the runner is running a job"),
+        Error::MessageQueueTokenExpired(_) => Some("the message queue token was refused"),
+        Error::SessionNotFound(_) => Some("the message session no longer exists"),
+        Error::InvalidSession(_) => Some("the service returned a session that cannot be used"),
+        Error::RateLimited(_) => Some("GitHub is rate limiting these requests"),
+        Error::RunnerGroupNotFound(_) => Some("runner group not found"),
+        Error::ScaleSetNotFound(_) => Some("scale set not found"),
+        Error::RunnerNotFound(_) => Some("runner not found"),
+        Error::RunnerExists(_) => Some("a runner with that name exists"),
+        _ => None,
+    };
+    let what = match (words, said.as_str()) {
+        (None, "") => "unexpected answer".to_string(),
+        (Some(w), "") => w.to_string(),
+        (None, said) => said.to_string(),
+        // Not-found and exists messages of the service say what failed themselves.
+        (Some(_), said)
+            if matches!(
+                err,
+                Error::RunnerGroupNotFound(_)
+                    | Error::ScaleSetNotFound(_)
+                    | Error::RunnerNotFound(_)
+                    | Error::RunnerExists(_)
+            ) =>
+        {
+            said.to_string()
+        }
+        (Some(w), said) => format!("{w}: {said}"),
+    };
+    let status = api.status();
+    let mut place = format!("{} {}", api.method(), api.url());
+    // A success status is how the answer came, not what failed (an empty lookup is a 200).
+    if !status.is_success() {
+        place = format!("{status} from {place}");
+    }
+    if let Some(id) = api.activity_id() {
+        place.push_str(&format!(", activity id {id}"));
+    }
+    if let Some(id) = api.github_request_id() {
+        place.push_str(&format!(", request id {id}"));
+    }
+    format!("{what} ({place})")
 }
 
 /// Where a library error lands among the exit codes.

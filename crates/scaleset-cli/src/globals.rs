@@ -164,17 +164,16 @@ pub(crate) struct ConnectionArgs {
 #[derive(Args, Clone, Copy, Debug)]
 #[command(next_help_heading = "Log options")]
 pub(crate) struct LogArgs {
-    /// Log level on stderr.
+    /// Log level on stderr [default: warn; for run: info].
     #[arg(
         long,
         global = true,
         env = "SCALESET_LOG",
         hide_env_values = true,
         value_enum,
-        default_value_t = LogLevel::Warn,
         value_name = "LEVEL"
     )]
-    pub(crate) log_level: LogLevel,
+    pub(crate) log_level: Option<LogLevel>,
 
     /// Log format on stderr.
     ///
@@ -187,6 +186,14 @@ pub(crate) struct LogArgs {
         value_name = "FORMAT"
     )]
     pub(crate) log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// The level in effect: the one given, else `default` (the command's own: a daemon
+    /// says what it does at `info`, a one-shot command only warns).
+    pub(crate) fn level_or(&self, default: LogLevel) -> LogLevel {
+        self.log_level.unwrap_or(default)
+    }
 }
 
 /// The names errors give the file options: the flag by default, the config file key when

@@ -40,7 +40,11 @@ use crate::error::CliError;
 async fn main() -> ExitCode {
     // Help and version exit 0; usage errors exit 2 in clap's own format.
     let cli = Cli::parse_args();
-    logging::init(cli.log.log_level, cli.log.log_format);
+    let level = cli.log.level_or(match cli.command {
+        Command::Run(_) => globals::LogLevel::Info,
+        _ => globals::LogLevel::Warn,
+    });
+    logging::init(level, cli.log.log_format);
     let format = cli.log.log_format;
     match dispatch(cli).await {
         Ok(()) => ExitCode::from(error::EXIT_OK),

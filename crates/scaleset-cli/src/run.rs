@@ -39,7 +39,7 @@ pub(crate) struct RunArgs {
     /// Scale set name.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
-    /// A label (repeatable; default: the name).
+    /// An extra label (repeatable); the name is always the first label.
     #[arg(long = "label", value_name = "LABEL")]
     labels: Vec<String>,
     /// Runner group name.

@@ -829,3 +829,59 @@ async fn scale_set_acquirable_jobs_lists_the_offered_jobs() {
         .expect("in time")
         .expect("close");
 }
+
+/// Error lines a person can read (issue 11): what failed and why first, in the service's or
+/// our words, then where (status, method, URL, request ids) in parentheses; no phrase twice,
+/// no "failed (200 OK)" for a lookup that found nothing, no .NET exception type names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_lines_lead_with_what_failed() {
+    let sim = sim().await;
+    let line = |r: &common::Run| r.last_err_line().to_string();
+
+    let r = scaleset(&sim, &["runner-group", "get", "nope"]).await;
+    r.expect_code(3);
+    let l = line(&r);
+    assert!(
+        l.starts_with(
+            r#"error: runner-group get: no runner group found with name "nope" (GET http"#
+        ),
+        "{l}"
+    );
+    assert!(!l.contains("200") && !l.contains("failed"), "{l}");
+
+    let r = scaleset(&sim, &["scale-set", "get", "--id", "999999"]).await;
+    r.expect_code(3);
+    let l = line(&r);
+    assert!(l.contains("(404 Not Found from GET http"), "{l}");
+    assert!(!l.contains("Exception") && !l.contains("::"), "{l}");
+
+    create_scale_set(&sim, "taken").await;
+    let r = scaleset(&sim, &["scale-set", "create", "--name", "taken"]).await;
+    r.expect_code(4);
+    let l = line(&r);
+    assert!(
+        l.contains("already exists") && l.contains("409 Conflict"),
+        "{l}"
+    );
+    assert!(!l.contains("Exception"), "{l}");
+
+    let r = bare(&["config", "parse", "https://github.com"]).await;
+    r.expect_code(2);
+    let l = line(&r);
+    assert_eq!(l.matches("config URL").count(), 1, "{l}");
+
+    let r = run({
+        let mut c = cmd();
+        c.args(["scale-set", "list", "--url", &sim.config_url()])
+            .args(["--token", "ghp_wrong"]);
+        c
+    })
+    .await;
+    r.expect_code(1);
+    let l = line(&r);
+    assert!(
+        l.starts_with("error: scale-set list: GitHub refused the credentials"),
+        "{l}"
+    );
+    assert!(!l.contains("ghp_wrong"), "{l}");
+}

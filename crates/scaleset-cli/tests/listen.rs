@@ -137,6 +137,13 @@ async fn a_second_listener_exits_4_or_waits_for_the_session() {
     let r = scaleset(&sim, &["listen", "--scale-set-id", &id]).await;
     r.expect_code(4);
     assert!(r.last_err_line().starts_with("error: listen: "), "{r:?}");
+    // The line says what to do about it.
+    assert!(
+        r.last_err_line()
+            .starts_with("error: listen: another client holds the scale set's message session")
+            && r.last_err_line().contains("--wait-for-session"),
+        "{r:?}"
+    );
     let r = scaleset(
         &sim,
         &["listen", "--scale-set-id", &id, "--log-format", "json"],

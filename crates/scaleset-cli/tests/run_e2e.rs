@@ -912,3 +912,242 @@ async fn two_hundred_scale_sets_hold_about_one_descriptor_each() {
     assert!(sim.state().sessions.is_empty(), "every session deleted");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two scale sets of one name in two runner groups (issue 11 defect 3): each registers in
+/// `/readyz` (it passes once both poll) and `/metrics` keeps their series apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_scale_sets_of_one_name_are_ready_and_counted_apart() {
+    let sim = common::sim().await;
+    sim.add_runner_group("gpu").expect("runner group added");
+    let dir = workdir("twins");
+    let port = free_port();
+    let mut config = format!(
+        "[connection]\nurl = \"{}\"\n\n[metrics]\naddr = \"127.0.0.1:{port}\"\n",
+        sim.config_url()
+    );
+    for (i, (group, max)) in [("default", 1), ("gpu", 2)].iter().enumerate() {
+        config.push_str(&format!(
+            "\n[[scale_set]]\nname = \"twin\"\nrunner_group = \"{group}\"\nmax_runners = {max}\n\n[scale_set.provisioner]\nkind = \"process\"\ncommand = \"{exe}\"\nargs = [\"sim-runner\"]\nworkdir = \"{work}\"\n",
+            exe = env!("CARGO_BIN_EXE_scaleset"),
+            work = dir.join(i.to_string()).display(),
+        ));
+    }
+    std::fs::create_dir_all(&dir).expect("the test directory");
+    let path = dir.join("twins.toml");
+    std::fs::write(&path, config).expect("config written");
+    let mut c = cmd();
+    c.args(["run", "--config"])
+        .arg(&path)
+        .env("SCALESET_TOKEN", TOKEN);
+    let run = Streaming::spawn(c);
+    let (both, st) = sim.wait_until(LONG, |s| s.in_flight_polls >= 2).await;
+    assert!(both, "both poll: {:?}", st.sessions);
+    wait_status(port, "/readyz", 200).await;
+    let (_, metrics) = http_get(port, "/metrics").await;
+    let max: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("gha_max_runners{") && l.contains("name=\"twin\""))
+        .collect();
+    assert_eq!(max.len(), 2, "{metrics}");
+    assert!(
+        max.iter()
+            .any(|l| l.contains("runner_group=\"gpu\"") && l.ends_with(" 2")),
+        "{max:?}"
+    );
+    run.sigterm();
+    let out = run.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The log of `run` at its default level (info) with what changes from run to run redacted:
+/// the timestamp, the version, the metrics port, ids the service makes up, runner names (by
+/// order of appearance) and durations.
+fn redact_log(stderr: &str, prefix: &str) -> Vec<String> {
+    let mut runners: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for line in stderr.lines() {
+        // `2026-12-06T07:54:23.680605Z  INFO target: message fields`
+        let Some((_, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let mut words = Vec::new();
+        for word in rest.trim_start().split(' ') {
+            let word = match word.split_once('=') {
+                Some((key @ ("start_s" | "lifetime_s" | "deadline_in_s" | "waited_s"), _)) => {
+                    format!("{key}=<s>")
+                }
+                Some((key @ ("job_id" | "session_id"), _)) => format!("{key}=<uuid>"),
+                Some((key @ "version", _)) => format!("{key}=<version>"),
+                Some(("metrics", addr)) if addr.starts_with("127.0.0.1:") => {
+                    "metrics=127.0.0.1:<port>".to_string()
+                }
+                _ => word.to_string(),
+            };
+            words.push(word);
+        }
+        let mut line = words.join(" ");
+        // Runner names: the prefix and 8 random hex digits.
+        while let Some(at) = line.find(prefix).filter(|at| {
+            line[at + prefix.len()..]
+                .chars()
+                .take(8)
+                .filter(char::is_ascii_hexdigit)
+                .count()
+                == 8
+        }) {
+            let name = line[at..at + prefix.len() + 8].to_string();
+            let n = match runners.iter().position(|r| *r == name) {
+                Some(i) => i + 1,
+                None => {
+                    runners.push(name.clone());
+                    runners.len()
+                }
+            };
+            line = line.replacen(&name, &format!("<runner {n}>"), 1);
+        }
+        out.push(line);
+    }
+    // A runner's exit and GitHub's JobCompleted for its job race; the snapshot puts the exit
+    // right after the job.
+    let mut i = 0;
+    while i < out.len() {
+        let line = out[i].clone();
+        let span = line.split(": ").next().unwrap_or_default().to_string();
+        if line.contains("runner finished")
+            && let Some(j) = out
+                .iter()
+                .position(|l| l.starts_with(&span) && l.contains("job completed"))
+            && j != i + 1
+            && j != i
+        {
+            out.remove(i);
+            let j = if j > i { j - 1 } else { j };
+            out.insert(j + 1, line);
+            if j < i {
+                i += 1;
+            }
+            continue;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The shape of `run`'s log at its default level, reviewed like an API: start-up, the scale
+/// set ready, a change of target with its reason, a runner started, its job, its end, a second
+/// job busy when SIGTERM comes, the drain waiting for it, and the outcome of the shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_info_log_of_a_short_run() {
+    let sim = common::sim().await;
+    let dir = workdir("infolog");
+    let port = free_port();
+    let mut c = cmd();
+    c.args([
+        "run",
+        "--url",
+        &sim.config_url(),
+        "--token",
+        TOKEN,
+        "--name",
+        "logged",
+        "--label",
+        "x64",
+        "--max-runners",
+        "2",
+        "--runner-command",
+        env!("CARGO_BIN_EXE_scaleset"),
+        "--runner-arg",
+        "sim-runner",
+        "--runner-workdir",
+        &dir.display().to_string(),
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+        "--shutdown",
+        "drain",
+    ]);
+    let mut run = Streaming::spawn(c);
+    run.wait_stderr("listening for jobs").await;
+    let job = |duration| EnqueueJobs {
+        labels: vec!["logged".into()],
+        duration,
+        ..Default::default()
+    };
+    sim.enqueue_jobs(job(Duration::from_millis(100)))
+        .await
+        .expect("enqueue");
+    run.wait_stderr("target changed target=0").await;
+    let (gone, st) = sim.wait_until(LONG, |s| s.runners.is_empty()).await;
+    assert!(gone, "the first runner is deregistered: {:?}", st.runners);
+    // Long enough to be running when SIGTERM arrives, so the drain waits for it.
+    sim.enqueue_jobs(job(Duration::from_secs(8)))
+        .await
+        .expect("enqueue");
+    run.wait_stderr("job started").await;
+    run.sigterm();
+    let out = run.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    insta::assert_snapshot!(redact_log(&out.stderr, "logged-").join("\n"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One label rule (issue 11 defect 5): a scale set made with `scale-set create --name linux
+/// --label x64` has `[linux, x64]`; `run --name linux --label x64` wants the same labels, so
+/// it adopts the scale set as it is and never rewrites it to `[x64]` (which would strand every
+/// workflow with `runs-on: linux`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_keeps_the_name_label_of_a_scale_set_made_by_create() {
+    let sim = common::sim().await;
+    let r = common::scaleset(
+        &sim,
+        &["scale-set", "create", "--name", "linux", "--label", "x64"],
+    )
+    .await;
+    r.expect_code(0);
+    let labels = |sim: &Simulator| {
+        let state = sim.state();
+        let set = state.scale_set_by_name("linux").expect("the scale set");
+        let mut names = set.labels.clone();
+        names.sort();
+        names
+    };
+    assert_eq!(labels(&sim), ["linux", "x64"]);
+    let dir = workdir("labels");
+    let mut c = cmd();
+    c.args([
+        "run",
+        "--url",
+        &sim.config_url(),
+        "--token",
+        TOKEN,
+        "--name",
+        "linux",
+        "--label",
+        "x64",
+        "--runner-command",
+        env!("CARGO_BIN_EXE_scaleset"),
+        "--runner-arg",
+        "sim-runner",
+        "--runner-workdir",
+        &dir.display().to_string(),
+    ]);
+    let mut run = Streaming::spawn(c);
+    run.wait_stderr("listening for jobs").await;
+    assert_eq!(labels(&sim), ["linux", "x64"], "the name is still a label");
+    let patches = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.contains("/runnerscalesets/"))
+        .count();
+    assert_eq!(patches, 0, "the scale set was not rewritten");
+    run.sigterm();
+    let out = run.finish().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("adopted the existing scale set id=1 labels=linux,x64"),
+        "{}",
+        out.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -28,6 +28,9 @@ pub struct Record {
     pub retries: u32,
     /// The provisioner has it (created here, or adopted).
     pub created: bool,
+    /// When the record was made (its start began, or it was found): runner lifetimes in the
+    /// log count from here.
+    pub born: Instant,
 }
 
 impl Record {
@@ -42,6 +45,7 @@ impl Record {
             retry_at: None,
             retries: 0,
             created: false,
+            born: now,
         }
     }
 

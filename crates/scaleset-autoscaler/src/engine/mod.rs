@@ -158,6 +158,11 @@ struct Shared<P> {
     /// Fires when a background task ended unexpectedly.
     failed: CancellationToken,
     failure: Mutex<Option<String>>,
+    /// The span the engine was made in (the daemon's `scale_set` span): the parent of every
+    /// runner's span.
+    span: tracing::Span,
+    /// The last target logged (a change is logged with its reason).
+    logged_target: Mutex<u32>,
 }
 
 /// The engine of one scale set. Cheap to clone; implements [`Scaler`].
@@ -181,6 +186,9 @@ impl<P: Provisioner> std::fmt::Debug for Engine<P> {
     }
 }
 
+/// How often a drain says how many runners it still waits for when that does not change.
+const DRAIN_REPORT_EVERY: Duration = Duration::from_secs(60);
+
 /// How long after an uncertain mint the registrations are swept.
 const SWEEP_DELAY: Duration = Duration::from_secs(5);
 
@@ -189,6 +197,19 @@ fn deadline_in(d: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(d)
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+}
+
+/// Logs one line in the runner's span, under the scale set's: `runner_log!(shared, name,
+/// info, fields..., "message")`.
+macro_rules! runner_log {
+    ($shared:expr, $name:expr, $level:ident, $($arg:tt)+) => {
+        $shared.runner_span(&$name).in_scope(|| tracing::$level!($($arg)+))
+    };
+}
+
+/// Seconds with a tenth, for log fields.
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10.0).round() / 10.0
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -233,6 +254,8 @@ impl<P: Provisioner> Engine<P> {
                 tasks: TaskTracker::new(),
                 failed: CancellationToken::new(),
                 failure: Mutex::new(None),
+                span: tracing::Span::current(),
+                logged_target: Mutex::new(0),
             }),
         }
     }
@@ -252,20 +275,24 @@ impl<P: Provisioner> Engine<P> {
     /// provisioner closed), the engine is marked failed ([`failed`](Self::failed),
     /// [`failure`](Self::failure)).
     pub fn spawn(&self) {
-        // Spawned tasks keep the caller's span (the daemon's `scale_set` span), so every
-        // line they and the library log names the scale set.
+        // Spawned tasks run in the span the engine was made in (the daemon's `scale_set`
+        // span), so every line they and the library log names the scale set once.
+        let span = &self.shared.span;
         let s = self.shared.clone();
         self.supervise(
             "reconcile",
-            tokio::spawn(s.reconcile_loop().in_current_span()),
+            tokio::spawn(s.reconcile_loop().instrument(span.clone())),
         );
         let s = self.shared.clone();
         self.supervise(
             "provisioner-event",
-            tokio::spawn(s.event_loop().in_current_span()),
+            tokio::spawn(s.event_loop().instrument(span.clone())),
         );
         let s = self.shared.clone();
-        self.supervise("resync", tokio::spawn(s.resync_loop().in_current_span()));
+        self.supervise(
+            "resync",
+            tokio::spawn(s.resync_loop().instrument(span.clone())),
+        );
     }
 
     fn supervise(&self, what: &'static str, task: tokio::task::JoinHandle<()>) {
@@ -279,7 +306,7 @@ impl<P: Provisioner> Engine<P> {
                 Ok(()) => format!("the engine's {what} task ended unexpectedly"),
                 Err(e) => format!("the engine's {what} task failed: {e}"),
             };
-            tracing::error!(scale_set = %s.settings.scale_set_name, error = %why, "the engine stopped working");
+            tracing::error!(error = %why, "the engine stopped working");
             lock(&s.failure).get_or_insert(why);
             s.failed.cancel();
         });
@@ -355,10 +382,26 @@ impl<P: Provisioner> Engine<P> {
     /// under `keep`, and any whose runner or registration could not be removed.
     pub async fn shutdown(&self, policy: ShutdownPolicy, drain_timeout: Duration) -> Vec<String> {
         let s = &self.shared;
-        let ss = s.settings.scale_set_name.clone();
         lock(&s.book).stopping = true;
         s.touched();
-        tracing::info!(scale_set = %ss, ?policy, "shutting down the engine");
+        let before = self.snapshot();
+        let idle = before.starting + before.idle;
+        let busy = before.busy + before.finished;
+        match policy {
+            ShutdownPolicy::Keep => tracing::info!(
+                %policy,
+                idle,
+                busy,
+                "shutting down: stopping idle runners; busy runners finish their jobs on their own"
+            ),
+            ShutdownPolicy::Drain | ShutdownPolicy::Delete => tracing::info!(
+                %policy,
+                idle,
+                busy,
+                drain_timeout_s = drain_timeout.as_secs(),
+                "shutting down: stopping idle runners, waiting for busy ones to finish their jobs"
+            ),
+        }
         let settle = Duration::from_secs(60);
         match policy {
             ShutdownPolicy::Keep => {
@@ -368,15 +411,16 @@ impl<P: Provisioner> Engine<P> {
                         .all(|r| matches!(r.phase, Phase::Busy | Phase::Finished))
                 };
                 if self.wait_until(settle, kept).await.is_err() {
-                    tracing::warn!(scale_set = %ss, "idle runners were not all removed in time");
+                    tracing::warn!("idle runners were not all removed in time");
                 }
             }
             ShutdownPolicy::Drain | ShutdownPolicy::Delete => {
-                let r = self
-                    .wait_until(drain_timeout, |snap| snap.runners.is_empty())
-                    .await;
-                if let Err(snap) = r {
-                    tracing::warn!(scale_set = %ss, remaining = snap.runners.len(), "drain timeout: stopping the remaining runners");
+                if let Err(snap) = self.drain(drain_timeout).await {
+                    tracing::warn!(
+                        busy = snap.busy,
+                        runners = snap.runners.len(),
+                        "drain timeout: stopping the remaining runners"
+                    );
                     let names: Vec<String> = snap.runners.into_iter().map(|r| r.name).collect();
                     for name in &names {
                         s.apply(name, Event::ForceStop, true);
@@ -386,7 +430,7 @@ impl<P: Provisioner> Engine<P> {
                         .await
                         .is_err()
                     {
-                        tracing::warn!(scale_set = %ss, "runners were not all stopped and deregistered in time");
+                        tracing::warn!("runners were not all stopped and deregistered in time");
                     }
                 }
             }
@@ -396,16 +440,79 @@ impl<P: Provisioner> Engine<P> {
         s.tasks.wait().await;
         s.provisioner.settle().await;
         let left: Vec<String> = lock(&s.book).runners.keys().cloned().collect();
-        if !left.is_empty() && policy != ShutdownPolicy::Keep {
-            tracing::warn!(scale_set = %ss, runners = ?left, "runners left behind (still registered with GitHub or still running)");
+        let removed = before.runners.len().saturating_sub(left.len());
+        if left.is_empty() {
+            tracing::info!(
+                %policy,
+                removed,
+                "engine stopped: every runner stopped and deregistered"
+            );
+        } else if policy == ShutdownPolicy::Keep {
+            tracing::info!(
+                %policy,
+                removed,
+                left = left.len(),
+                runners = %left.join(", "),
+                "engine stopped: busy runners keep running and finish their jobs"
+            );
+        } else {
+            tracing::warn!(
+                %policy,
+                removed,
+                left = left.len(),
+                runners = %left.join(", "),
+                "engine stopped: runners left behind (still registered with GitHub or still running)"
+            );
         }
         left
+    }
+
+    /// Waits up to `timeout` for every runner to be gone, saying how many busy runners are
+    /// left (and the time to the deadline) whenever that changes, and every
+    /// [`DRAIN_REPORT_EVERY`] otherwise. `Err` with the last snapshot when time ran out.
+    async fn drain(&self, timeout: Duration) -> Result<Snapshot, Snapshot> {
+        let deadline = deadline_in(timeout);
+        let mut shown: Option<usize> = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let r = self
+                .wait_until(left.min(DRAIN_REPORT_EVERY), |snap| {
+                    snap.runners.is_empty() || shown != Some(snap.busy)
+                })
+                .await;
+            let (Ok(snap) | Err(snap)) = &r;
+            if snap.runners.is_empty() {
+                return r;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(r.unwrap_or_else(|snap| snap));
+            }
+            let snap = r.unwrap_or_else(|snap| snap);
+            shown = Some(snap.busy);
+            if snap.busy == 0 {
+                // Only removals are left: nothing to wait for that a person could act on.
+                continue;
+            }
+            tracing::info!(
+                busy = snap.busy,
+                runners = snap.runners.len(),
+                deadline_in_s = left.as_secs(),
+                "draining: waiting for busy runners to finish their jobs"
+            );
+        }
     }
 }
 
 impl<P: Provisioner> Shared<P> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
         lock(&self.book)
+    }
+
+    /// The span of runner `name`'s lines and tasks (under the scale set's span, whatever
+    /// span is current).
+    fn runner_span(&self, name: &str) -> tracing::Span {
+        tracing::info_span!(parent: &self.span, "runner", runner = %name)
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -467,7 +574,7 @@ impl<P: Provisioner> Shared<P> {
             .lock()
             .apply(name, event, Instant::now(), rand::random::<f64>());
         let Some(a) = applied else {
-            tracing::debug!(scale_set = %self.settings.scale_set_name, runner = %name, %event, "event for a runner without a record");
+            runner_log!(self, name, debug, %event, "event for a runner without a record");
             return None;
         };
         self.carry_out(name, event, &a);
@@ -480,22 +587,22 @@ impl<P: Provisioner> Shared<P> {
     }
 
     fn carry_out(self: &Arc<Self>, name: &str, event: Event, a: &Applied) {
-        let ss = &self.settings.scale_set_name;
         if a.next != Next::To(a.from) {
-            tracing::debug!(scale_set = %ss, runner = %name, %event, from = %a.from, to = %a.next, "runner transition");
+            runner_log!(self, name, debug, %event, from = %a.from, to = %a.next, "runner transition");
         }
         for action in &a.actions {
             match action {
                 Action::Create | Action::RetryLater | Action::ResetFailures => {}
                 Action::Deregister => {
-                    let (s, name, id) = (self.clone(), name.to_string(), a.record.id);
+                    let (s, span) = (self.clone(), self.runner_span(name));
+                    let (name, id) = (name.to_string(), a.record.id);
                     self.tasks
-                        .spawn(async move { s.deregister(name, id).await }.in_current_span());
+                        .spawn(async move { s.deregister(name, id).await }.instrument(span));
                 }
                 Action::Stop => {
-                    let (s, name) = (self.clone(), name.to_string());
+                    let (s, name, span) = (self.clone(), name.to_string(), self.runner_span(name));
                     self.tasks
-                        .spawn(async move { s.stop(name).await }.in_current_span());
+                        .spawn(async move { s.stop(name).await }.instrument(span));
                 }
                 Action::CountFailure => {
                     self.metrics.provisioning_failed();
@@ -507,11 +614,17 @@ impl<P: Provisioner> Shared<P> {
                         (b.start_failures, retry_in)
                     };
                     self.metrics.set_start_backoff(retry_in);
-                    tracing::warn!(scale_set = %ss, runner = %name, %event, failures_in_a_row = failures, next_start_in_s = retry_in.as_secs_f64(), "a runner failed to start; further starts back off");
+                    runner_log!(self, name, warn, %event, failures_in_a_row = failures, next_start_in_s = retry_in.as_secs_f64(), "a runner failed to start; further starts back off");
                 }
                 Action::ReportOutdated => {
                     self.metrics.runner_outdated();
-                    tracing::error!(scale_set = %ss, runner = %name, exit_code = crate::provisioner::OUTDATED_RUNNER_EXIT_CODE, "the runner refused to start because its version is older than GitHub accepts; no more runners are started for this scale set until the configuration changes (update the runner image or binary and restart)");
+                    runner_log!(
+                        self,
+                        name,
+                        error,
+                        exit_code = crate::provisioner::OUTDATED_RUNNER_EXIT_CODE,
+                        "the runner refused to start because its version is older than GitHub accepts; no more runners are started for this scale set until the configuration changes (update the runner image or binary and restart)"
+                    );
                 }
             }
         }
@@ -519,16 +632,23 @@ impl<P: Provisioner> Shared<P> {
             self.metrics.set_start_backoff(Duration::ZERO);
         }
         if a.next == Next::Gone {
-            tracing::info!(scale_set = %ss, runner = %name, runner_id = a.record.id, last_phase = %a.from, "runner retired");
+            runner_log!(
+                self,
+                name,
+                debug,
+                runner_id = a.record.id,
+                lifetime_s = secs(a.record.born.elapsed()),
+                "runner gone: stopped and deregistered"
+            );
             if !a.record.created {
-                let (s, name) = (self.clone(), name.to_string());
+                let (s, name, span) = (self.clone(), name.to_string(), self.runner_span(name));
                 self.tasks.spawn(
                     async move {
                         if let Err(e) = s.provisioner.unreserve(&name).await {
-                            tracing::warn!(scale_set = %s.settings.scale_set_name, runner = %name, error = %e, "could not drop the runner's reservation");
+                            tracing::warn!(error = %e, "could not drop the runner's reservation");
                         }
                     }
-                    .in_current_span(),
+                    .instrument(span),
                 );
             }
         }
@@ -542,7 +662,6 @@ impl<P: Provisioner> Shared<P> {
     }
 
     async fn remove_registration(&self, name: &str, id: i64) -> Event {
-        let ss = &self.settings.scale_set_name;
         let id = if id > 0 {
             id
         } else {
@@ -550,7 +669,7 @@ impl<P: Provisioner> Shared<P> {
                 Ok(0) => return Event::RemovalDone,
                 Ok(id) => id,
                 Err(e) => {
-                    tracing::warn!(scale_set = %ss, runner = %name, error = %e, "could not look the runner up on GitHub");
+                    runner_log!(self, name, warn, error = %e, "could not look the runner up on GitHub");
                     return Event::RemovalFailed;
                 }
             }
@@ -559,7 +678,7 @@ impl<P: Provisioner> Shared<P> {
             Ok(_) => Event::RemovalDone,
             Err(ApiError::JobStillRunning(_)) => Event::RemovalRefused,
             Err(e) => {
-                tracing::warn!(scale_set = %ss, runner = %name, runner_id = id, error = %e, "could not remove a runner from GitHub; retrying later");
+                runner_log!(self, name, warn, runner_id = id, error = %e, "could not remove a runner from GitHub; retrying later");
                 Event::RemovalFailed
             }
         }
@@ -582,7 +701,7 @@ impl<P: Provisioner> Shared<P> {
         let event = match self.provisioner.stop(&name).await {
             Ok(()) => Event::StopDone,
             Err(e) => {
-                tracing::warn!(scale_set = %self.settings.scale_set_name, runner = %name, error = %e, "could not stop the runner; retrying later");
+                runner_log!(self, name, warn, error = %e, "could not stop the runner; retrying later");
                 Event::StopFailed
             }
         };
@@ -634,10 +753,19 @@ impl<P: Provisioner> Shared<P> {
             if *held != p.held_back {
                 match p.held_back {
                     Some(HeldBack::MaxRunners) => {
-                        tracing::info!(scale_set = %set.scale_set_name, target = p.target, capacity = p.capacity, max_runners = set.max_runners, "waiting for runners on their way out before starting more (max_runners reached)");
+                        tracing::info!(
+                            target = p.target,
+                            capacity = p.capacity,
+                            max_runners = set.max_runners,
+                            "waiting for runners on their way out before starting more (max_runners reached)"
+                        );
                     }
                     Some(HeldBack::Backoff) => {
-                        tracing::info!(scale_set = %set.scale_set_name, target = p.target, capacity = p.capacity, "starts are backing off after failures");
+                        tracing::info!(
+                            target = p.target,
+                            capacity = p.capacity,
+                            "starts are backing off after failures"
+                        );
                     }
                     Some(HeldBack::Outdated) | None => {}
                 }
@@ -648,7 +776,6 @@ impl<P: Provisioner> Shared<P> {
         self.metrics.set_managed(capacity);
         if !names.is_empty() || !p.events.is_empty() {
             tracing::debug!(
-                scale_set = %set.scale_set_name,
                 target = p.target,
                 capacity = p.capacity,
                 starting = names.len(),
@@ -657,16 +784,15 @@ impl<P: Provisioner> Shared<P> {
             );
         }
         for name in names {
-            let s = self.clone();
+            let (s, span) = (self.clone(), self.runner_span(&name));
             self.tasks
-                .spawn(async move { s.start_runner(name).await }.in_current_span());
+                .spawn(async move { s.start_runner(name).await }.instrument(span));
         }
         self.changed.notify_waiters();
         p.wake_at
     }
 
     async fn start_runner(self: Arc<Self>, name: String) {
-        let ss = &self.settings.scale_set_name;
         let permit = tokio::select! {
             () = self.cancel.cancelled() => None,
             p = self.starts.acquire() => p.ok(),
@@ -678,7 +804,7 @@ impl<P: Provisioner> Shared<P> {
             return;
         }
         if let Err(e) = self.provisioner.reserve(&name).await {
-            tracing::warn!(scale_set = %ss, runner = %name, error = %e, "could not record the runner");
+            runner_log!(self, name, warn, error = %e, "could not record the runner");
             self.apply(&name, Event::MintFailed, true);
             return;
         }
@@ -695,7 +821,7 @@ impl<P: Provisioner> Shared<P> {
         let jit = match jit {
             Ok(jit) => jit,
             Err(e) => {
-                tracing::warn!(scale_set = %ss, runner = %name, error = %e, "could not mint a JIT config");
+                runner_log!(self, name, warn, error = %e, "could not mint a JIT config");
                 self.apply(&name, Event::MintFailed, true);
                 // The service may have registered the runner all the same (its answer was
                 // lost or unreadable): look for registrations without a record soon.
@@ -714,7 +840,13 @@ impl<P: Provisioner> Shared<P> {
             return;
         }
         if jit.encoded_jit_config.is_empty() {
-            tracing::warn!(scale_set = %ss, runner = %name, runner_id = id, "the service returned an empty JIT config");
+            runner_log!(
+                self,
+                name,
+                warn,
+                runner_id = id,
+                "the service returned an empty JIT config"
+            );
             self.apply(&name, Event::CreateFailed, true);
             return;
         }
@@ -728,10 +860,10 @@ impl<P: Provisioner> Shared<P> {
                 if let Some(r) = self.lock().runners.get_mut(&name) {
                     r.created = true;
                 }
-                tracing::info!(scale_set = %ss, runner = %name, runner_id = id, "runner created");
+                runner_log!(self, name, debug, runner_id = id, "runner created");
             }
             Err(e) => {
-                tracing::warn!(scale_set = %ss, runner = %name, runner_id = id, error = %e, "the provisioner could not create the runner");
+                runner_log!(self, name, warn, runner_id = id, error = %e, "the provisioner could not create the runner");
                 self.apply(&name, Event::CreateFailed, true);
             }
         }
@@ -752,27 +884,53 @@ impl<P: Provisioner> Shared<P> {
     }
 
     fn on_provisioner_event(self: &Arc<Self>, e: ProvisionerEvent) {
-        let ss = &self.settings.scale_set_name;
         let name = e.name;
         let event = match &e.event {
-            RunnerEvent::Running => {
-                tracing::info!(scale_set = %ss, runner = %name, "runner running");
-                Event::Running
-            }
-            RunnerEvent::Exited(status) => {
-                tracing::info!(scale_set = %ss, runner = %name, %status, "runner ended");
-                Event::Exited(exit_kind(status))
-            }
+            RunnerEvent::Running => Event::Running,
+            RunnerEvent::Exited(status) => Event::Exited(exit_kind(status)),
             RunnerEvent::FailedToStart { reason } => {
-                tracing::warn!(scale_set = %ss, runner = %name, reason = %reason, "the runner could not be started");
+                runner_log!(self, name, warn, reason = %reason, "the runner could not be started");
                 Event::FailedToStart
             }
             RunnerEvent::Vanished => {
-                tracing::warn!(scale_set = %ss, runner = %name, "the runner disappeared (removed behind the autoscaler's back)");
+                runner_log!(
+                    self,
+                    name,
+                    warn,
+                    "the runner disappeared (removed behind the autoscaler's back)"
+                );
                 Event::Vanished
             }
         };
-        self.apply(&name, event, true);
+        let Some(a) = self.apply(&name, event, true) else {
+            return;
+        };
+        let age = secs(a.record.born.elapsed());
+        match &e.event {
+            RunnerEvent::Running => {
+                runner_log!(
+                    self,
+                    name,
+                    info,
+                    runner_id = a.record.id,
+                    start_s = age,
+                    "runner started"
+                );
+            }
+            // Stopped on purpose (scale-down, shutdown): whatever its status says.
+            RunnerEvent::Exited(status)
+                if matches!(a.from, Phase::Removing | Phase::Stopping | Phase::Killing) =>
+            {
+                runner_log!(self, name, info, %status, lifetime_s = age, "runner stopped");
+            }
+            RunnerEvent::Exited(status) if status.success() => {
+                runner_log!(self, name, info, lifetime_s = age, "runner finished");
+            }
+            RunnerEvent::Exited(status) => {
+                runner_log!(self, name, warn, %status, lifetime_s = age, "runner failed");
+            }
+            RunnerEvent::FailedToStart { .. } | RunnerEvent::Vanished => {}
+        }
     }
 
     async fn resync_loop(self: Arc<Self>) {
@@ -791,7 +949,7 @@ impl<P: Provisioner> Shared<P> {
                 }
             };
             if let Err(e) = self.resync_provisioner().await {
-                tracing::warn!(scale_set = %self.settings.scale_set_name, error = %e, "could not list the provisioner's runners; the resync is retried later");
+                tracing::warn!(error = %e, "could not list the provisioner's runners; the resync is retried later");
             }
             sweep |= last_sweep.elapsed() >= self.settings.sweep_interval;
             if sweep {
@@ -813,11 +971,10 @@ impl<P: Provisioner> Shared<P> {
     /// removes them; until GitHub confirms, each is booked as deregistering, so it counts
     /// toward `max_runners` but never as capacity. Returns how many it found.
     async fn sweep_registrations(self: &Arc<Self>) -> usize {
-        let ss = &self.settings.scale_set_name;
         let registered = match self.client.list_runners().await {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(scale_set = %ss, error = %e, "could not list the scale set's registrations; the sweep is retried later");
+                tracing::warn!(error = %e, "could not list the scale set's registrations; the sweep is retried later");
                 return 0;
             }
         };
@@ -842,10 +999,16 @@ impl<P: Provisioner> Shared<P> {
         }
         let n = found.len();
         for (name, id) in found {
-            tracing::warn!(scale_set = %ss, runner = %name, runner_id = id, "found a registration the engine had no record of (a lost mint answer or a crash); removing it");
-            let s = self.clone();
+            runner_log!(
+                self,
+                name,
+                warn,
+                runner_id = id,
+                "found a registration the engine had no record of (a lost mint answer or a crash); removing it"
+            );
+            let (s, span) = (self.clone(), self.runner_span(&name));
             self.tasks
-                .spawn(async move { s.deregister(name, id).await }.in_current_span());
+                .spawn(async move { s.deregister(name, id).await }.instrument(span));
         }
         if n > 0 {
             self.touched();
@@ -855,7 +1018,6 @@ impl<P: Provisioner> Shared<P> {
 
     /// Compares the records with the provisioner's list and repairs both directions.
     async fn resync_provisioner(self: &Arc<Self>) -> Result<Recovery, crate::ProvisionError> {
-        let ss = &self.settings.scale_set_name;
         let started = Instant::now();
         let listed = self.provisioner.list().await?;
         let mut leftovers = Vec::new();
@@ -894,7 +1056,7 @@ impl<P: Provisioner> Shared<P> {
             }
         }
         for (name, event) in events {
-            tracing::info!(scale_set = %ss, runner = %name, %event, "resync: the provisioner's state differs from the engine's records");
+            runner_log!(self, name, info, %event, "resync: the provisioner's state differs from the engine's records");
             self.apply(&name, event, true);
         }
         let mut recovery = Recovery::default();
@@ -907,7 +1069,7 @@ impl<P: Provisioner> Shared<P> {
                 Phase::Removing
             } else {
                 if let Err(e) = self.provisioner.release(&o.name).await {
-                    tracing::warn!(scale_set = %ss, runner = %o.name, error = %e, "could not release a leftover runner");
+                    runner_log!(self, o.name, warn, error = %e, "could not release a leftover runner");
                 }
                 Phase::Deregistering
             };
@@ -923,15 +1085,27 @@ impl<P: Provisioner> Shared<P> {
             }
             if alive {
                 recovery.adopted += 1;
-                tracing::info!(scale_set = %ss, runner = %o.name, runner_id = o.runner_id, "adopted a leftover runner; removing its registration (kept if it runs a job)");
+                runner_log!(
+                    self,
+                    o.name,
+                    info,
+                    runner_id = o.runner_id,
+                    "adopted a leftover runner; removing its registration (kept if it runs a job)"
+                );
             } else {
                 recovery.released += 1;
-                tracing::info!(scale_set = %ss, runner = %o.name, runner_id = o.runner_id, "released a leftover runner that no longer ran; removing its registration");
+                runner_log!(
+                    self,
+                    o.name,
+                    info,
+                    runner_id = o.runner_id,
+                    "released a leftover runner that no longer ran; removing its registration"
+                );
             }
-            let s = self.clone();
+            let (s, span) = (self.clone(), self.runner_span(&o.name));
             let (name, id) = (o.name.clone(), o.runner_id);
             self.tasks
-                .spawn(async move { s.deregister(name, id).await }.in_current_span());
+                .spawn(async move { s.deregister(name, id).await }.instrument(span));
         }
         self.touched();
         Ok(recovery)
@@ -941,7 +1115,7 @@ impl<P: Provisioner> Shared<P> {
         match self.provisioner.adopt(name).await {
             Ok(adopted) => adopted,
             Err(e) => {
-                tracing::warn!(scale_set = %self.settings.scale_set_name, runner = %name, error = %e, "could not adopt a leftover runner; releasing it");
+                runner_log!(self, name, warn, error = %e, "could not adopt a leftover runner; releasing it");
                 false
             }
         }
@@ -951,32 +1125,46 @@ impl<P: Provisioner> Shared<P> {
 impl<P: Provisioner> Scaler for Engine<P> {
     async fn handle_desired_runner_count(&self, count: i64) -> Result<i64, BoxError> {
         let s = &self.shared;
-        let target = {
+        let (target, assigned, stopping) = {
             let mut b = s.lock();
             if b.assigned != count {
-                tracing::debug!(scale_set = %s.settings.scale_set_name, assigned = count, "demand changed");
+                tracing::debug!(assigned = count, "demand changed");
             }
             b.assigned = count.max(0);
-            if b.stopping {
+            let target = if b.stopping {
                 0
             } else {
                 s.settings.target(b.assigned)
-            }
+            };
+            (target, b.assigned, b.stopping)
         };
+        let was = std::mem::replace(&mut *lock(&s.logged_target), target);
+        if was != target && !stopping {
+            // target = min(max, min + assigned jobs + headroom): the fields are its reason.
+            let set = &s.settings;
+            tracing::info!(
+                target,
+                was,
+                assigned_jobs = assigned,
+                min = set.min_runners,
+                headroom = set.idle_headroom,
+                max = set.max_runners,
+                "target changed"
+            );
+        }
         s.touched();
         Ok(i64::from(target))
     }
 
     async fn handle_job_started(&self, job: &JobStarted) -> Result<(), BoxError> {
         let s = &self.shared;
-        let ss = &s.settings.scale_set_name;
         let key = format!(
             "{}/{}/{}",
             job.base.runner_request_id, job.base.job_id, job.runner_name
         );
         if lock(&s.seen_started).insert(key) {
             s.metrics.job_started(job);
-            tracing::info!(scale_set = %ss, runner = %job.runner_name, job_id = %job.base.job_id, job = %job.base.job_display_name, "job started");
+            runner_log!(s, job.runner_name, info, job_id = %job.base.job_id, job = %job.base.job_display_name, "job started");
         }
         if let Some(r) = s.lock().runners.get_mut(&job.runner_name)
             && r.id == 0
@@ -989,14 +1177,13 @@ impl<P: Provisioner> Scaler for Engine<P> {
 
     async fn handle_job_completed(&self, job: &JobCompleted) -> Result<(), BoxError> {
         let s = &self.shared;
-        let ss = &s.settings.scale_set_name;
         let key = format!(
             "{}/{}/{}/{}",
             job.base.runner_request_id, job.base.job_id, job.runner_name, job.result
         );
         if lock(&s.seen_completed).insert(key) {
             s.metrics.job_completed(job);
-            tracing::info!(scale_set = %ss, runner = %job.runner_name, job_id = %job.base.job_id, result = %job.result, "job completed");
+            runner_log!(s, job.runner_name, info, job_id = %job.base.job_id, result = %job.result, "job completed");
         }
         if !job.runner_name.is_empty() {
             s.apply(&job.runner_name, Event::JobCompleted, true);
