@@ -371,6 +371,9 @@ pub async fn run_scale_set(
     };
     let settings = EngineSettings::from_config(set.id, &cfg);
     let engine = Engine::new(settings, client.clone(), provisioner, metrics.clone());
+    if let Some(l) = &leading {
+        engine.fence(l.fence());
+    }
     match engine.recover().await {
         Ok(r) if r == Recovery::default() => {}
         Ok(Recovery {

@@ -22,6 +22,8 @@
 //!
 //! [`elect`] is what the daemon awaits; [`Leading`] is what it hands to each scale set.
 
+use std::sync::{Arc, Mutex};
+
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -39,6 +41,9 @@ pub struct Leading {
     pub lease: String,
     /// Cancelled when this replica lost the Lease: stop acting at once.
     pub lost: CancellationToken,
+    /// The local (monotonic) instant until which the last renewal holds: the renewal
+    /// deadline after it, which ends before the Lease can expire for the other replicas.
+    pub held_until: Arc<Mutex<tokio::time::Instant>>,
 }
 
 /// The outcome of [`elect`].
@@ -241,6 +246,7 @@ mod kube_lease {
                 if shutdown.is_cancelled() {
                     return None;
                 }
+                let sent = Instant::now();
                 let attempt = tokio::select! {
                     () = shutdown.cancelled() => return None,
                     r = tokio::time::timeout(s.retry_period.max(Duration::from_secs(5)), self.inner.try_acquire_or_renew()) => r,
@@ -248,7 +254,7 @@ mod kube_lease {
                 match attempt {
                     Ok(Ok(Attempt::Held)) => {
                         tracing::info!(lease = %s.lease_name, identity = %s.identity, "leader election: this replica leads now");
-                        return Some(Leadership::start(self.inner.clone()));
+                        return Some(Leadership::start(self.inner.clone(), sent));
                     }
                     Ok(Ok(Attempt::HeldBy(holder))) => {
                         if last_holder.as_deref() != Some(holder.as_str()) {
@@ -430,6 +436,7 @@ mod kube_lease {
         inner: Arc<Inner>,
         lost: CancellationToken,
         stop: CancellationToken,
+        held_until: Arc<Mutex<Instant>>,
         task: Option<tokio::task::JoinHandle<()>>,
     }
 
@@ -448,14 +455,22 @@ mod kube_lease {
     }
 
     impl Leadership {
-        fn start(inner: Arc<Inner>) -> Leadership {
+        /// Starts renewing a Lease acquired by a request sent at `sent`.
+        fn start(inner: Arc<Inner>, sent: Instant) -> Leadership {
             let lost = CancellationToken::new();
             let stop = CancellationToken::new();
-            let task = tokio::spawn(renew(inner.clone(), lost.clone(), stop.clone()));
+            let held_until = Arc::new(Mutex::new(sent + inner.settings.renew_deadline));
+            let task = tokio::spawn(renew(
+                inner.clone(),
+                lost.clone(),
+                stop.clone(),
+                held_until.clone(),
+            ));
             Leadership {
                 inner,
                 lost,
                 stop,
+                held_until,
                 task: Some(task),
             }
         }
@@ -474,6 +489,7 @@ mod kube_lease {
                 instance: s.lease_name.clone(),
                 lease: format!("{}/{}", s.namespace, s.lease_name),
                 lost: self.lost.clone(),
+                held_until: self.held_until.clone(),
             }
         }
 
@@ -505,9 +521,17 @@ mod kube_lease {
     }
 
     /// The leader's renewals; fires `lost` and ends when the Lease is lost.
-    async fn renew(inner: Arc<Inner>, lost: CancellationToken, stop: CancellationToken) {
+    async fn renew(
+        inner: Arc<Inner>,
+        lost: CancellationToken,
+        stop: CancellationToken,
+        held_until: Arc<Mutex<Instant>>,
+    ) {
         let s = &inner.settings;
-        let mut renewed = Instant::now();
+        let mut renewed = *held_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            - s.renew_deadline;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -521,13 +545,18 @@ mod kube_lease {
                     lost.cancel();
                     return;
                 }
+                let sent = Instant::now();
                 let attempt = tokio::select! {
                     () = stop.cancelled() => return,
                     r = tokio::time::timeout(left, inner.try_acquire_or_renew()) => r,
                 };
                 match attempt {
                     Ok(Ok(Attempt::Held)) => {
-                        renewed = Instant::now();
+                        renewed = sent;
+                        *held_until
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            sent + s.renew_deadline;
                         break;
                     }
                     Ok(Ok(Attempt::HeldBy(holder))) => {
@@ -555,6 +584,31 @@ mod kube_lease {
 }
 
 impl Leading {
+    /// Whether this replica still holds the Lease by its own clock. A replica frozen past
+    /// its renewal deadline (SIGSTOP, a paused VM) wakes with timers that fire in any
+    /// order; this answers false from its first instant awake, and fires `lost`.
+    pub fn holds(&self) -> bool {
+        if self.lost.is_cancelled() {
+            return false;
+        }
+        let until = *self
+            .held_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if tokio::time::Instant::now() < until {
+            return true;
+        }
+        tracing::error!(lease = %self.lease, "leader election: the lease was not renewed in time; stopping at once");
+        self.lost.cancel();
+        false
+    }
+
+    /// [`holds`](Self::holds) as an engine's [fence](crate::engine::Engine::fence).
+    pub fn fence(&self) -> crate::engine::Fence {
+        let me = self.clone();
+        Arc::new(move || me.holds())
+    }
+
     /// The error a scale set of a replica that lost the Lease stops with.
     pub fn lost_error(&self) -> Error {
         Error::LeadershipLost {

@@ -1041,3 +1041,33 @@ async fn a_runner_that_crashes_before_its_job_is_never_replaced_above_max_runner
     }
     assert!(!registered(&env.sim).contains(&first));
 }
+
+/// A replica frozen past its Lease's renewal deadline wakes with its timers firing in any
+/// order: once the fence says the Lease is no longer held, no JIT config is minted and no
+/// runner created, and the engine stops.
+#[tokio::test(start_paused = true)]
+async fn a_closed_fence_stops_mints_and_creates() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = env(Duration::ZERO, |_| {}).await;
+    let holds = Arc::new(AtomicBool::new(true));
+    let h = holds.clone();
+    env.engine.fence(Arc::new(move || h.load(Ordering::SeqCst)));
+    env.engine.handle_desired_runner_count(2).await.expect("ok");
+    running(&env, 2).await;
+    idle(&env, 2).await;
+    holds.store(false, Ordering::SeqCst);
+    env.engine.handle_desired_runner_count(4).await.expect("ok");
+    // Let every task run (the paused clock advances only once all are idle).
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        env.fake.created().len(),
+        2,
+        "no runner created past the fence"
+    );
+    assert_eq!(
+        env.sim.state().runners.len(),
+        2,
+        "no JIT config minted past the fence"
+    );
+}

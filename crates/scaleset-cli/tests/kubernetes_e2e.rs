@@ -649,12 +649,13 @@ async fn a_frozen_leader_is_replaced_and_on_waking_stops_at_once_without_creatin
         pods_before, 2,
         "the two pods of the first leader, none by the standby"
     );
-    assert_eq!(
-        pods_after, 2,
-        "no pod created after the takeover: the old leader stopped"
-    );
     b.sigterm();
     let out_b = b.finish().await;
+    assert_eq!(
+        pods_after, 2,
+        "no pod created after the takeover: the old leader stopped\nA:\n{}\nB:\n{}",
+        out_a.stderr, out_b.stderr
+    );
     assert_eq!(out_b.code, 0, "{}", out_b.stderr);
     assert!(out_b.stderr.contains("adopted=2"), "{}", out_b.stderr);
     assert!(

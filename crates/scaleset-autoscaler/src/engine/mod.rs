@@ -163,7 +163,14 @@ struct Shared<P> {
     span: tracing::Span,
     /// The last target logged (a change is logged with its reason).
     logged_target: Mutex<u32>,
+    /// Asked before every call that changes a runner or a registration (see
+    /// [`Engine::fence`]).
+    fence: std::sync::OnceLock<Fence>,
 }
+
+/// Answers whether this engine may still change runners and registrations (see
+/// [`Engine::fence`]).
+pub type Fence = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// The engine of one scale set. Cheap to clone; implements [`Scaler`].
 pub struct Engine<P: Provisioner> {
@@ -256,6 +263,7 @@ impl<P: Provisioner> Engine<P> {
                 failure: Mutex::new(None),
                 span: tracing::Span::current(),
                 logged_target: Mutex::new(0),
+                fence: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -373,6 +381,17 @@ impl<P: Provisioner> Engine<P> {
     pub fn abandon(&self) {
         self.shared.cancel.cancel();
         self.shared.tasks.close();
+    }
+
+    /// Makes every call that changes a runner or a registration (a mint, a create, a stop,
+    /// a deregistration) ask `fence` first and skip the call when it answers false. A leader
+    /// gives the local deadline of its Lease here: woken from a freeze past that deadline,
+    /// it must not act before its renewal task has noticed the loss (the next leader may
+    /// already manage the scale set). The first false answer also stops the engine as
+    /// [`abandon`](Self::abandon) does: a lost Lease does not come back. Only the first
+    /// fence given counts.
+    pub fn fence(&self, fence: Fence) {
+        let _ = self.shared.fence.set(fence);
     }
 
     /// Stops the engine according to `policy` (see [`ShutdownPolicy`]); `drain_timeout`
@@ -505,6 +524,16 @@ impl<P: Provisioner> Engine<P> {
 }
 
 impl<P: Provisioner> Shared<P> {
+    /// Whether the [fence](Engine::fence), if any, lets this engine act.
+    fn may_act(&self) -> bool {
+        if self.fence.get().is_none_or(|f| f()) {
+            return true;
+        }
+        self.cancel.cancel();
+        self.tasks.close();
+        false
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
         lock(&self.book)
     }
@@ -657,6 +686,9 @@ impl<P: Provisioner> Shared<P> {
     /// Removes the registration of `name` (looked up by name when `id` is 0) and reports
     /// the outcome as an event. The one place that interprets `remove_runner`'s answer.
     async fn deregister(self: Arc<Self>, name: String, id: i64) {
+        if !self.may_act() {
+            return;
+        }
         let event = self.remove_registration(&name, id).await;
         self.apply(&name, event, true);
     }
@@ -698,6 +730,9 @@ impl<P: Provisioner> Shared<P> {
     }
 
     async fn stop(self: Arc<Self>, name: String) {
+        if !self.may_act() {
+            return;
+        }
         let event = match self.provisioner.stop(&name).await {
             Ok(()) => Event::StopDone,
             Err(e) => {
@@ -803,6 +838,17 @@ impl<P: Provisioner> Shared<P> {
             self.touched();
             return;
         }
+        if !self.may_act() {
+            runner_log!(
+                self,
+                name,
+                warn,
+                "not started: this replica no longer holds its leader lease"
+            );
+            self.lock().runners.remove(&name);
+            self.touched();
+            return;
+        }
         if let Err(e) = self.provisioner.reserve(&name).await {
             runner_log!(self, name, warn, error = %e, "could not record the runner");
             self.apply(&name, Event::MintFailed, true);
@@ -848,6 +894,18 @@ impl<P: Provisioner> Shared<P> {
                 "the service returned an empty JIT config"
             );
             self.apply(&name, Event::CreateFailed, true);
+            return;
+        }
+        if !self.may_act() {
+            // Registered, not created: the next leader's sweep finds a registration of the
+            // scale set's prefix without a runner and removes it.
+            runner_log!(
+                self,
+                name,
+                warn,
+                runner_id = id,
+                "not created: this replica no longer holds its leader lease"
+            );
             return;
         }
         let spec = RunnerSpec {

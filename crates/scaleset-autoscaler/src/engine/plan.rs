@@ -10,7 +10,8 @@
 //! [`Phase::is_capacity`]); every record counts toward `max_runners`, so runners on their
 //! way out hold back new ones rather than exceed the limit. Below the target, runners are
 //! started unless starts are backing off after failures or a runner reported itself too
-//! old. Above it, only idle runners are removed, the longest idle first, and only after
+//! old, or while the removal of a runner's registration is in flight (it may be refused
+//! because the runner just took a job). Above it, only idle runners are removed, the longest idle first, and only after
 //! `idle_delay` (at once while shutting down); a busy runner never is.
 //!
 //! Deadlines: a runner not running `registration_timeout` after it was minted, or idle that
@@ -117,9 +118,18 @@ pub fn plan(book: &Book, s: &EngineSettings, now: Instant) -> Plan {
     }
     p.capacity = capacity;
 
-    if capacity < target && !stopping {
+    // A runner whose registration is being removed may have taken a job meanwhile (the
+    // service then refuses the removal, and it is busy): until the answer, it holds back a
+    // start, or a runner adopted at a takeover before its `JobStarted` arrived is replaced
+    // by a second one for the same job.
+    let uncertain = book
+        .runners
+        .values()
+        .filter(|r| r.phase == Phase::Removing && r.removing)
+        .count();
+    let wanted = target.saturating_sub(capacity + uncertain);
+    if capacity < target && !stopping && wanted > 0 {
         let room = (s.max_runners as usize).saturating_sub(book.runners.len());
-        let wanted = target - capacity;
         if book.outdated {
             p.held_back = Some(HeldBack::Outdated);
         } else if let Some(until) = book.backoff_until.filter(|u| *u > now) {
@@ -224,6 +234,31 @@ mod tests {
         assert_eq!(p.starts, 0);
         assert_eq!(p.held_back, Some(HeldBack::MaxRunners));
         b.runners.remove("n0");
+        assert_eq!(plan(&b, &s, now).starts, 1);
+    }
+
+    #[test]
+    fn a_runner_whose_removal_is_in_flight_holds_back_a_start_until_the_answer() {
+        let now = Instant::now();
+        let s = settings();
+        // Adopted at a takeover: its registration is being removed, "kept if it runs a job".
+        let mut b = book(&[Phase::Busy, Phase::Removing], now);
+        b.assigned = 2;
+        b.runners.get_mut("r1").expect("present").removing = true;
+        let p = plan(&b, &s, now);
+        assert_eq!(
+            (p.capacity, p.starts),
+            (1, 0),
+            "no second runner for its job yet"
+        );
+        // Refused (it runs a job): busy, nothing to start.
+        b.runners.get_mut("r1").expect("present").phase = Phase::Busy;
+        b.runners.get_mut("r1").expect("present").removing = false;
+        assert_eq!(plan(&b, &s, now).starts, 0);
+        // Removed (it was idle), or the removal failed and waits for its retry: replaced.
+        let r1 = b.runners.get_mut("r1").expect("present");
+        r1.phase = Phase::Removing;
+        r1.removing = false;
         assert_eq!(plan(&b, &s, now).starts, 1);
     }
 
