@@ -224,6 +224,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod ids;
 pub mod listener;
 pub mod message;
 pub mod session;
@@ -237,6 +238,7 @@ pub use config::{
     is_hosted_github_url, parse_github_config_from_url,
 };
 pub use error::{ApiError, Error, ErrorKind, Result, ServiceException};
+pub use ids::{MessageId, ParseIdError, RunnerGroupId, RunnerId, RunnerRequestId, ScaleSetId};
 pub use listener::{
     BoxError, ConflictPolicy, HealthHandle, INITIAL_MESSAGE_ID, Listener, ListenerConfig,
     ListenerHealth, MessageContext, MessageScaler, MetricsRecorder, Scaler,
