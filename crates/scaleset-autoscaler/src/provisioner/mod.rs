@@ -51,6 +51,7 @@
 //! 10. **Quiet after shutdown.** Once [`settle`](Provisioner::settle) returns (the engine's
 //!     last step), nothing the backend started in the background still writes.
 
+use actions_scaleset::{RunnerId, ScaleSetId};
 use std::future::Future;
 
 use actions_scaleset::EncodedJitConfig;
@@ -85,7 +86,7 @@ pub const OUTDATED_RUNNER_EXIT_CODE: i32 = 7;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScaleSetIdentity {
     /// Scale set id.
-    pub id: i64,
+    pub id: ScaleSetId,
     /// Scale set name.
     pub name: String,
     /// The owning instance (stable across restarts of the same daemon: a host name or a pod
@@ -99,7 +100,7 @@ pub struct RunnerSpec {
     /// Runner name (unique in the scale set; the key of all bookkeeping).
     pub name: String,
     /// The runner id GitHub assigned when the JIT config was minted.
-    pub runner_id: i64,
+    pub runner_id: RunnerId,
     /// The JIT config; a secret (its `Debug` is redacted).
     pub jit_config: EncodedJitConfig,
 }
@@ -215,7 +216,7 @@ pub struct OwnedRunner {
     /// Runner name.
     pub name: String,
     /// Runner id, when known (0 when the JIT config was never minted).
-    pub runner_id: i64,
+    pub runner_id: RunnerId,
     /// Its state.
     pub state: RunnerState,
 }

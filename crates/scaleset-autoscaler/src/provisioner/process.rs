@@ -33,6 +33,7 @@
 //!   still matches (pid reuse), and names read back must carry the runner-name prefix.
 //! * Dropping the provisioner leaves running runners alone (the `keep` policy relies on it).
 
+use actions_scaleset::RunnerId;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -110,7 +111,7 @@ impl ProcessConfig {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Record {
     #[serde(default)]
-    runner_id: i64,
+    runner_id: RunnerId,
     #[serde(default)]
     pid: Option<i32>,
     /// Field 22 of `/proc/<pid>/stat` when the process was started.
@@ -757,10 +758,11 @@ impl Provisioner for ProcessProvisioner {
             })
             .collect();
         for name in lock(&self.inner.live).keys() {
-            let runner_id = self
-                .inner
-                .records
-                .read(|s| s.runners.get(name).map_or(0, |r| r.runner_id));
+            let runner_id = self.inner.records.read(|s| {
+                s.runners
+                    .get(name)
+                    .map_or(RunnerId::default(), |r| r.runner_id)
+            });
             out.insert(
                 name.clone(),
                 OwnedRunner {
@@ -868,7 +870,7 @@ mod tests {
     fn spec(name: &str) -> RunnerSpec {
         RunnerSpec {
             name: name.into(),
-            runner_id: 1,
+            runner_id: RunnerId::new(1),
             jit_config: EncodedJitConfig::new("jit-secret-value"),
         }
     }
