@@ -6,6 +6,18 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::globals::{ConnectionArgs, LogArgs};
 use crate::{config, listen, runner, runner_group, scale_set, sim};
 
+/// The value parser of every id flag (`--scale-set-id`, `--runner-group-id`, `--id`): a
+/// positive whole number, made into the flag's typed id (`ScaleSetId`, `RunnerId`...). On bad
+/// input clap names the flag: `invalid value '0' for '--id <ID>': 0 is not in
+/// 1..=9223372036854775807`.
+pub(crate) fn id_parser<T>() -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: From<i64> + Clone + Send + Sync + 'static,
+{
+    use clap::builder::TypedValueParser;
+    clap::value_parser!(i64).range(1..).map(T::from)
+}
+
 const ABOUT: &str = "Manage GitHub Actions runner scale sets from the command line";
 
 const LONG_ABOUT: &str = "\
