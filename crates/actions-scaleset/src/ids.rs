@@ -9,11 +9,11 @@
 //!
 //! | Rust | Go reference | Node seed | Wire fields |
 //! |---|---|---|---|
-//! | [`ScaleSetId`] | `int` (`RunnerScaleSet.Id`, `RunnerScaleSetId`) | `number` | `id` of a scale set, `runnerScaleSetId`, `scale_set_id` of the `User-Agent`, the `{id}` of `runnerscalesets/{id}` |
-//! | [`RunnerGroupId`] | `int` / `int64` | `number` | `runnerGroupId`, `id` of a runner group |
-//! | [`RunnerId`] | `int` (`RunnerReference.Id`, `JobStarted.RunnerId`) | `number` | `id` of a runner (agent), `runnerId`, the `{id}` of `agents/{id}` |
-//! | [`MessageId`] | `int64` (`MessageId`) | `number` | `messageId`, `lastMessageId` |
-//! | [`RunnerRequestId`] | `int64` (`RunnerRequestId`) | `number` | `runnerRequestId`, the job request ids of acquire-jobs |
+//! | [`ScaleSetId`] | `int` (`runnerScaleSetID`, `RunnerScaleSet.Id`) | `number` | `id` of a scale set, `runnerScaleSetId`, `scale_set_id` of the `User-Agent`, the `{id}` of `runnerscalesets/{id}` |
+//! | [`RunnerGroupId`] | `int` (`runnerGroupID`, `RunnerScaleSet.RunnerGroupId`) | `number` | `runnerGroupId`, `id` of a runner group |
+//! | [`RunnerId`] | `int` or `int64`, by method (`GetRunner`, `RemoveRunner`, `RunnerReference.Id`) | `number` | `id` of a runner (agent), `runnerId`, the `{id}` of `agents/{id}` |
+//! | [`MessageId`] | `int` or `int64` (`lastMessageID`, `messageID`, `RunnerScaleSetMessage.MessageId`) | `number` | `messageId`, `lastMessageId` |
+//! | [`RunnerRequestId`] | `int64` (`requestIds []int64`, `RunnerRequestId`) | `number` | `runnerRequestId`, the job request ids of acquire-jobs |
 //!
 //! The number is reached with [`get`](ScaleSetId::get) (or `i64::from`) and an id is made
 //! with [`new`](ScaleSetId::new) (a `const fn`) or `From<i64>`; the field is private so the

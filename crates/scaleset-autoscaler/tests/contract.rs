@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use actions_scaleset::{EncodedJitConfig, RunnerId, ScaleSetId};
+use actions_scaleset::{EncodedJitConfig, RunnerId};
 use scaleset_autoscaler::ProvisionError;
 use scaleset_autoscaler::provisioner::fake::FakeProvisioner;
 use scaleset_autoscaler::provisioner::process::{ProcessConfig, ProcessProvisioner};
@@ -542,6 +542,7 @@ mod docker_engine;
 #[cfg(feature = "docker")]
 mod docker_backend {
     use super::*;
+    use actions_scaleset::ScaleSetId;
     use scaleset_autoscaler::config::provisioner::{DockerSettings, PullPolicy};
     use scaleset_autoscaler::provisioner::ScaleSetIdentity;
     use scaleset_autoscaler::provisioner::docker::{DockerProvisioner, LABEL_INSTANCE};
@@ -686,6 +687,7 @@ mod kubernetes_backend {
     use super::fake_kube::{FakeKube, Kind};
     use super::kubelet::{Kubelet, Policy, Start};
     use super::*;
+    use actions_scaleset::ScaleSetId;
     use scaleset_autoscaler::config::provisioner::KubernetesSettings;
     use scaleset_autoscaler::provisioner::ScaleSetIdentity;
     use scaleset_autoscaler::provisioner::kubernetes::{KubernetesProvisioner, SECRET_KEY};
