@@ -2,10 +2,10 @@
 //! phase ([`Book::apply`], through [`lifecycle::next`](super::lifecycle::next())). Pure: no
 //! I/O, no runtime; the caller passes the time and executes the actions it gets back.
 
-use actions_scaleset::RunnerId;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use actions_scaleset::RunnerId;
 use tokio::time::Instant;
 
 use super::lifecycle::{self, Action, Event, Next, Phase};

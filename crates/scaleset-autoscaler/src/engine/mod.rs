@@ -25,14 +25,14 @@ pub mod lifecycle;
 pub mod plan;
 mod settings;
 
-use actions_scaleset::{RunnerId, ScaleSetId};
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actions_scaleset::listener::BoxError;
 use actions_scaleset::{
-    Client, Error as ApiError, JitRunnerSetting, JobCompleted, JobStarted, Scaler,
+    Client, Error as ApiError, JitRunnerSetting, JobCompleted, JobStarted, RunnerId, ScaleSetId,
+    Scaler,
 };
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;

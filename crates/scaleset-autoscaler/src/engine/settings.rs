@@ -1,7 +1,8 @@
 //! The settings of one scale set's engine.
 
-use actions_scaleset::ScaleSetId;
 use std::time::Duration;
+
+use actions_scaleset::ScaleSetId;
 
 use crate::config::ScaleSetConfig;
 

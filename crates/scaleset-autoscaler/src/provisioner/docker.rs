@@ -43,12 +43,12 @@
 //! * **Ownership** is per Docker host: [`acquire`](Provisioner::acquire) takes a
 //!   [`HostLock`] on the lock file given to `connect`.
 
-use actions_scaleset::RunnerId;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use actions_scaleset::RunnerId;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, EventMessage, HostConfig};

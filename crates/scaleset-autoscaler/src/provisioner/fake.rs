@@ -1,10 +1,10 @@
 //! An in-memory provisioner for tests: runners "run" until the test makes them exit.
 
-use actions_scaleset::RunnerId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use actions_scaleset::RunnerId;
 use tokio::sync::{Notify, mpsc};
 
 use super::{

@@ -51,10 +51,9 @@
 //! 10. **Quiet after shutdown.** Once [`settle`](Provisioner::settle) returns (the engine's
 //!     last step), nothing the backend started in the background still writes.
 
-use actions_scaleset::{RunnerId, ScaleSetId};
 use std::future::Future;
 
-use actions_scaleset::EncodedJitConfig;
+use actions_scaleset::{EncodedJitConfig, RunnerId, ScaleSetId};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ProvisionError;

@@ -33,7 +33,6 @@
 //!   still matches (pid reuse), and names read back must carry the runner-name prefix.
 //! * Dropping the provisioner leaves running runners alone (the `keep` policy relies on it).
 
-use actions_scaleset::RunnerId;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -42,6 +41,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use actions_scaleset::RunnerId;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};

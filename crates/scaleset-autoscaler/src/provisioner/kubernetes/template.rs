@@ -21,10 +21,10 @@
 //!
 //! The JIT config itself is only ever in the Secret's `data`.
 
-use actions_scaleset::RunnerId;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use actions_scaleset::RunnerId;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, EnvVarSource, Pod, PodSpec, Secret, SecretKeySelector,
