@@ -182,6 +182,39 @@ mod tests {
         Cli::from_matches(&matches)
     }
 
+    // Id flags parse into their typed ids; a bad one is refused naming the flag.
+    #[test]
+    fn id_flags_are_positive_numbers_and_errors_name_the_flag() {
+        assert!(parse(&["scaleset", "runner", "get", "--id", "42"]).is_ok());
+        assert!(parse(&["scaleset", "scale-set", "get", "--id", "7"]).is_ok());
+        for (args, flag) in [
+            (vec!["scaleset", "runner", "get", "--id", "x"], "--id"),
+            (vec!["scaleset", "runner", "remove", "--id", "0"], "--id"),
+            (
+                vec!["scaleset", "runner", "jit", "--scale-set-id=-3"],
+                "--scale-set-id",
+            ),
+            (
+                vec!["scaleset", "listen", "--scale-set-id", "7x"],
+                "--scale-set-id",
+            ),
+            (
+                vec!["scaleset", "scale-set", "list", "--runner-group-id", "0"],
+                "--runner-group-id",
+            ),
+        ] {
+            let e = parse(&args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} must be refused"));
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+            assert!(e.to_string().contains(flag), "{args:?}: {e}");
+        }
+    }
+
     /// Every command of the tree, as `(path, command)`, the root first; the generated `help`
     /// subcommands left out.
     fn every_command() -> Vec<(String, clap::Command)> {

@@ -843,6 +843,28 @@ mod tests {
     use std::os::unix::process::CommandExt;
 
     const DEADLINE: Duration = Duration::from_secs(30);
+
+    // The state file's bytes are those of the plain-integer ids before the typed ones.
+    #[test]
+    fn a_record_is_written_as_it_was_with_integer_ids() {
+        let state = State {
+            runners: BTreeMap::from([(
+                "t-1".to_string(),
+                Record {
+                    runner_id: RunnerId::new(42),
+                    pid: Some(7),
+                    start_time: Some(9),
+                },
+            )]),
+        };
+        let text = serde_json::to_string_pretty(&state).expect("encodes");
+        assert_eq!(
+            text,
+            "{\n  \"runners\": {\n    \"t-1\": {\n      \"runner_id\": 42,\n      \"pid\": 7,\n      \"start_time\": 9\n    }\n  }\n}"
+        );
+        let back: State = serde_json::from_str(&text).expect("decodes");
+        assert_eq!(back.runners["t-1"].runner_id, RunnerId::new(42));
+    }
     const PREFIX: &str = "t-";
 
     fn tempdir(tag: &str) -> PathBuf {
