@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use actions_scaleset::{Client, Credentials, JitRunnerSetting, RunnerScaleSet};
+use actions_scaleset::{Client, Credentials, JitRunnerSetting, RunnerGroupId, RunnerScaleSet};
 use criterion::{Criterion, criterion_group, criterion_main};
 use scaleset_sim::{EndpointClass, Fault, SimConfig, Simulator};
 
@@ -32,7 +32,7 @@ fn bench(c: &mut Criterion) {
         let set = client
             .create_runner_scale_set(&RunnerScaleSet {
                 name: "bench".into(),
-                runner_group_id: 1,
+                runner_group_id: RunnerGroupId::new(1),
                 ..Default::default()
             })
             .await

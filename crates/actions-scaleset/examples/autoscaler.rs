@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use actions_scaleset::listener::BoxError;
 use actions_scaleset::{
     CancellationToken, Client, Credentials, DEFAULT_RUNNER_GROUP_ID, JitRunnerSetting,
-    JobCompleted, JobStarted, Listener, ListenerConfig, RunnerScaleSet, Scaler,
+    JobCompleted, JobStarted, Listener, ListenerConfig, RunnerScaleSet, ScaleSetId, Scaler,
 };
 
 const MAX_RUNNERS: u32 = 5;
@@ -38,7 +38,7 @@ impl Scaler for Autoscaler {
             let jit = self
                 .client
                 .generate_jit_runner_config(
-                    self.scale_set_id,
+                    ScaleSetId::new(self.scale_set_id),
                     &JitRunnerSetting {
                         name: name.clone(),
                         work_folder: String::new(),
@@ -107,7 +107,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = Listener::new(session, ListenerConfig::new(scale_set.id, MAX_RUNNERS))?;
     let scaler = Autoscaler {
         client: client.clone(),
-        scale_set_id: scale_set.id,
+        scale_set_id: scale_set.id.get(),
         runners: Mutex::default(),
     };
     let shutdown = CancellationToken::new();

@@ -11,6 +11,7 @@ use url::Url;
 use crate::auth::{AdminConnection, Authenticator, Credentials};
 use crate::config::{GitHubConfig, parse_github_config_from_url};
 use crate::error::{ApiError, Error, Result};
+use crate::ids::{RunnerGroupId, RunnerId, ScaleSetId};
 use crate::transport::{Auth, Incoming, Outgoing, RetryPolicy, Transport, tenant_url};
 use crate::types::{
     AcquirableJobList, JitRunnerConfig, JitRunnerSetting, Label, ListResponse, RunnerGroup,
@@ -448,7 +449,7 @@ impl Client {
     /// disagrees with its `value`.
     pub async fn get_runner_scale_set(
         &self,
-        runner_group_id: i64,
+        runner_group_id: RunnerGroupId,
         name: &str,
     ) -> Result<Option<RunnerScaleSet>> {
         let gid = runner_group_id.to_string();
@@ -472,7 +473,7 @@ impl Client {
     /// Lists the scale sets of a runner group.
     pub async fn list_runner_scale_sets(
         &self,
-        runner_group_id: i64,
+        runner_group_id: RunnerGroupId,
     ) -> Result<Vec<RunnerScaleSet>> {
         let gid = runner_group_id.to_string();
         let resp = self
@@ -498,7 +499,7 @@ impl Client {
     ///
     /// ```no_run
     /// # async fn run(client: actions_scaleset::Client) -> Result<(), actions_scaleset::Error> {
-    /// let list = client.get_acquirable_jobs(7).await?;
+    /// let list = client.get_acquirable_jobs(actions_scaleset::ScaleSetId::new(7)).await?;
     /// for job in &list.jobs {
     ///     println!("{} wants {:?}", job.base.runner_request_id, job.base.request_labels);
     /// }
@@ -509,7 +510,7 @@ impl Client {
     /// # Errors
     /// [`Error::ScaleSetNotFound`] on 404; [`Error::Protocol`] when the answer's `count`
     /// (when present) disagrees with its `value`.
-    pub async fn get_acquirable_jobs(&self, scale_set_id: i64) -> Result<AcquirableJobList> {
+    pub async fn get_acquirable_jobs(&self, scale_set_id: ScaleSetId) -> Result<AcquirableJobList> {
         let resp = self
             .tenant(
                 Method::GET,
@@ -534,7 +535,10 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::ScaleSetNotFound`] on 404.
-    pub async fn get_runner_scale_set_by_id(&self, id: i64) -> Result<Option<RunnerScaleSet>> {
+    pub async fn get_runner_scale_set_by_id(
+        &self,
+        id: ScaleSetId,
+    ) -> Result<Option<RunnerScaleSet>> {
         let resp = self
             .tenant(
                 Method::GET,
@@ -578,10 +582,14 @@ impl Client {
         if resp.status == StatusCode::CONFLICT && resp.attempts > 1 && !body.name.is_empty() {
             // An earlier attempt may have created it before its answer was lost.
             if let Some(existing) = self
-                .get_runner_scale_set(body.runner_group_id.max(1), &body.name)
+                .get_runner_scale_set(
+                    body.runner_group_id
+                        .max(crate::types::DEFAULT_RUNNER_GROUP_ID),
+                    &body.name,
+                )
                 .await?
             {
-                tracing::warn!(name = %body.name, id = existing.id, "a retried create met a conflict; the scale set exists, returning it");
+                tracing::warn!(name = %body.name, id = existing.id.get(), "a retried create met a conflict; the scale set exists, returning it");
                 return Ok(existing);
             }
         }
@@ -591,7 +599,7 @@ impl Client {
     /// Updates the given fields of a scale set.
     pub async fn update_runner_scale_set(
         &self,
-        id: i64,
+        id: ScaleSetId,
         update: &RunnerScaleSetUpdate,
     ) -> Result<RunnerScaleSet> {
         let mut body = update.clone();
@@ -610,7 +618,7 @@ impl Client {
     }
 
     /// Deletes a scale set.
-    pub async fn delete_runner_scale_set(&self, id: i64) -> Result<()> {
+    pub async fn delete_runner_scale_set(&self, id: ScaleSetId) -> Result<()> {
         let resp = self
             .tenant(
                 Method::DELETE,
@@ -657,7 +665,7 @@ impl Client {
     /// [`Error::RunnerExists`] when a runner with that name exists.
     pub async fn generate_jit_runner_config(
         &self,
-        scale_set_id: i64,
+        scale_set_id: ScaleSetId,
         setting: &JitRunnerSetting,
     ) -> Result<JitRunnerConfig> {
         let path = format!("/_apis/runtime/runnerscalesets/{scale_set_id}/generatejitconfig");
@@ -686,7 +694,7 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::RunnerNotFound`] when the service does not know it.
-    pub async fn get_runner(&self, runner_id: i64) -> Result<RunnerReference> {
+    pub async fn get_runner(&self, runner_id: RunnerId) -> Result<RunnerReference> {
         let resp = self
             .tenant(
                 Method::GET,
@@ -723,7 +731,8 @@ impl Client {
     ///
     /// ```no_run
     /// # async fn run(client: actions_scaleset::Client) -> Result<(), actions_scaleset::Error> {
-    /// for r in client.list_runners().await?.iter().filter(|r| r.runner_scale_set_id == 7) {
+    /// let set = actions_scaleset::ScaleSetId::new(7);
+    /// for r in client.list_runners().await?.iter().filter(|r| r.runner_scale_set_id == set) {
     ///     println!("{} ({})", r.name, r.id);
     /// }
     /// # Ok(())
@@ -755,10 +764,10 @@ impl Client {
     /// did not know the runner (404 `AgentNotFoundException`).
     ///
     /// ```no_run
-    /// use actions_scaleset::{Client, RunnerRemoval};
+    /// use actions_scaleset::{Client, RunnerId, RunnerRemoval};
     ///
     /// # async fn run(client: Client) -> Result<(), actions_scaleset::Error> {
-    /// match client.remove_runner(42).await? {
+    /// match client.remove_runner(RunnerId::new(42)).await? {
     ///     RunnerRemoval::Removed => println!("removed"),
     ///     RunnerRemoval::AlreadyGone => println!("it was already gone"),
     /// }
@@ -768,7 +777,7 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::JobStillRunning`] when the runner is running a job (try again later).
-    pub async fn remove_runner(&self, runner_id: i64) -> Result<RunnerRemoval> {
+    pub async fn remove_runner(&self, runner_id: RunnerId) -> Result<RunnerRemoval> {
         let resp = self
             .tenant(
                 Method::DELETE,

@@ -306,7 +306,7 @@ pub enum Error {
     #[error("unsupported message type {message_type:?} (message {message_id})")]
     UnsupportedMessage {
         /// The message id.
-        message_id: i64,
+        message_id: crate::ids::MessageId,
         /// The envelope type received.
         message_type: String,
     },

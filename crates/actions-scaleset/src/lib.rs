@@ -7,7 +7,8 @@
 //! wire, the admin token refreshes single-flight), names percent-encoded in queries, errors
 //! that keep the final status and `ActivityId` after retries, jittered backoff with a capped
 //! `Retry-After`, typed errors for every failure a caller acts on, and secrets that never reach
-//! `Debug` output or logs.
+//! `Debug` output or logs. Ids are typed ([`ScaleSetId`], [`RunnerId`]...): a runner id cannot
+//! be passed where a scale set id is expected.
 //!
 //! # Quick start
 //!
@@ -214,6 +215,7 @@
 //! | `JobMessageBase`, `JobMessageType`, `MessageType` (+ `MessageTypeJob*`) | job message types | [`JobMessageBase`], [`JobMessage`] (one variant per type) |
 //! | `JobAvailable`, `JobAssigned`, `JobStarted`, `JobCompleted` | same names | [`JobAvailable`], [`JobAssigned`], [`JobStarted`], [`JobCompleted`] |
 //! | `DefaultRunnerGroup` | `DEFAULT_RUNNER_GROUP` | [`DEFAULT_RUNNER_GROUP`], [`DEFAULT_RUNNER_GROUP_ID`] |
+//! | ids as `int` / `int64` (`RunnerScaleSet.Id`, `RunnerGroupId`, `RunnerReference.Id`, `MessageId`, `RunnerRequestId`) | ids as `number` | typed ids, one per kind (see [`ids`]): [`ScaleSetId`], [`RunnerGroupId`], [`RunnerId`], [`MessageId`], [`RunnerRequestId`] (`i64` inside, the bare number on the wire and in `Display`; [`ParseIdError`]) |
 //! | `parseGitHubConfigFromURL` (internal) | `parseGitHubConfigFromUrl` | [`parse_github_config_from_url`] ([`GitHubConfig`], [`Scope`]) |
 //! | `isHostedGitHubURL` (internal) | `isHostedGitHubUrl` | [`is_hosted_github_url`] (and [`GITHUB_ACTIONS_FORCE_GHES`]) |
 //! | `gitHubAPIURL` (internal) | `gitHubApiUrl` | [`github_api_url`], [`github_api_base`] |
@@ -224,6 +226,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod ids;
 pub mod listener;
 pub mod message;
 pub mod session;
@@ -237,6 +240,7 @@ pub use config::{
     is_hosted_github_url, parse_github_config_from_url,
 };
 pub use error::{ApiError, Error, ErrorKind, Result, ServiceException};
+pub use ids::{MessageId, ParseIdError, RunnerGroupId, RunnerId, RunnerRequestId, ScaleSetId};
 pub use listener::{
     BoxError, ConflictPolicy, HealthHandle, INITIAL_MESSAGE_ID, Listener, ListenerConfig,
     ListenerHealth, MessageContext, MessageScaler, MetricsRecorder, Scaler,

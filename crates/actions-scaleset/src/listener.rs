@@ -101,6 +101,7 @@ use uuid::Uuid;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::ids::{MessageId, RunnerRequestId, ScaleSetId};
 use crate::message::{JOB_MESSAGES_TYPE, RunnerScaleSetMessage};
 use crate::session::MessageSessionClient;
 use crate::types::{JobCompleted, JobStarted, RunnerScaleSetStatistic};
@@ -135,7 +136,7 @@ pub trait Scaler: Send + Sync {
 /// The id of the synthetic message that carries the session's statistics to a
 /// [`MessageScaler`] before the first poll (and again after a lost session was replaced). The
 /// service's own message ids are never negative; this message is never acknowledged.
-pub const INITIAL_MESSAGE_ID: i64 = -1;
+pub const INITIAL_MESSAGE_ID: MessageId = MessageId::new(-1);
 
 /// The lower-level handler the listener drives: it receives each message whole, as the
 /// reference's newer one-method contract (`Scale(ctx, message)`) does.
@@ -224,7 +225,7 @@ impl MessageContext<'_> {
     }
 
     /// The scale set the listener serves.
-    pub fn scale_set_id(&self) -> i64 {
+    pub fn scale_set_id(&self) -> ScaleSetId {
         self.session.scale_set_id()
     }
 
@@ -246,9 +247,12 @@ impl MessageContext<'_> {
     ///
     /// # Errors
     /// As [`MessageSessionClient::acquire_jobs`].
-    pub async fn acquire_available(&self, message: &RunnerScaleSetMessage) -> Result<Vec<i64>> {
-        let scale_set_id = self.scale_set_id();
-        let available: Vec<i64> = message
+    pub async fn acquire_available(
+        &self,
+        message: &RunnerScaleSetMessage,
+    ) -> Result<Vec<RunnerRequestId>> {
+        let scale_set_id = self.scale_set_id().get();
+        let available: Vec<RunnerRequestId> = message
             .jobs_available()
             .map(|j| j.base.runner_request_id)
             .collect();
@@ -335,7 +339,7 @@ pub enum ConflictPolicy {
 #[derive(Clone, Debug)]
 pub struct ListenerConfig {
     /// The scale set (non-zero).
-    pub scale_set_id: i64,
+    pub scale_set_id: ScaleSetId,
     /// Maximum runners, sent as the queue capacity (0 to `i32::MAX`).
     pub max_runners: u32,
     /// Consecutive failures after which [`Listener::run`] gives up (`None`: never).
@@ -350,7 +354,7 @@ pub struct ListenerConfig {
 
 impl ListenerConfig {
     /// Settings with defaults: unlimited failures, wait out conflicts forever, 1-60 s backoff.
-    pub fn new(scale_set_id: i64, max_runners: u32) -> ListenerConfig {
+    pub fn new(scale_set_id: ScaleSetId, max_runners: u32) -> ListenerConfig {
         ListenerConfig {
             scale_set_id,
             max_runners,
@@ -503,7 +507,7 @@ impl Listener {
         let result = self.run_loop(scaler, shutdown).await;
         self.update_health(|h| h.running = false);
         if let Err(e) = self.session.close().await {
-            tracing::warn!(scale_set_id = self.config.scale_set_id, error = %e, "could not delete the message session");
+            tracing::warn!(scale_set_id = self.config.scale_set_id.get(), error = %e, "could not delete the message session");
         }
         result
     }
@@ -513,10 +517,10 @@ impl Listener {
         scaler: &S,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        let scale_set_id = self.config.scale_set_id;
+        let scale_set_id = self.config.scale_set_id.get();
         let mut latest = self.initial_statistics()?;
         let mut failures = 0u32;
-        let mut last_message_id = 0i64;
+        let mut last_message_id = MessageId::new(0);
         let mut synced = false;
 
         loop {
@@ -578,11 +582,11 @@ impl Listener {
                             if let Err(e) = self.session.delete_message(id).await {
                                 // Handled but not acknowledged: it comes back and the
                                 // (idempotent) scaler sees it again.
-                                tracing::warn!(scale_set_id, message_id = id, error = %e, "could not acknowledge a handled message");
+                                tracing::warn!(scale_set_id, message_id = id.get(), error = %e, "could not acknowledge a handled message");
                             }
                         }
                         Err(e) => {
-                            tracing::warn!(scale_set_id, message_id = id, error = %e, "handling a message failed; it will be delivered again");
+                            tracing::warn!(scale_set_id, message_id = id.get(), error = %e, "handling a message failed; it will be delivered again");
                             self.failed(&mut failures, &e, shutdown).await?;
                         }
                     }
@@ -594,10 +598,10 @@ impl Listener {
                     self.metrics.record_poll_latency(started.elapsed());
                     self.poll_succeeded();
                     self.iteration_succeeded(&mut failures);
-                    tracing::warn!(scale_set_id, message_id, %message_type, "acknowledging a message of an unsupported type");
+                    tracing::warn!(scale_set_id, message_id = message_id.get(), %message_type, "acknowledging a message of an unsupported type");
                     last_message_id = message_id;
                     if let Err(e) = self.session.delete_message(message_id).await {
-                        tracing::warn!(scale_set_id, message_id, error = %e, "could not acknowledge an unsupported message");
+                        tracing::warn!(scale_set_id, message_id = message_id.get(), error = %e, "could not acknowledge an unsupported message");
                     }
                 }
                 Err(e) if is_lost_session(&e) => {
@@ -611,7 +615,7 @@ impl Listener {
                             if let Some(stats) = stats {
                                 latest = stats;
                             }
-                            last_message_id = 0;
+                            last_message_id = MessageId::new(0);
                             synced = false;
                         }
                         Ok(None) => return Ok(()),
@@ -647,11 +651,11 @@ impl Listener {
         message: &RunnerScaleSetMessage,
         latest: &mut RunnerScaleSetStatistic,
     ) -> std::result::Result<(), BoxError> {
-        let scale_set_id = self.config.scale_set_id;
+        let scale_set_id = self.config.scale_set_id.get();
         for problem in &message.problems {
             tracing::warn!(
                 scale_set_id,
-                message_id = message.message_id,
+                message_id = message.message_id.get(),
                 problem,
                 "skipping a malformed job message"
             );
@@ -660,7 +664,7 @@ impl Listener {
             Some(stats) => *latest = stats,
             None => tracing::warn!(
                 scale_set_id,
-                message_id = message.message_id,
+                message_id = message.message_id.get(),
                 "message without statistics; keeping the previous ones"
             ),
         }
@@ -725,7 +729,7 @@ impl Listener {
         }
         let delay = jittered_backoff(self.config.backoff_min, self.config.backoff_max, n - 1);
         tracing::info!(
-            scale_set_id = self.config.scale_set_id,
+            scale_set_id = self.config.scale_set_id.get(),
             failures = n,
             delay_ms = delay.as_millis() as u64,
             "backing off"
@@ -769,7 +773,7 @@ impl Listener {
 /// attempts per `policy` with jittered backoff. `Ok(None)` when `cancel` fires during a wait;
 /// an attempt in flight is never abandoned (dropping a create could leave a session behind).
 async fn retry_conflicts<T, F, Fut>(
-    scale_set_id: i64,
+    scale_set_id: ScaleSetId,
     policy: ConflictPolicy,
     (min, max): (Duration, Duration),
     cancel: &CancellationToken,
@@ -784,6 +788,7 @@ where
         ConflictPolicy::Wait(Some(d)) => tokio::time::Instant::now().checked_add(d),
         _ => None,
     };
+    let scale_set_id = scale_set_id.get();
     let mut waits = 0u32;
     let mut started = None;
     loop {
@@ -845,12 +850,12 @@ impl HealthHandle {
 }
 
 fn validate(config: &ListenerConfig) -> Result<()> {
-    if config.scale_set_id == 0 {
+    if config.scale_set_id.get() == 0 {
         return Err(Error::InvalidArgument(
             "scale set id must be non-zero".into(),
         ));
     }
-    if config.scale_set_id < 0 {
+    if config.scale_set_id.get() < 0 {
         return Err(Error::InvalidArgument(
             "scale set id must be positive".into(),
         ));
@@ -901,7 +906,7 @@ impl Client {
     /// policy is [`ConflictPolicy::Fail`] or its deadline passed.
     pub async fn create_message_session_client_waiting(
         &self,
-        scale_set_id: i64,
+        scale_set_id: ScaleSetId,
         owner: Option<&str>,
         policy: ConflictPolicy,
         cancel: &CancellationToken,
@@ -919,7 +924,7 @@ impl Client {
             Some(session) => {
                 // Cancelled while the create was in flight: do not leave the session behind.
                 if let Err(e) = session.close().await {
-                    tracing::warn!(scale_set_id, error = %e, "could not delete a session created during shutdown");
+                    tracing::warn!(scale_set_id = scale_set_id.get(), error = %e, "could not delete a session created during shutdown");
                 }
                 Err(Error::Cancelled)
             }
@@ -935,10 +940,12 @@ mod tests {
     // Behaviour 107 (configuration half; construction needs a session, see tests/listener.rs)
     #[test]
     fn config_validation() {
-        assert!(validate(&ListenerConfig::new(0, 1)).is_err());
-        assert!(validate(&ListenerConfig::new(1, 10)).is_ok());
-        assert!(validate(&ListenerConfig::new(1, i32::MAX as u32)).is_ok());
-        assert!(validate(&ListenerConfig::new(1, i32::MAX as u32 + 1)).is_err());
+        let id = ScaleSetId::new;
+        assert!(validate(&ListenerConfig::new(id(0), 1)).is_err());
+        assert!(validate(&ListenerConfig::new(id(-1), 1)).is_err());
+        assert!(validate(&ListenerConfig::new(id(1), 10)).is_ok());
+        assert!(validate(&ListenerConfig::new(id(1), i32::MAX as u32)).is_ok());
+        assert!(validate(&ListenerConfig::new(id(1), i32::MAX as u32 + 1)).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use serde::Deserialize;
 
+use crate::ids::MessageId;
 use crate::types::{JobAssigned, JobAvailable, JobCompleted, JobStarted, RunnerScaleSetStatistic};
 
 /// The only envelope type the queue is known to send.
@@ -30,7 +31,7 @@ pub enum JobMessage {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RunnerScaleSetMessage {
     /// Id to acknowledge (delete) and to pass as the next `lastMessageId`.
-    pub message_id: i64,
+    pub message_id: MessageId,
     /// Envelope type (always [`JOB_MESSAGES_TYPE`] for messages returned by the session client).
     pub message_type: String,
     /// Statistics at the time of the message; absent only from a misbehaving service.
@@ -82,7 +83,7 @@ pub(crate) enum Envelope {
     Message(RunnerScaleSetMessage),
     /// An envelope of another type, to acknowledge by id.
     Unsupported {
-        message_id: i64,
+        message_id: MessageId,
         message_type: String,
     },
 }
@@ -107,6 +108,7 @@ pub(crate) fn parse_envelope(raw: &[u8]) -> Result<Envelope, (String, String)> {
     };
     let message_id = field("messageId")
         .and_then(serde_json::Value::as_i64)
+        .map(MessageId::new)
         .ok_or_else(|| {
             (
                 "messageId".to_string(),
@@ -219,6 +221,7 @@ pub(crate) fn parse_body(body: &str) -> Result<(Vec<JobMessage>, Vec<String>), S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{RunnerId, RunnerRequestId};
 
     // Behaviour 78
     #[test]
@@ -236,15 +239,17 @@ mod tests {
         assert_eq!(jobs.len(), 4);
         match &jobs[0] {
             JobMessage::Available(a) => {
-                assert_eq!(a.base.runner_request_id, 1);
+                assert_eq!(a.base.runner_request_id, RunnerRequestId::new(1));
                 assert_eq!(a.acquire_job_url, "https://a/1");
                 assert_eq!(a.base.request_labels, vec!["x".to_string()]);
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(&jobs[1], JobMessage::Assigned(a) if a.base.runner_request_id == 2));
         assert!(
-            matches!(&jobs[2], JobMessage::Started(s) if s.runner_id == 30 && s.runner_name == "r-3")
+            matches!(&jobs[1], JobMessage::Assigned(a) if a.base.runner_request_id == RunnerRequestId::new(2))
+        );
+        assert!(
+            matches!(&jobs[2], JobMessage::Started(s) if s.runner_id == RunnerId::new(30) && s.runner_name == "r-3")
         );
         assert!(
             matches!(&jobs[3], JobMessage::Completed(c) if c.result == "succeeded" && c.runner_name == "r-4")
@@ -256,7 +261,7 @@ mod tests {
         let raw = br#"{"messageId":7,"messageType":"RunnerScaleSetJobMessages","statistics":{"totalAssignedJobs":"three"},"body":"[{\"messageType\":\"JobAssigned\",\"runnerRequestId\":1}]"}"#;
         match parse_envelope(raw) {
             Ok(Envelope::Message(m)) => {
-                assert_eq!(m.message_id, 7);
+                assert_eq!(m.message_id, MessageId::new(7));
                 assert_eq!(m.statistics, None);
                 assert_eq!(m.jobs.len(), 1);
                 assert_eq!(m.problems.len(), 1, "{:?}", m.problems);
@@ -265,7 +270,7 @@ mod tests {
         }
         assert!(matches!(
             parse_envelope(br#"{"messageId":8,"messageType":"Other"}"#),
-            Ok(Envelope::Unsupported { message_id: 8, .. })
+            Ok(Envelope::Unsupported { message_id, .. }) if message_id == MessageId::new(8)
         ));
         assert!(parse_envelope(br#"{"messageType":"RunnerScaleSetJobMessages"}"#).is_err());
         assert!(parse_envelope(b"").is_err());

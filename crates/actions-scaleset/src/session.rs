@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::client::{Client, checked_list, not_found_as, to_json};
 use crate::error::{Error, Result};
+use crate::ids::{MessageId, RunnerRequestId, ScaleSetId};
 use crate::message::{Envelope, RunnerScaleSetMessage, parse_envelope};
 use crate::transport::{Auth, Incoming, Outgoing, set_sorted_query};
 use crate::types::{ListResponse, RunnerScaleSetSession};
@@ -37,7 +38,7 @@ struct SessionState {
 
 struct SessionInner {
     client: Client,
-    scale_set_id: i64,
+    scale_set_id: ScaleSetId,
     owner: String,
     state: RwLock<Arc<SessionState>>,
     refresh: tokio::sync::Mutex<()>,
@@ -78,7 +79,7 @@ impl Client {
     /// service returns a session without a queue URL or token.
     pub async fn create_message_session_client(
         &self,
-        scale_set_id: i64,
+        scale_set_id: ScaleSetId,
         owner: Option<&str>,
     ) -> Result<MessageSessionClient> {
         let owner = owner.map(str::to_string).unwrap_or_else(default_owner);
@@ -97,7 +98,7 @@ impl Client {
 
 async fn create_session(
     client: &Client,
-    scale_set_id: i64,
+    scale_set_id: ScaleSetId,
     owner: &str,
     generation: u64,
 ) -> Result<SessionState> {
@@ -190,7 +191,7 @@ impl MessageSessionClient {
     }
 
     /// The scale set this session belongs to.
-    pub fn scale_set_id(&self) -> i64 {
+    pub fn scale_set_id(&self) -> ScaleSetId {
         self.inner.scale_set_id
     }
 
@@ -240,7 +241,7 @@ impl MessageSessionClient {
             return Err(Error::from_response(api));
         }
         let state = validated(&resp, resp.json()?, current.generation + 1)?;
-        tracing::info!(scale_set_id = self.inner.scale_set_id, session_id = %state.session.session_id, "refreshed the message session");
+        tracing::info!(scale_set_id = self.inner.scale_set_id.get(), session_id = %state.session.session_id, "refreshed the message session");
         self.replace(state);
         Ok(())
     }
@@ -278,7 +279,7 @@ impl MessageSessionClient {
             old.generation + 1,
         )
         .await?;
-        tracing::info!(scale_set_id = self.inner.scale_set_id, session_id = %state.session.session_id, "created a new message session");
+        tracing::info!(scale_set_id = self.inner.scale_set_id.get(), session_id = %state.session.session_id, "created a new message session");
         self.replace(state);
         Ok(())
     }
@@ -303,7 +304,7 @@ impl MessageSessionClient {
             if resp.status == StatusCode::UNAUTHORIZED {
                 if !refreshed {
                     tracing::info!(
-                        scale_set_id = self.inner.scale_set_id,
+                        scale_set_id = self.inner.scale_set_id.get(),
                         "message queue token refused; refreshing the session"
                     );
                     refreshed = true;
@@ -329,7 +330,7 @@ impl MessageSessionClient {
     /// is not a message.
     pub async fn get_message(
         &self,
-        last_message_id: i64,
+        last_message_id: MessageId,
         max_capacity: i64,
     ) -> Result<Option<RunnerScaleSetMessage>> {
         if !(0..=i64::from(i32::MAX)).contains(&max_capacity) {
@@ -349,7 +350,7 @@ impl MessageSessionClient {
         let resp = self
             .with_queue_token(
                 |_, mut url| {
-                    if last_message_id > 0 {
+                    if last_message_id.get() > 0 {
                         let mut pairs: Vec<(String, String)> = url
                             .query_pairs()
                             .filter(|(k, _)| k != "lastMessageId")
@@ -391,7 +392,7 @@ impl MessageSessionClient {
     }
 
     /// Acknowledges (deletes) a message so it is not delivered again.
-    pub async fn delete_message(&self, message_id: i64) -> Result<()> {
+    pub async fn delete_message(&self, message_id: MessageId) -> Result<()> {
         let resp = self
             .with_queue_token(
                 |_, mut url| {
@@ -413,7 +414,10 @@ impl MessageSessionClient {
     }
 
     /// Acquires offered jobs (GHES) by their `runnerRequestId`s; returns the ids acquired.
-    pub async fn acquire_jobs(&self, request_ids: &[i64]) -> Result<Vec<i64>> {
+    pub async fn acquire_jobs(
+        &self,
+        request_ids: &[RunnerRequestId],
+    ) -> Result<Vec<RunnerRequestId>> {
         let scale_set_id = self.inner.scale_set_id;
         let body = to_json(&request_ids);
         let resp = self
@@ -437,7 +441,7 @@ impl MessageSessionClient {
                 resp.api_error().with_detail("failed to acquire jobs"),
             ));
         }
-        let list: ListResponse<i64> = resp.json()?;
+        let list: ListResponse<RunnerRequestId> = resp.json()?;
         checked_list(list, &resp)
     }
 
@@ -481,7 +485,7 @@ impl MessageSessionClient {
         match tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
             Ok((id, result)) => {
                 if result.is_ok() {
-                    tracing::info!(scale_set_id = self.inner.scale_set_id, session_id = %id, "deleted the message session");
+                    tracing::info!(scale_set_id = self.inner.scale_set_id.get(), session_id = %id, "deleted the message session");
                 }
                 result
             }

@@ -13,11 +13,13 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
+use crate::ids::{RunnerGroupId, RunnerId, RunnerRequestId, ScaleSetId};
+
 /// The runner group every scale set belongs to unless told otherwise.
 pub const DEFAULT_RUNNER_GROUP: &str = "default";
 
 /// The id of the [`DEFAULT_RUNNER_GROUP`], which needs no lookup.
-pub const DEFAULT_RUNNER_GROUP_ID: i64 = 1;
+pub const DEFAULT_RUNNER_GROUP_ID: RunnerGroupId = RunnerGroupId::new(1);
 
 /// Deserializes `null` (and a missing field, with `#[serde(default)]`) as `T::default()`.
 pub(crate) fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -90,7 +92,7 @@ pub struct SystemInfo {
     pub commit_sha: String,
     /// The scale set it works for, once known (0 otherwise).
     #[serde(rename = "scale_set_id")]
-    pub scale_set_id: i64,
+    pub scale_set_id: ScaleSetId,
     /// The part of the system, e.g. `listener`.
     pub subsystem: String,
 }
@@ -104,7 +106,7 @@ impl SystemInfo {
             system: &'a str,
             version: &'a str,
             commit_sha: &'a str,
-            scale_set_id: i64,
+            scale_set_id: ScaleSetId,
             subsystem: &'a str,
             build_version: &'a str,
             build_commit_sha: &'a str,
@@ -193,8 +195,8 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-fn is_zero(n: &i64) -> bool {
-    *n == 0
+fn is_zero<T: Copy + Into<i64>>(n: &T) -> bool {
+    (*n).into() == 0
 }
 
 /// Job and runner counts of a scale set.
@@ -236,7 +238,7 @@ pub struct RunnerScaleSet {
         deserialize_with = "nullable",
         skip_serializing_if = "is_zero"
     )]
-    pub id: i64,
+    pub id: ScaleSetId,
     /// Name, unique within its runner group.
     #[serde(
         default,
@@ -250,7 +252,7 @@ pub struct RunnerScaleSet {
         deserialize_with = "nullable",
         skip_serializing_if = "is_zero"
     )]
-    pub runner_group_id: i64,
+    pub runner_group_id: RunnerGroupId,
     /// Runner group name.
     #[serde(
         default,
@@ -301,7 +303,7 @@ pub struct RunnerScaleSetUpdate {
     pub name: Option<String>,
     /// New runner group id.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub runner_group_id: Option<i64>,
+    pub runner_group_id: Option<RunnerGroupId>,
     /// New labels (an empty `type` becomes `System`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<Label>>,
@@ -314,9 +316,9 @@ pub struct RunnerScaleSetUpdate {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunnerGroup {
-    /// Group id (`default` is 1).
+    /// Group id (`default` is 1, [`DEFAULT_RUNNER_GROUP_ID`]).
     #[serde(default, deserialize_with = "nullable")]
-    pub id: i64,
+    pub id: RunnerGroupId,
     /// Group name.
     #[serde(default, deserialize_with = "nullable")]
     pub name: String,
@@ -334,13 +336,13 @@ pub struct RunnerGroup {
 pub struct RunnerReference {
     /// Runner id.
     #[serde(default, deserialize_with = "nullable")]
-    pub id: i64,
+    pub id: RunnerId,
     /// Runner name.
     #[serde(default, deserialize_with = "nullable")]
     pub name: String,
     /// The scale set the runner belongs to.
     #[serde(default, deserialize_with = "nullable")]
-    pub runner_scale_set_id: i64,
+    pub runner_scale_set_id: ScaleSetId,
 }
 
 /// Parameters of a just-in-time runner.
@@ -448,7 +450,7 @@ pub struct JobMessageBase {
     pub message_type: String,
     /// The job request id, used with acquire-jobs.
     #[serde(default, deserialize_with = "nullable")]
-    pub runner_request_id: i64,
+    pub runner_request_id: RunnerRequestId,
     /// Repository name.
     #[serde(default, deserialize_with = "nullable")]
     pub repository_name: String,
@@ -528,7 +530,7 @@ pub struct JobStarted {
     pub base: JobMessageBase,
     /// Runner id.
     #[serde(default, deserialize_with = "nullable")]
-    pub runner_id: i64,
+    pub runner_id: RunnerId,
     /// Runner name (correlate runners by this, not by `runnerRequestId`).
     #[serde(default, deserialize_with = "nullable")]
     pub runner_name: String,
@@ -546,7 +548,7 @@ pub struct JobCompleted {
     pub result: String,
     /// Runner id (0 when no runner took the job).
     #[serde(default, deserialize_with = "nullable")]
-    pub runner_id: i64,
+    pub runner_id: RunnerId,
     /// Runner name (empty when no runner took the job).
     #[serde(default, deserialize_with = "nullable")]
     pub runner_name: String,
@@ -623,7 +625,7 @@ mod tests {
             "labels":[{"type":"System","name":"my-set"}],"runnerSetting":{"disableUpdate":true},
             "createdOn":"2025-01-01T10:00:00.1234567Z","unknownField":{"x":1},"statistics":null}"#;
         let s: RunnerScaleSet = serde_json::from_str(json).expect("decodes");
-        assert_eq!(s.id, 7);
+        assert_eq!(s.id, ScaleSetId::new(7));
         assert!(s.runner_setting.disable_update);
         assert_eq!(s.runner_group_name, "");
         assert_eq!(
@@ -648,7 +650,7 @@ mod tests {
     fn create_body_matches_the_reference_shape() {
         let s = RunnerScaleSet {
             name: "my-set".into(),
-            runner_group_id: 1,
+            runner_group_id: RunnerGroupId::new(1),
             labels: vec![Label::system("my-set")],
             runner_setting: RunnerSetting {
                 disable_update: true,
@@ -669,7 +671,7 @@ mod tests {
             system: "sys".into(),
             version: "1.0".into(),
             commit_sha: "abc".into(),
-            scale_set_id: 7,
+            scale_set_id: ScaleSetId::new(7),
             subsystem: "listener".into(),
         };
         let ua = info.user_agent();
@@ -697,7 +699,7 @@ mod tests {
         let json = r#"{"count":1,"value":[{"messageType":"JobAvailable","runnerRequestId":5,"acquireJobUrl":"https://x/acquirejobs","requestLabels":["linux"]}]}"#;
         let list: AcquirableJobList = serde_json::from_str(json).expect("decodes");
         assert_eq!(list.count, 1);
-        assert_eq!(list.jobs[0].base.runner_request_id, 5);
+        assert_eq!(list.jobs[0].base.runner_request_id, RunnerRequestId::new(5));
         assert_eq!(list.jobs[0].acquire_job_url, "https://x/acquirejobs");
         let back = serde_json::to_value(&list).expect("encodes");
         assert_eq!(back["count"], 1);

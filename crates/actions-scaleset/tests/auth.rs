@@ -3,7 +3,7 @@
 
 mod common;
 
-use actions_scaleset::{Client, Credentials, ErrorKind};
+use actions_scaleset::{Client, Credentials, ErrorKind, RunnerId};
 use common::*;
 use serde::Deserialize;
 
@@ -47,7 +47,7 @@ async fn b11_b22_b23_pat_flow_headers_and_bodies() {
     });
     runner_ok(&s);
     let c = client(&s);
-    within(c.get_runner(1)).await.expect("ok");
+    within(c.get_runner(RunnerId::new(1))).await.expect("ok");
     assert_eq!(
         paths(&s),
         vec![
@@ -124,8 +124,8 @@ async fn b12_token_about_to_expire_is_refreshed_first() {
     });
     runner_ok(&s);
     let c = client(&s);
-    within(c.get_runner(1)).await.expect("ok");
-    within(c.get_runner(1)).await.expect("ok");
+    within(c.get_runner(RunnerId::new(1))).await.expect("ok");
+    within(c.get_runner(RunnerId::new(1))).await.expect("ok");
     assert_eq!(s.count(REG_TOKEN_PATH), 2);
     assert_eq!(s.count(RUNNER_REGISTRATION_PATH), 2);
     let tenant = s.tenant_requests();
@@ -139,7 +139,7 @@ async fn b13_valid_token_is_reused() {
     runner_ok(&s);
     let c = client(&s);
     for _ in 0..3 {
-        within(c.get_runner(1)).await.expect("ok");
+        within(c.get_runner(RunnerId::new(1))).await.expect("ok");
     }
     assert_eq!(s.count(REG_TOKEN_PATH), 1);
     assert_eq!(s.count(RUNNER_REGISTRATION_PATH), 1);
@@ -179,7 +179,9 @@ async fn b14_refresh_failure_keeps_the_stored_token() {
         vec![Reply::status(401), Reply::json(200, r#"{"id":1}"#)],
     );
     let c = builder(&s).retry_max(2).build().expect("client");
-    let e = within(c.get_runner(1)).await.expect_err("refresh fails");
+    let e = within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("refresh fails");
     assert!(e.to_string().contains("test"), "{e}");
     assert_eq!(e.status(), Some(401));
     assert_eq!(
@@ -188,7 +190,7 @@ async fn b14_refresh_failure_keeps_the_stored_token() {
         "retryMax+1 attempts on the refresh"
     );
     let before = s.requests().len();
-    within(c.get_runner(1))
+    within(c.get_runner(RunnerId::new(1)))
         .await
         .expect("old token still works");
     let after = s.requests();
@@ -220,7 +222,7 @@ async fn b15_runner_registration_401_is_retried_until_success() {
     });
     runner_ok(&s);
     let c = builder(&s).retry_max(4).build().expect("client");
-    within(c.get_runner(1)).await.expect("ok");
+    within(c.get_runner(RunnerId::new(1))).await.expect("ok");
     assert_eq!(s.count(RUNNER_REGISTRATION_PATH), 5);
     assert_eq!(s.count(REG_TOKEN_PATH), 1);
     assert_eq!(admin_n(&s.tenant_requests()[0]), 4);
@@ -235,7 +237,9 @@ async fn runner_registration_403_is_not_retried() {
         Reply::json(403, r#"{"message":"Forbidden here"}"#)
     });
     let c = builder(&s).retry_max(4).build().expect("client");
-    let e = within(c.get_runner(1)).await.expect_err("403");
+    let e = within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("403");
     assert_eq!(e.status(), Some(403));
     assert!(e.to_string().contains("Forbidden here"), "{e}");
     assert_eq!(s.count(RUNNER_REGISTRATION_PATH), 1);
@@ -257,7 +261,9 @@ async fn b16_tenant_url_without_trailing_slash() {
         )
     });
     runner_ok(&s);
-    within(client(&s).get_runner(1)).await.expect("ok");
+    within(client(&s).get_runner(RunnerId::new(1)))
+        .await
+        .expect("ok");
     let r = &s.tenant_requests()[0];
     assert_eq!(r.path, "/tenant/123/_apis/distributedtask/pools/0/agents/1");
     assert_eq!(r.raw_query, "api-version=6.0-preview");
@@ -274,7 +280,9 @@ async fn b19_registration_token_needs_201() {
         let s = TestServer::with_auth().await;
         let status = reply.status;
         s.on_seq("POST", REG_TOKEN_PATH, vec![reply]);
-        let e = within(client(&s).get_runner(1)).await.expect_err("not 201");
+        let e = within(client(&s).get_runner(RunnerId::new(1)))
+            .await
+            .expect_err("not 201");
         assert_eq!(e.status(), Some(status));
         let text = e.to_string();
         assert!(
@@ -296,7 +304,7 @@ async fn registration_token_without_token_is_protocol_error() {
     s.on("POST", REG_TOKEN_PATH, |_, _| {
         Reply::json(201, r#"{"expires_at":"2030-01-01T00:00:00Z"}"#)
     });
-    let e = within(client(&s).get_runner(1))
+    let e = within(client(&s).get_runner(RunnerId::new(1)))
         .await
         .expect_err("no token");
     assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
@@ -320,7 +328,9 @@ async fn b20_admin_connection_missing_url_or_token() {
         s.on("POST", RUNNER_REGISTRATION_PATH, move |_, _| {
             Reply::json(200, &body)
         });
-        let e = within(client(&s).get_runner(1)).await.expect_err(want);
+        let e = within(client(&s).get_runner(RunnerId::new(1)))
+            .await
+            .expect_err(want);
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
         assert!(e.to_string().contains(want), "{e}");
         assert!(s.tenant_requests().is_empty());
@@ -335,7 +345,9 @@ async fn admin_token_that_is_not_a_jwt_fails_the_refresh() {
     s.on("POST", RUNNER_REGISTRATION_PATH, move |_, _| {
         Reply::json(200, &format!(r#"{{"url":"{url}","token":"not-a-jwt"}}"#))
     });
-    let e = within(client(&s).get_runner(1)).await.expect_err("bad jwt");
+    let e = within(client(&s).get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("bad jwt");
     assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
 }
 
@@ -378,7 +390,7 @@ async fn b21_github_app_flow_pkcs1_and_pkcs8() {
             .build()
             .expect("client");
         let before = unix_now();
-        within(c.get_runner(1)).await.expect("ok");
+        within(c.get_runner(RunnerId::new(1))).await.expect("ok");
         let after = unix_now();
         let reqs = s.requests();
         assert_eq!(
@@ -441,7 +453,9 @@ async fn b19_installation_token_needs_201() {
     let c = Client::builder(s.config_url(), creds)
         .build()
         .expect("client");
-    let e = within(c.get_runner(1)).await.expect_err("401");
+    let e = within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("401");
     assert_eq!(e.status(), Some(401));
     let text = e.to_string();
     assert!(
@@ -475,7 +489,9 @@ async fn tenant_401_forces_one_refresh_and_one_retry() {
         vec![Reply::status(401), Reply::json(200, r#"{"id":1}"#)],
     );
     let c = client(&s);
-    within(c.get_runner(1)).await.expect("recovered");
+    within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect("recovered");
     let tenant = s.tenant_requests();
     assert_eq!(tenant.iter().map(admin_n).collect::<Vec<_>>(), vec![0, 1]);
     assert_eq!(s.count(REG_TOKEN_PATH), 2);
@@ -486,7 +502,9 @@ async fn tenant_401_forces_one_refresh_and_one_retry() {
         Reply::json(401, r#"{"message":"nope"}"#)
     });
     let c = client(&s);
-    let e = within(c.get_runner(1)).await.expect_err("401 twice");
+    let e = within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("401 twice");
     assert_eq!(e.status(), Some(401));
     assert_eq!(s.tenant_requests().len(), 2);
     assert_eq!(

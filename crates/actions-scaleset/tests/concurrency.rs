@@ -4,7 +4,7 @@
 
 mod common;
 
-use actions_scaleset::Client;
+use actions_scaleset::{Client, RunnerGroupId, RunnerId};
 use common::*;
 use futures::FutureExt;
 use futures::future::join_all;
@@ -20,8 +20,8 @@ fn client_is_clone_send_sync() {
         .build()
         .expect("client");
     // The futures of the operations are Send too, so they can be spawned.
-    assert_send(&c.get_runner(1));
-    assert_send(&c.get_runner_scale_set(1, "x"));
+    assert_send(&c.get_runner(RunnerId::new(1)));
+    assert_send(&c.get_runner_scale_set(RunnerGroupId::new(1), "x"));
 }
 
 // At least 20 requests in flight at once on one Client: the server holds every tenant request
@@ -45,7 +45,7 @@ async fn twenty_requests_overlap_on_the_wire() {
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let c = c.clone();
-            tokio::spawn(async move { c.get_runner(1).await })
+            tokio::spawn(async move { c.get_runner(RunnerId::new(1)).await })
         })
         .collect();
     for t in within(join_all(tasks)).await {
@@ -64,7 +64,7 @@ async fn fifty_first_calls_share_one_refresh() {
     let s = TestServer::with_auth().await;
     s.on_tenant("GET", AGENT_1, |_, _| Reply::json(200, r#"{"id":1}"#));
     let c = client(&s);
-    let results = within(join_all((0..50).map(|_| c.get_runner(1)))).await;
+    let results = within(join_all((0..50).map(|_| c.get_runner(RunnerId::new(1))))).await;
     assert!(results.iter().all(Result::is_ok));
     assert_eq!(s.count(REG_TOKEN_PATH), 1);
     assert_eq!(s.count(RUNNER_REGISTRATION_PATH), 1);
@@ -88,7 +88,7 @@ async fn fifty_waiters_share_one_failed_refresh() {
             Reply::json(status, r#"{"message":"no token for you"}"#)
         });
         let c = builder(&s).retry_max(2).build().expect("client");
-        let results = within(join_all((0..50).map(|_| c.get_runner(1)))).await;
+        let results = within(join_all((0..50).map(|_| c.get_runner(RunnerId::new(1))))).await;
         for r in &results {
             let e = r.as_ref().expect_err("refresh failed");
             assert_eq!(e.status(), Some(status), "{e}");
@@ -104,7 +104,9 @@ async fn fifty_waiters_share_one_failed_refresh() {
         // The next call starts a new refresh.
         s.default_auth();
         s.on_tenant("GET", AGENT_1, |_, _| Reply::json(200, r#"{"id":1}"#));
-        within(c.get_runner(1)).await.expect("recovered");
+        within(c.get_runner(RunnerId::new(1)))
+            .await
+            .expect("recovered");
     }
 }
 
@@ -122,7 +124,7 @@ async fn concurrent_401s_force_a_single_refresh() {
         }
     });
     let c = client(&s);
-    let results = within(join_all((0..20).map(|_| c.get_runner(1)))).await;
+    let results = within(join_all((0..20).map(|_| c.get_runner(RunnerId::new(1))))).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(
         s.count(RUNNER_REGISTRATION_PATH),

@@ -5,7 +5,7 @@
 
 mod common;
 
-use actions_scaleset::{Client, ErrorKind, GITHUB_ACTIONS_FORCE_GHES, Scope};
+use actions_scaleset::{Client, ErrorKind, GITHUB_ACTIONS_FORCE_GHES, RunnerId, Scope};
 use common::*;
 
 /// A client for `config_url` whose requests all go to `proxy`.
@@ -20,7 +20,7 @@ fn proxied(config_url: &str, proxy: &TestServer) -> Client {
 /// The first request the proxy saw when `config_url` fetched its registration token.
 async fn first_request(config_url: &str) -> Recorded {
     let proxy = TestServer::start().await;
-    let _ = within(proxied(config_url, &proxy).get_runner(1)).await;
+    let _ = within(proxied(config_url, &proxy).get_runner(RunnerId::new(1))).await;
     proxy
         .requests()
         .into_iter()
@@ -218,7 +218,9 @@ async fn b10_registration_body_has_the_stripped_config_url() {
         "/repos/org/repo/actions/runners/registration-token",
         |_, _| Reply::json(201, r#"{"token":"REG"}"#),
     );
-    let _ = within(proxied("http://github.localhost/org/repo///", &proxy).get_runner(1)).await;
+    let _ =
+        within(proxied("http://github.localhost/org/repo///", &proxy).get_runner(RunnerId::new(1)))
+            .await;
     let rr = proxy
         .requests()
         .into_iter()

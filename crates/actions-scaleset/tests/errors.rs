@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use actions_scaleset::{Client, Credentials, ErrorKind, JitRunnerSetting};
+use actions_scaleset::{
+    Client, Credentials, ErrorKind, JitRunnerSetting, RunnerGroupId, RunnerId, ScaleSetId,
+};
 use common::*;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,7 +27,9 @@ async fn b94_b106_unknown_exception_is_extractable() {
         )
         .header("ActivityId", "act-1")
     });
-    let e = within(client(&s).remove_runner(1)).await.expect_err("400");
+    let e = within(client(&s).remove_runner(RunnerId::new(1)))
+        .await
+        .expect_err("400");
     assert_eq!(e.kind(), ErrorKind::Service);
     let ex = e.exception().expect("exception");
     assert_eq!(
@@ -53,7 +57,9 @@ async fn b96_b97_b99_empty_error_bodies_are_unknown_error() {
             .header("ActivityId", "activity-id")
             .header("X-GitHub-Request-Id", "request-id")
     });
-    let e = within(client(&s).remove_runner(1)).await.expect_err("404");
+    let e = within(client(&s).remove_runner(RunnerId::new(1)))
+        .await
+        .expect_err("404");
     let text = e.to_string();
     for want in [
         r#"status="404 Not Found""#,
@@ -68,7 +74,7 @@ async fn b96_b97_b99_empty_error_bodies_are_unknown_error() {
         "HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\nActivityId: a-2\r\n\r\n0\r\n\r\n",
     )
     .await;
-    let e = within(raw_client(&raw).get_runner(1))
+    let e = within(raw_client(&raw).get_runner(RunnerId::new(1)))
         .await
         .expect_err("404");
     assert!(e.to_string().contains("unknown error"), "{e}");
@@ -116,7 +122,7 @@ fn raw_client(addr: &std::net::SocketAddr) -> Client {
 #[tokio::test]
 async fn b98_body_read_failure_is_a_transport_error() {
     let raw = raw_server("HTTP/1.1 400 Bad Request\r\nContent-Length: 100\r\n\r\nshort").await;
-    let e = within(raw_client(&raw).get_runner(1))
+    let e = within(raw_client(&raw).get_runner(RunnerId::new(1)))
         .await
         .expect_err("truncated");
     assert_eq!(e.kind(), ErrorKind::Transport, "{e}");
@@ -134,7 +140,9 @@ async fn b100_text_plain_body_is_included() {
     s.on_tenant("DELETE", AGENT_1, |_, _| {
         Reply::text(400, "example plain text error")
     });
-    let e = within(client(&s).remove_runner(1)).await.expect_err("400");
+    let e = within(client(&s).remove_runner(RunnerId::new(1)))
+        .await
+        .expect_err("400");
     assert!(e.to_string().contains("example plain text error"), "{e}");
     assert_eq!(e.kind(), ErrorKind::UnexpectedStatus);
 }
@@ -151,7 +159,9 @@ async fn b101_call_kind_is_kept_with_another_exception_in_the_body() {
             r#"{"typeName":"SomethingElseException","message":"elsewhere"}"#,
         )
     });
-    let e = within(client(&s).get_runner(1)).await.expect_err("404");
+    let e = within(client(&s).get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("404");
     assert_eq!(e.kind(), ErrorKind::RunnerNotFound);
     assert_eq!(
         e.exception().map(|x| x.type_name.as_str()),
@@ -210,7 +220,9 @@ async fn b102_b103_b104_known_exceptions_map_to_kinds() {
     });
     let c = client(&s);
     for (n, (status, name, kind)) in cases.iter().enumerate() {
-        let e = within(c.get_runner(1)).await.expect_err("error");
+        let e = within(c.get_runner(RunnerId::new(1)))
+            .await
+            .expect_err("error");
         assert_eq!(e.kind(), *kind, "{name}");
         assert_eq!(e.status(), Some(*status));
         assert!(e.to_string().contains(&format!("message {n}")), "{e}");
@@ -229,7 +241,7 @@ async fn remove_runner_that_is_gone_is_ok() {
             r#"{"typeName":"GitHub.DistributedTask.WebApi.AgentNotFoundException","message":"gone"}"#,
         )
     });
-    within(client(&s).remove_runner(1))
+    within(client(&s).remove_runner(RunnerId::new(1)))
         .await
         .expect("a runner that is gone is removed");
 }
@@ -239,7 +251,9 @@ async fn remove_runner_that_is_gone_is_ok() {
 async fn b105_invalid_json_error_body() {
     let s = TestServer::with_auth().await;
     s.on_tenant("DELETE", AGENT_1, |_, _| Reply::json(400, "not-json"));
-    let e = within(client(&s).remove_runner(1)).await.expect_err("400");
+    let e = within(client(&s).remove_runner(RunnerId::new(1)))
+        .await
+        .expect_err("400");
     let text = e.to_string();
     assert!(
         text.contains("failed to unmarshal error response body"),
@@ -323,13 +337,21 @@ async fn hostile_success_bodies_never_panic() {
     };
     for _ in 0..total {
         let results = [
-            c.get_runner_scale_set_by_id(1).await.map(drop),
-            c.get_runner_scale_set(1, "x").await.map(drop),
-            c.list_runner_scale_sets(1).await.map(drop),
+            c.get_runner_scale_set_by_id(ScaleSetId::new(1))
+                .await
+                .map(drop),
+            c.get_runner_scale_set(RunnerGroupId::new(1), "x")
+                .await
+                .map(drop),
+            c.list_runner_scale_sets(RunnerGroupId::new(1))
+                .await
+                .map(drop),
             c.get_runner_group_by_name("g").await.map(drop),
-            c.get_runner(1).await.map(drop),
+            c.get_runner(RunnerId::new(1)).await.map(drop),
             c.get_runner_by_name("r").await.map(drop),
-            c.generate_jit_runner_config(1, &jit).await.map(drop),
+            c.generate_jit_runner_config(ScaleSetId::new(1), &jit)
+                .await
+                .map(drop),
         ];
         for r in results {
             if let Err(e) = r {
@@ -361,21 +383,21 @@ async fn tolerant_bodies_decode() {
         ],
     );
     let c = client(&s);
-    let a = within(c.get_runner_scale_set_by_id(1))
+    let a = within(c.get_runner_scale_set_by_id(ScaleSetId::new(1)))
         .await
         .expect("nulls")
         .expect("some");
     assert_eq!(
         (a.id, a.name.as_str(), a.labels.len(), a.created_on),
-        (1, "", 0, None)
+        (ScaleSetId::new(1), "", 0, None)
     );
-    let b = within(c.get_runner_scale_set_by_id(1))
+    let b = within(c.get_runner_scale_set_by_id(ScaleSetId::new(1)))
         .await
         .expect("casing")
         .expect("some");
     assert!(b.runner_setting.disable_update);
     assert_eq!(b.created_on, None, "zero time is absent");
-    let t = within(c.get_runner_scale_set_by_id(1))
+    let t = within(c.get_runner_scale_set_by_id(ScaleSetId::new(1)))
         .await
         .expect("fraction")
         .expect("some");
@@ -476,7 +498,7 @@ async fn secrets_stay_out_of_debug_errors_and_logs() {
         name: "r".into(),
         work_folder: String::new(),
     };
-    let cfg = within(c.generate_jit_runner_config(1, &jit))
+    let cfg = within(c.generate_jit_runner_config(ScaleSetId::new(1), &jit))
         .await
         .expect("jit");
     assert_eq!(cfg.encoded_jit_config.expose_secret(), JIT_CONFIG);
@@ -485,7 +507,9 @@ async fn secrets_stay_out_of_debug_errors_and_logs() {
     s.on_tenant("GET", AGENT_1, |_, _| {
         Reply::json(401, r#"{"message":"Bad token"}"#)
     });
-    let admin_rejected = within(c.get_runner(1)).await.expect_err("401");
+    let admin_rejected = within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("401");
     // ... the registration token (runner-registration refuses it) ...
     s.on("POST", RUNNER_REGISTRATION_PATH, |_, _| {
         Reply::json(403, r#"{"message":"Forbidden"}"#)
@@ -494,7 +518,9 @@ async fn secrets_stay_out_of_debug_errors_and_logs() {
         .retry_max(0)
         .build()
         .expect("client");
-    let reg_rejected = within(c2.get_runner(1)).await.expect_err("403");
+    let reg_rejected = within(c2.get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("403");
     // ... and the PAT (registration-token refuses it).
     s.on("POST", REG_TOKEN_PATH, |_, _| {
         Reply::json(401, r#"{"message":"Bad credentials"}"#)
@@ -503,7 +529,9 @@ async fn secrets_stay_out_of_debug_errors_and_logs() {
         .retry_max(0)
         .build()
         .expect("client");
-    let pat_rejected = within(c3.get_runner(1)).await.expect_err("401");
+    let pat_rejected = within(c3.get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("401");
 
     let secrets = secrets_seen(&s);
     assert!(secrets.len() > 8, "{secrets:?}");

@@ -8,7 +8,8 @@ mod common;
 use std::sync::Arc;
 
 use actions_scaleset::{
-    CancellationToken, ConflictPolicy, Error, ErrorKind, JitRunnerSetting, RunnerScaleSet,
+    CancellationToken, ConflictPolicy, Error, ErrorKind, JitRunnerSetting, RunnerGroupId, RunnerId,
+    RunnerScaleSet, ScaleSetId,
 };
 use common::*;
 use futures::FutureExt;
@@ -29,7 +30,9 @@ async fn refused_credentials_are_unauthorized() {
     s.on("POST", REG_TOKEN_PATH, |_, _| {
         Reply::json(401, r#"{"message":"Bad credentials"}"#)
     });
-    let e = within(client(&s).get_runner(1)).await.expect_err("refused");
+    let e = within(client(&s).get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("refused");
     assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
     assert!(!e.is_retryable());
     assert!(!e.to_string().contains(PAT), "{e}");
@@ -46,7 +49,7 @@ async fn refused_credentials_are_unauthorized() {
             r#"{"message":"Resource not accessible by integration"}"#,
         )
     });
-    let e = within(client(&s).get_runner(1))
+    let e = within(client(&s).get_runner(RunnerId::new(1)))
         .await
         .expect_err("forbidden");
     assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
@@ -59,7 +62,9 @@ async fn refused_credentials_are_unauthorized() {
 async fn tenant_401_after_a_fresh_token_is_unauthorized() {
     let s = TestServer::with_auth().await;
     s.on_tenant("GET", &format!("{AGENTS}/1"), |_, _| Reply::status(401));
-    let e = within(client(&s).get_runner(1)).await.expect_err("refused");
+    let e = within(client(&s).get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("refused");
     assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
     assert_eq!(
         s.count(&tenant_path(&format!("{AGENTS}/1"))),
@@ -100,10 +105,10 @@ async fn retried_jit_that_meets_its_own_runner_mints_again() {
         name: "runner-a".into(),
         work_folder: String::new(),
     };
-    let jit = within(client(&s).generate_jit_runner_config(1, &setting))
+    let jit = within(client(&s).generate_jit_runner_config(ScaleSetId::new(1), &setting))
         .await
         .expect("minted after removing the orphan");
-    assert_eq!(jit.runner.id, 43);
+    assert_eq!(jit.runner.id, RunnerId::new(43));
     assert_eq!(jit.encoded_jit_config.expose_secret(), "bmV3");
     assert_eq!(s.count(&tenant_path(JIT)), 3);
     assert_eq!(
@@ -127,7 +132,7 @@ async fn first_attempt_jit_conflict_is_runner_exists() {
         name: "runner-a".into(),
         work_folder: String::new(),
     };
-    let e = within(client(&s).generate_jit_runner_config(1, &setting))
+    let e = within(client(&s).generate_jit_runner_config(ScaleSetId::new(1), &setting))
         .await
         .expect_err("conflict");
     assert_eq!(e.kind(), ErrorKind::RunnerExists);
@@ -162,13 +167,13 @@ async fn retried_create_that_meets_its_own_scale_set_returns_it() {
     });
     let wanted = RunnerScaleSet {
         name: "my-set".into(),
-        runner_group_id: 1,
+        runner_group_id: RunnerGroupId::new(1),
         ..Default::default()
     };
     let got = within(client(&s).create_runner_scale_set(&wanted))
         .await
         .expect("found");
-    assert_eq!(got.id, 9);
+    assert_eq!(got.id, ScaleSetId::new(9));
 }
 
 // A success answer that carries a credential but does not decode yields a `Decode` error
@@ -198,7 +203,7 @@ async fn undecodable_secret_answers_withhold_the_body() {
         name: "r".into(),
         work_folder: String::new(),
     };
-    let e = within(c.generate_jit_runner_config(1, &setting))
+    let e = within(c.generate_jit_runner_config(ScaleSetId::new(1), &setting))
         .await
         .expect_err("undecodable");
     assert_eq!(e.kind(), ErrorKind::Decode);
@@ -206,7 +211,7 @@ async fn undecodable_secret_answers_withhold_the_body() {
     for text in [e.to_string(), format!("{e:?}")] {
         assert!(!text.contains("JITSECRET"), "{text}");
     }
-    let e = within(c.create_message_session_client(1, Some("o")))
+    let e = within(c.create_message_session_client(ScaleSetId::new(1), Some("o")))
         .await
         .expect_err("undecodable");
     for text in [e.to_string(), format!("{e:?}")] {
@@ -225,9 +230,10 @@ async fn error_answers_keep_their_body() {
         name: "r".into(),
         work_folder: String::new(),
     };
-    let e = within(no_retries_after_auth(&s).generate_jit_runner_config(1, &setting))
-        .await
-        .expect_err("400");
+    let e =
+        within(no_retries_after_auth(&s).generate_jit_runner_config(ScaleSetId::new(1), &setting))
+            .await
+            .expect_err("400");
     assert!(e.to_string().contains("bad work folder"), "{e}");
 }
 
@@ -272,7 +278,7 @@ async fn cancel_during_session_create_deletes_the_created_session() {
         let (c, cancel) = (c.clone(), cancel.clone());
         tokio::spawn(async move {
             c.create_message_session_client_waiting(
-                1,
+                ScaleSetId::new(1),
                 Some("o"),
                 ConflictPolicy::Wait(None),
                 &cancel,
@@ -301,7 +307,7 @@ async fn oversized_answers_are_refused() {
     s.on_tenant("GET", &format!("{AGENTS}/1"), move |_, _| {
         Reply::json(200, "").body(&huge)
     });
-    let e = within(client(&s).get_runner(1))
+    let e = within(client(&s).get_runner(RunnerId::new(1)))
         .await
         .expect_err("too large");
     assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
@@ -332,7 +338,9 @@ async fn admin_token_without_exp_is_not_refreshed_on_every_call() {
     });
     let c = client(&s);
     for _ in 0..3 {
-        within(c.get_runner(1)).await.expect("runner");
+        within(c.get_runner(RunnerId::new(1)))
+            .await
+            .expect("runner");
     }
     assert_eq!(s.count(RUNNER_REGISTRATION_PATH), 1);
 }

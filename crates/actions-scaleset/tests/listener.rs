@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actions_scaleset::{
     CancellationToken, ConflictPolicy, ErrorKind, Listener, ListenerConfig, MessageSessionClient,
-    MetricsRecorder, RunnerScaleSetStatistic,
+    MetricsRecorder, RunnerScaleSetStatistic, ScaleSetId,
 };
 use axum::response::Response;
 use support::*;
@@ -81,13 +81,13 @@ async fn start(broker: &Arc<Broker>) -> Scripted {
 async fn session(server: &Scripted, retries: u32) -> MessageSessionClient {
     server
         .client(retries)
-        .create_message_session_client(7, Some("owner"))
+        .create_message_session_client(ScaleSetId::new(7), Some("owner"))
         .await
         .expect("session")
 }
 
 fn config(max_runners: u32) -> ListenerConfig {
-    let mut c = ListenerConfig::new(7, max_runners);
+    let mut c = ListenerConfig::new(ScaleSetId::new(7), max_runners);
     c.backoff_min = Duration::from_millis(100);
     c.backoff_max = Duration::from_secs(2);
     c
@@ -165,15 +165,19 @@ async fn b107_config_validation_and_stored_values() {
     let broker = Broker::with_polls([]);
     let server = start(&broker).await;
     let s = session(&server, 0).await;
-    let err = Listener::new(s.clone(), ListenerConfig::new(0, 1)).expect_err("zero id");
-    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     let err =
-        Listener::new(s.clone(), ListenerConfig::new(1, i32::MAX as u32 + 1)).expect_err("2^31");
+        Listener::new(s.clone(), ListenerConfig::new(ScaleSetId::new(0), 1)).expect_err("zero id");
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
-    let mut zero_backoff = ListenerConfig::new(1, 1);
+    let err = Listener::new(
+        s.clone(),
+        ListenerConfig::new(ScaleSetId::new(1), i32::MAX as u32 + 1),
+    )
+    .expect_err("2^31");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    let mut zero_backoff = ListenerConfig::new(ScaleSetId::new(1), 1);
     zero_backoff.backoff_min = Duration::ZERO;
     assert!(Listener::new(s.clone(), zero_backoff).is_err());
-    let l = Listener::new(s.clone(), ListenerConfig::new(1, 10)).expect("valid");
+    let l = Listener::new(s.clone(), ListenerConfig::new(ScaleSetId::new(1), 10)).expect("valid");
     assert_eq!(l.max_runners(), 10);
     assert_eq!(l.session().session_id(), s.session_id());
     assert_eq!(l.health().session_id, Some(s.session_id()));
@@ -277,7 +281,7 @@ async fn b110_nil_session_or_missing_statistics_fail_before_polling() {
 
     let err = server
         .client(0)
-        .create_message_session_client(7, None)
+        .create_message_session_client(ScaleSetId::new(7), None)
         .await
         .expect_err("nil session id");
     assert_eq!(err.kind(), ErrorKind::InvalidSession, "{err}");
@@ -480,7 +484,7 @@ async fn s3_session_conflict_clears_after_three_attempts() {
     let client = server.client(0);
     let s = client
         .create_message_session_client_waiting(
-            7,
+            ScaleSetId::new(7),
             Some("standby"),
             ConflictPolicy::Wait(None),
             &CancellationToken::new(),
@@ -494,7 +498,7 @@ async fn s3_session_conflict_clears_after_three_attempts() {
     broker.creates.lock().expect("lock").push_back(conflict());
     let err = client
         .create_message_session_client_waiting(
-            7,
+            ScaleSetId::new(7),
             None,
             ConflictPolicy::Fail,
             &CancellationToken::new(),
@@ -512,7 +516,7 @@ async fn s3_session_conflict_clears_after_three_attempts() {
         .extend((0..20).map(|_| conflict()));
     let err = client
         .create_message_session_client_waiting(
-            7,
+            ScaleSetId::new(7),
             None,
             ConflictPolicy::Wait(Some(Duration::from_secs(5))),
             &CancellationToken::new(),
@@ -523,7 +527,12 @@ async fn s3_session_conflict_clears_after_three_attempts() {
     let cancel = CancellationToken::new();
     cancel.cancel();
     let err = client
-        .create_message_session_client_waiting(7, None, ConflictPolicy::Wait(None), &cancel)
+        .create_message_session_client_waiting(
+            ScaleSetId::new(7),
+            None,
+            ConflictPolicy::Wait(None),
+            &cancel,
+        )
         .await
         .expect_err("cancelled");
     assert_eq!(err.kind(), ErrorKind::Cancelled);

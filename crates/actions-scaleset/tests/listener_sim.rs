@@ -14,7 +14,7 @@ use std::time::Duration;
 use actions_scaleset::listener::BoxError;
 use actions_scaleset::{
     CancellationToken, Client, Credentials, DEFAULT_RUNNER_GROUP_ID, JitRunnerSetting,
-    JobCompleted, JobStarted, Listener, ListenerConfig, RunnerScaleSet, Scaler,
+    JobCompleted, JobStarted, Listener, ListenerConfig, RunnerScaleSet, ScaleSetId, Scaler,
 };
 use scaleset_sim::runner::{RunnerOptions, RunnerOutcome};
 use scaleset_sim::{EnqueueJobs, Fault, SimConfig, Simulator};
@@ -87,7 +87,7 @@ impl Scaler for SimScaler {
             let jit = self
                 .client
                 .generate_jit_runner_config(
-                    self.scale_set_id,
+                    ScaleSetId::new(self.scale_set_id),
                     &JitRunnerSetting {
                         name: name.clone(),
                         work_folder: String::new(),
@@ -137,7 +137,7 @@ async fn complete_loop_with_simulated_runners() {
     let rec = RecScaler::new();
     let scaler = Arc::new(SimScaler {
         client: client.clone(),
-        scale_set_id: scale_set.id,
+        scale_set_id: scale_set.id.get(),
         max: 10,
         active: AtomicI64::new(0),
         next: AtomicI64::new(1),
@@ -190,7 +190,7 @@ async fn complete_loop_with_simulated_runners() {
     }
     let (converged, state) = sim
         .wait_until(WAIT, |st| {
-            st.scale_set(scale_set.id).is_some_and(|s| {
+            st.scale_set(scale_set.id.get()).is_some_and(|s| {
                 s.statistics.total_assigned_jobs == 0
                     && s.statistics.total_running_jobs == 0
                     && s.statistics.total_busy_runners == 0
@@ -246,7 +246,7 @@ async fn listen(
         let (l, s, t) = (listener.clone(), rec.clone(), token.clone());
         tokio::spawn(async move { l.run(&*s, &t).await })
     };
-    (listener, rec, token, task, ss.id)
+    (listener, rec, token, task, ss.id.get())
 }
 
 // S5 against the simulator: a dropped connection, a 200 with an empty body, a truncated body

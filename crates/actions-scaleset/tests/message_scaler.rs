@@ -12,7 +12,7 @@ use actions_scaleset::listener::BoxError;
 use actions_scaleset::{
     CancellationToken, Client, Credentials, DEFAULT_RUNNER_GROUP_ID, INITIAL_MESSAGE_ID,
     JobMessage, Listener, ListenerConfig, MessageContext, MessageScaler, RunnerScaleSet,
-    RunnerScaleSetMessage,
+    RunnerScaleSetMessage, ScaleSetId,
 };
 use scaleset_sim::{AssignmentMode, EnqueueJobs, SimConfig, Simulator};
 use tokio::sync::Notify;
@@ -82,10 +82,10 @@ impl Recorder {
 
 fn kind(job: &JobMessage) -> (&'static str, i64) {
     match job {
-        JobMessage::Available(j) => ("JobAvailable", j.base.runner_request_id),
-        JobMessage::Assigned(j) => ("JobAssigned", j.base.runner_request_id),
-        JobMessage::Started(j) => ("JobStarted", j.base.runner_request_id),
-        JobMessage::Completed(j) => ("JobCompleted", j.base.runner_request_id),
+        JobMessage::Available(j) => ("JobAvailable", j.base.runner_request_id.get()),
+        JobMessage::Assigned(j) => ("JobAssigned", j.base.runner_request_id.get()),
+        JobMessage::Started(j) => ("JobStarted", j.base.runner_request_id.get()),
+        JobMessage::Completed(j) => ("JobCompleted", j.base.runner_request_id.get()),
     }
 }
 
@@ -103,9 +103,9 @@ impl MessageScaler for Recorder {
                 Call::Initial(ctx.statistics().total_assigned_jobs)
             }
             Some(m) => Call::Message(
-                m.message_id,
+                m.message_id.get(),
                 m.jobs.iter().map(kind).collect(),
-                self.deletes_of(m.message_id),
+                self.deletes_of(m.message_id.get()),
             ),
         };
         let fail = matches!(call, Call::Message(..)) && self.fail_first && {
@@ -189,7 +189,7 @@ async fn start(sim: &Simulator, name: &str, scaler: Arc<Recorder>) -> (i64, Runn
         let (l, t) = (listener.clone(), shutdown.clone());
         tokio::spawn(async move { l.run(&*scaler, &t).await })
     };
-    (set.id, Running { shutdown, task })
+    (set.id.get(), Running { shutdown, task })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,7 +321,7 @@ async fn acquiring_is_the_handlers_job() {
         })
         .await;
     let list = client(&sim)
-        .get_acquirable_jobs(passive_set)
+        .get_acquirable_jobs(ScaleSetId::new(passive_set))
         .await
         .expect("list");
     running.stop().await;
@@ -358,7 +358,7 @@ async fn acquiring_is_the_handlers_job() {
         .await;
     running.stop().await;
     let list = client(&sim)
-        .get_acquirable_jobs(active_set)
+        .get_acquirable_jobs(ScaleSetId::new(active_set))
         .await
         .expect("list");
     assert!(list.jobs.is_empty(), "{list:?}");

@@ -2,7 +2,7 @@
 
 mod common;
 
-use actions_scaleset::{ErrorKind, JitRunnerSetting};
+use actions_scaleset::{ErrorKind, JitRunnerSetting, RunnerId, ScaleSetId};
 use common::*;
 
 const JIT: &str = "_apis/runtime/runnerscalesets/7/generatejitconfig";
@@ -33,16 +33,16 @@ async fn b45_jit_body_and_empty_answer() {
         ],
     );
     let c = client(&s);
-    let empty = within(c.generate_jit_runner_config(7, &setting()))
+    let empty = within(c.generate_jit_runner_config(ScaleSetId::new(7), &setting()))
         .await
         .expect("ok");
     assert!(empty.encoded_jit_config.is_empty());
-    assert_eq!(empty.runner.id, 0);
-    let jit = within(c.generate_jit_runner_config(7, &setting()))
+    assert_eq!(empty.runner.id, RunnerId::new(0));
+    let jit = within(c.generate_jit_runner_config(ScaleSetId::new(7), &setting()))
         .await
         .expect("ok");
-    assert_eq!(jit.runner.id, 42);
-    assert_eq!(jit.runner.runner_scale_set_id, 7);
+    assert_eq!(jit.runner.id, RunnerId::new(42));
+    assert_eq!(jit.runner.runner_scale_set_id, ScaleSetId::new(7));
     assert_eq!(jit.encoded_jit_config.expose_secret(), "eyJhIjoiYiJ9");
     let r = &s.requests_to(&tenant_path(JIT))[0];
     assert_eq!(r.method, "POST");
@@ -59,7 +59,7 @@ async fn b46_jit_retries_server_errors() {
     let s = TestServer::with_auth().await;
     s.on_tenant("POST", JIT, |_, _| Reply::status(503));
     let c = builder(&s).retry_max(1).build().expect("client");
-    let e = within(c.generate_jit_runner_config(7, &setting()))
+    let e = within(c.generate_jit_runner_config(ScaleSetId::new(7), &setting()))
         .await
         .expect_err("503");
     assert_eq!(e.status(), Some(503));
@@ -72,7 +72,7 @@ async fn b47_jit_error_names_method_and_url() {
     let s = TestServer::with_auth().await;
     s.on_tenant("POST", JIT, |_, _| Reply::status(500));
     let c = builder(&s).retry_max(0).build().expect("client");
-    let e = within(c.generate_jit_runner_config(7, &setting()))
+    let e = within(c.generate_jit_runner_config(ScaleSetId::new(7), &setting()))
         .await
         .expect_err("500");
     let text = e.to_string();
@@ -94,7 +94,7 @@ async fn b48_jit_agent_exists() {
                 "message":"Agent runner-1a2b3c4d already exists"}"#,
         )
     });
-    let e = within(client(&s).generate_jit_runner_config(7, &setting()))
+    let e = within(client(&s).generate_jit_runner_config(ScaleSetId::new(7), &setting()))
         .await
         .expect_err("409");
     assert_eq!(e.kind(), ErrorKind::RunnerExists);
@@ -119,12 +119,14 @@ async fn b49_get_runner() {
         ],
     );
     let c = builder(&s).retry_max(1).build().expect("client");
-    let r = within(c.get_runner(1)).await.expect("ok");
+    let r = within(c.get_runner(RunnerId::new(1))).await.expect("ok");
     assert_eq!(
         (r.id, r.name.as_str(), r.runner_scale_set_id),
-        (1, "self-hosted-ubuntu", 7)
+        (RunnerId::new(1), "self-hosted-ubuntu", ScaleSetId::new(7))
     );
-    let e = within(c.get_runner(1)).await.expect_err("503");
+    let e = within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("503");
     assert_eq!(e.status(), Some(503));
     let reqs = s.requests_to("/tenant/123/_apis/distributedtask/pools/0/agents/1");
     assert_eq!(reqs.len(), 3);
@@ -150,7 +152,9 @@ async fn get_runner_404_is_runner_not_found() {
     );
     let c = client(&s);
     for _ in 0..3 {
-        let e = within(c.get_runner(9)).await.expect_err("404");
+        let e = within(c.get_runner(RunnerId::new(9)))
+            .await
+            .expect_err("404");
         assert_eq!(e.kind(), ErrorKind::RunnerNotFound, "{e}");
         assert_eq!(e.status(), Some(404));
     }
@@ -174,7 +178,7 @@ async fn b50_get_runner_by_name() {
         .await
         .expect("ok")
         .expect("some");
-    assert_eq!(r.id, 3);
+    assert_eq!(r.id, RunnerId::new(3));
     assert!(
         within(c.get_runner_by_name("r-4"))
             .await
@@ -232,11 +236,17 @@ async fn b51_b52_remove_runner() {
         ],
     );
     let c = builder(&s).retry_max(1).build().expect("client");
-    within(c.remove_runner(5)).await.expect("removed");
-    let e = within(c.remove_runner(5)).await.expect_err("busy");
+    within(c.remove_runner(RunnerId::new(5)))
+        .await
+        .expect("removed");
+    let e = within(c.remove_runner(RunnerId::new(5)))
+        .await
+        .expect_err("busy");
     assert_eq!(e.kind(), ErrorKind::JobStillRunning);
     assert_eq!(e.status(), Some(400));
-    let e = within(c.remove_runner(5)).await.expect_err("503");
+    let e = within(c.remove_runner(RunnerId::new(5)))
+        .await
+        .expect_err("503");
     assert_eq!(e.status(), Some(503));
     let reqs = s.requests_to(&path);
     assert_eq!(reqs.len(), 1 + 1 + 2);

@@ -3,7 +3,10 @@
 
 mod common;
 
-use actions_scaleset::{ErrorKind, Label, RunnerScaleSet, RunnerScaleSetUpdate, RunnerSetting};
+use actions_scaleset::{
+    ErrorKind, Label, RunnerGroupId, RunnerRequestId, RunnerScaleSet, RunnerScaleSetUpdate,
+    RunnerSetting, ScaleSetId,
+};
 use common::*;
 
 const SETS: &str = "_apis/runtime/runnerscalesets";
@@ -27,11 +30,14 @@ async fn b24_b25_b17_get_by_name_returns_the_scale_set_and_calls_the_right_url()
         Reply::json(200, r#"{"count":1,"value":[{"id":1,"name":"ScaleSet"}]}"#)
     });
     let c = client(&s);
-    let got = within(c.get_runner_scale_set(1, "ScaleSet"))
+    let got = within(c.get_runner_scale_set(RunnerGroupId::new(1), "ScaleSet"))
         .await
         .expect("found")
         .expect("some");
-    assert_eq!((got.id, got.name.as_str()), (1, "ScaleSet"));
+    assert_eq!(
+        (got.id, got.name.as_str()),
+        (ScaleSetId::new(1), "ScaleSet")
+    );
 
     let reqs = s.requests_to(&tenant_path(SETS));
     assert_eq!(reqs.len(), 1);
@@ -66,7 +72,7 @@ async fn b24_b25_b17_get_by_name_returns_the_scale_set_and_calls_the_right_url()
 async fn b26_get_by_name_404_fails() {
     let s = TestServer::with_auth().await;
     s.on_tenant("GET", SETS, |_, _| Reply::status(404));
-    let err = within(client(&s).get_runner_scale_set(1, "x"))
+    let err = within(client(&s).get_runner_scale_set(RunnerGroupId::new(1), "x"))
         .await
         .expect_err("404");
     assert_eq!(err.status(), Some(404));
@@ -78,7 +84,7 @@ async fn b26_get_by_name_404_fails() {
 async fn b27_get_by_name_text_plain_400_fails() {
     let s = TestServer::with_auth().await;
     s.on_tenant("GET", SETS, |_, _| Reply::text(400, "plain text error"));
-    let err = within(client(&s).get_runner_scale_set(1, "x"))
+    let err = within(client(&s).get_runner_scale_set(RunnerGroupId::new(1), "x"))
         .await
         .expect_err("400");
     assert_eq!(err.status(), Some(400));
@@ -94,10 +100,10 @@ async fn b28_b32_b36_server_errors_are_retried_retry_max_plus_one_times() {
     s.on_tenant("GET", &format!("{SETS}/1"), |_, _| Reply::status(503));
     s.on_tenant("POST", SETS, |_, _| Reply::status(503));
     let c = builder(&s).retry_max(1).build().expect("client");
-    let e1 = within(c.get_runner_scale_set(1, "x"))
+    let e1 = within(c.get_runner_scale_set(RunnerGroupId::new(1), "x"))
         .await
         .expect_err("503");
-    let e2 = within(c.get_runner_scale_set_by_id(1))
+    let e2 = within(c.get_runner_scale_set_by_id(ScaleSetId::new(1)))
         .await
         .expect_err("503");
     let set = RunnerScaleSet {
@@ -133,14 +139,14 @@ async fn b29_count_value_mismatch_is_a_protocol_error() {
     );
     let c = client(&s);
     for _ in 0..2 {
-        let err = within(c.get_runner_scale_set(1, "x"))
+        let err = within(c.get_runner_scale_set(RunnerGroupId::new(1), "x"))
             .await
             .expect_err("mismatch");
         assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
         assert_eq!(err.status(), Some(200));
     }
     assert!(
-        within(c.get_runner_scale_set(1, "x"))
+        within(c.get_runner_scale_set(RunnerGroupId::new(1), "x"))
             .await
             .expect("ok")
             .is_none()
@@ -158,7 +164,7 @@ async fn b30_multiple_scale_sets_is_an_error_with_activity_id() {
         )
         .header("ActivityId", "act-123")
     });
-    let err = within(client(&s).get_runner_scale_set(1, "x"))
+    let err = within(client(&s).get_runner_scale_set(RunnerGroupId::new(1), "x"))
         .await
         .expect_err("multiple");
     let text = err.to_string();
@@ -174,11 +180,11 @@ async fn b31_get_by_id_returns_the_full_scale_set() {
     s.on_tenant("GET", &format!("{SETS}/1"), |_, _| {
         Reply::json(200, full_scale_set())
     });
-    let got = within(client(&s).get_runner_scale_set_by_id(1))
+    let got = within(client(&s).get_runner_scale_set_by_id(ScaleSetId::new(1)))
         .await
         .expect("ok")
         .expect("some");
-    assert_eq!(got.id, 1);
+    assert_eq!(got.id, ScaleSetId::new(1));
     assert_eq!(got.runner_group_name, "Default");
     assert!(got.runner_setting.disable_update);
     assert_eq!(got.labels, vec![Label::system("ScaleSet")]);
@@ -201,12 +207,12 @@ async fn b32_get_by_id_errors() {
         vec![Reply::status(404), Reply::text(400, "bad thing")],
     );
     let c = client(&s);
-    let e = within(c.get_runner_scale_set_by_id(1))
+    let e = within(c.get_runner_scale_set_by_id(ScaleSetId::new(1)))
         .await
         .expect_err("404");
     assert_eq!(e.kind(), ErrorKind::ScaleSetNotFound, "{e}");
     assert_eq!(e.status(), Some(404));
-    let e = within(c.get_runner_scale_set_by_id(1))
+    let e = within(c.get_runner_scale_set_by_id(ScaleSetId::new(1)))
         .await
         .expect_err("400");
     assert_eq!(e.status(), Some(400));
@@ -219,7 +225,7 @@ async fn b33_get_by_id_null_is_none() {
     let s = TestServer::with_auth().await;
     s.on_tenant("GET", &format!("{SETS}/1"), |_, _| Reply::json(200, "null"));
     assert!(
-        within(client(&s).get_runner_scale_set_by_id(1))
+        within(client(&s).get_runner_scale_set_by_id(ScaleSetId::new(1)))
             .await
             .expect("ok")
             .is_none()
@@ -237,7 +243,7 @@ async fn b34_b37_create_sends_defaulted_labels_and_returns_the_created_set() {
     s.on_tenant("POST", SETS, |_, _| Reply::json(200, full_scale_set()));
     let wanted = RunnerScaleSet {
         name: "my-set".into(),
-        runner_group_id: 1,
+        runner_group_id: RunnerGroupId::new(1),
         runner_setting: RunnerSetting {
             disable_update: true,
         },
@@ -246,7 +252,7 @@ async fn b34_b37_create_sends_defaulted_labels_and_returns_the_created_set() {
     let got = within(client(&s).create_runner_scale_set(&wanted))
         .await
         .expect("created");
-    assert_eq!(got.id, 1);
+    assert_eq!(got.id, ScaleSetId::new(1));
     assert!(
         wanted.labels.is_empty(),
         "the caller's value is left as it was"
@@ -345,13 +351,16 @@ async fn b40_update_patches_only_the_given_fields() {
     });
     let c = client(&s);
     let update = RunnerScaleSetUpdate {
-        runner_group_id: Some(2),
+        runner_group_id: Some(RunnerGroupId::new(2)),
         ..Default::default()
     };
-    let got = within(c.update_runner_scale_set(1, &update))
+    let got = within(c.update_runner_scale_set(ScaleSetId::new(1), &update))
         .await
         .expect("ok");
-    assert_eq!((got.id, got.runner_group_id), (1, 2));
+    assert_eq!(
+        (got.id, got.runner_group_id),
+        (ScaleSetId::new(1), RunnerGroupId::new(2))
+    );
     let update = RunnerScaleSetUpdate {
         name: Some("renamed".into()),
         labels: Some(vec![Label {
@@ -360,7 +369,7 @@ async fn b40_update_patches_only_the_given_fields() {
         }]),
         ..Default::default()
     };
-    within(c.update_runner_scale_set(1, &update))
+    within(c.update_runner_scale_set(ScaleSetId::new(1), &update))
         .await
         .expect("ok");
     let reqs = s.requests_to("/tenant/123/_apis/runtime/runnerscalesets/1");
@@ -390,10 +399,10 @@ async fn b41_b42_delete_scale_set() {
         ],
     );
     let c = client(&s);
-    within(c.delete_runner_scale_set(10))
+    within(c.delete_runner_scale_set(ScaleSetId::new(10)))
         .await
         .expect("deleted");
-    let e = within(c.delete_runner_scale_set(10))
+    let e = within(c.delete_runner_scale_set(ScaleSetId::new(10)))
         .await
         .expect_err("400");
     assert!(e.to_string().contains("test error"), "{e}");
@@ -416,10 +425,13 @@ async fn list_scale_sets_of_a_group() {
             r#"{"count":2,"value":[{"id":1,"name":"a"},{"id":2,"name":"b"}]}"#,
         )
     });
-    let got = within(client(&s).list_runner_scale_sets(3))
+    let got = within(client(&s).list_runner_scale_sets(RunnerGroupId::new(3)))
         .await
         .expect("ok");
-    assert_eq!(got.iter().map(|s| s.id).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        got.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![ScaleSetId::new(1), ScaleSetId::new(2)]
+    );
     let r = &s.requests_to(&tenant_path(SETS))[0];
     assert_eq!(r.raw_query, "api-version=6.0-preview&runnerGroupId=3");
 }
@@ -445,7 +457,10 @@ async fn b43_b44_runner_group_by_name() {
     let g = within(c.get_runner_group_by_name("test-runner-group"))
         .await
         .expect("group");
-    assert_eq!((g.id, g.name.as_str()), (1, "test-runner-group"));
+    assert_eq!(
+        (g.id, g.name.as_str()),
+        (RunnerGroupId::new(1), "test-runner-group")
+    );
     let e = within(c.get_runner_group_by_name("nope"))
         .await
         .expect_err("none");
@@ -482,7 +497,9 @@ async fn names_with_reserved_characters_round_trip_in_queries() {
         "é ü/?",
     ];
     for name in names {
-        within(c.get_runner_scale_set(1, name)).await.expect("ok");
+        within(c.get_runner_scale_set(RunnerGroupId::new(1), name))
+            .await
+            .expect("ok");
         within(c.get_runner_by_name(name)).await.expect("ok");
         within(c.get_runner_group_by_name(name)).await.expect("ok");
     }
@@ -535,26 +552,34 @@ async fn acquirable_jobs_answers() {
         ],
     );
     let c = builder(&s).retry_max(1).build().expect("client");
-    let empty = within(c.get_acquirable_jobs(7)).await.expect("204");
+    let empty = within(c.get_acquirable_jobs(ScaleSetId::new(7)))
+        .await
+        .expect("204");
     assert_eq!(empty, actions_scaleset::AcquirableJobList::default());
-    let one = within(c.get_acquirable_jobs(7)).await.expect("200");
+    let one = within(c.get_acquirable_jobs(ScaleSetId::new(7)))
+        .await
+        .expect("200");
     assert_eq!(one.count, 1);
-    assert_eq!(one.jobs[0].base.runner_request_id, 11);
+    assert_eq!(one.jobs[0].base.runner_request_id, RunnerRequestId::new(11));
     assert_eq!(one.jobs[0].base.request_labels, vec!["linux".to_string()]);
     assert!(
-        within(c.get_acquirable_jobs(7))
+        within(c.get_acquirable_jobs(ScaleSetId::new(7)))
             .await
             .expect("count only")
             .jobs
             .is_empty()
     );
-    let e = within(c.get_acquirable_jobs(7))
+    let e = within(c.get_acquirable_jobs(ScaleSetId::new(7)))
         .await
         .expect_err("count mismatch");
     assert_eq!(e.kind(), ErrorKind::Protocol);
-    let e = within(c.get_acquirable_jobs(7)).await.expect_err("404");
+    let e = within(c.get_acquirable_jobs(ScaleSetId::new(7)))
+        .await
+        .expect_err("404");
     assert_eq!(e.kind(), ErrorKind::ScaleSetNotFound);
-    let e = within(c.get_acquirable_jobs(7)).await.expect_err("503");
+    let e = within(c.get_acquirable_jobs(ScaleSetId::new(7)))
+        .await
+        .expect_err("503");
     assert_eq!(e.status(), Some(503));
     let reqs = s.requests_to(&path);
     assert_eq!(reqs.len(), 5 + 2, "503 is retried once");

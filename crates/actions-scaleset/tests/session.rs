@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use actions_scaleset::{ErrorKind, JobMessage, MessageSessionClient};
+use actions_scaleset::{
+    ErrorKind, JobMessage, MessageId, MessageSessionClient, RunnerId, RunnerRequestId, ScaleSetId,
+};
 use secrecy::ExposeSecret;
 use support::*;
 
@@ -17,7 +19,7 @@ const TENANT_SESSIONS: &str = "/tenant/123/_apis/runtime/runnerscalesets/7/sessi
 async fn open(server: &Scripted, retries: u32) -> MessageSessionClient {
     server
         .client(retries)
-        .create_message_session_client(7, Some("my-host"))
+        .create_message_session_client(ScaleSetId::new(7), Some("my-host"))
         .await
         .expect("session created")
 }
@@ -54,8 +56,8 @@ async fn b63_create_session_sends_nil_id_and_owner_and_exposes_the_session() {
     assert_eq!(s.message_queue_url, server.queue_url());
     assert_eq!(s.message_queue_access_token.expose_secret(), "qtoken-1");
     assert_eq!(s.statistics.map(|st| st.total_assigned_jobs), Some(2));
-    assert_eq!(s.runner_scale_set.map(|r| r.id), Some(7));
-    assert_eq!(session.scale_set_id(), 7);
+    assert_eq!(s.runner_scale_set.map(|r| r.id), Some(ScaleSetId::new(7)));
+    assert_eq!(session.scale_set_id(), ScaleSetId::new(7));
     assert_eq!(session.owner(), "my-host");
     assert!(
         !format!("{session:?}").contains("qtoken-1"),
@@ -69,7 +71,7 @@ async fn b63_default_owner_is_not_empty() {
     let server = Scripted::start(|rec| async move { created(&rec) }).await;
     let session = server
         .client(0)
-        .create_message_session_client(7, None)
+        .create_message_session_client(ScaleSetId::new(7), None)
         .await
         .expect("session created");
     let body: serde_json::Value =
@@ -93,7 +95,7 @@ async fn b64_create_session_error_keeps_exception_details() {
     .await;
     let err = server
         .client(0)
-        .create_message_session_client(7, Some("o"))
+        .create_message_session_client(ScaleSetId::new(7), Some("o"))
         .await
         .expect_err("400 fails");
     let text = err.to_string();
@@ -111,7 +113,7 @@ async fn b65_create_session_500_is_retried_retry_max_plus_one_times() {
     let server = Scripted::start(|_| async { status(500) }).await;
     let err = server
         .client(3)
-        .create_message_session_client(7, Some("o"))
+        .create_message_session_client(ScaleSetId::new(7), Some("o"))
         .await
         .expect_err("500 fails");
     assert_eq!(server.requests().len(), 4, "{:?}", server.lines());
@@ -135,12 +137,12 @@ async fn create_session_conflict_and_missing_scale_set_are_typed() {
     .await;
     let client = server.client(0);
     let err = client
-        .create_message_session_client(7, Some("o"))
+        .create_message_session_client(ScaleSetId::new(7), Some("o"))
         .await
         .expect_err("409");
     assert_eq!(err.kind(), ErrorKind::SessionConflict, "{err}");
     let err = client
-        .create_message_session_client(8, Some("o"))
+        .create_message_session_client(ScaleSetId::new(8), Some("o"))
         .await
         .expect_err("404");
     assert_eq!(err.kind(), ErrorKind::ScaleSetNotFound, "{err}");
@@ -152,7 +154,7 @@ async fn create_session_without_queue_url_is_an_invalid_session() {
     let server = Scripted::start(|_| async { json(200, session_json("", "qtoken-1", 0)) }).await;
     let err = server
         .client(0)
-        .create_message_session_client(7, Some("o"))
+        .create_message_session_client(ScaleSetId::new(7), Some("o"))
         .await
         .expect_err("empty queue URL");
     assert_eq!(err.kind(), ErrorKind::InvalidSession, "{err}");
@@ -172,7 +174,10 @@ async fn b66_refresh_session_500_is_retried_retry_max_plus_one_times() {
     })
     .await;
     let session = open(&server, 3).await;
-    let err = session.get_message(0, 1).await.expect_err("refresh fails");
+    let err = session
+        .get_message(MessageId::new(0), 1)
+        .await
+        .expect_err("refresh fails");
     let patches = server.requests().iter().filter(|r| is_refresh(r)).count();
     assert_eq!(patches, 4, "{:?}", server.lines());
     assert_eq!(err.status(), Some(500), "{err}");
@@ -257,17 +262,17 @@ async fn b67_b68_b74_b79_get_message_request_and_minimal_answer() {
     let session = open(&server, 0).await;
 
     let m = session
-        .get_message(0, 0)
+        .get_message(MessageId::new(0), 0)
         .await
         .expect("ok")
         .expect("a message");
-    assert_eq!(m.message_id, 1);
+    assert_eq!(m.message_id, MessageId::new(1));
     assert!(m.jobs.is_empty());
     assert!(m.statistics.is_none());
     assert!(m.problems.is_empty());
 
     session
-        .get_message(5, 10)
+        .get_message(MessageId::new(5), 10)
         .await
         .expect("ok")
         .expect("a message");
@@ -300,10 +305,13 @@ async fn b67_b68_b74_b79_get_message_request_and_minimal_answer() {
 async fn b75_negative_capacity_is_rejected_without_a_request() {
     let server = Scripted::start(|rec| async move { created(&rec) }).await;
     let session = open(&server, 0).await;
-    let err = session.get_message(0, -1).await.expect_err("negative");
+    let err = session
+        .get_message(MessageId::new(0), -1)
+        .await
+        .expect_err("negative");
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     let err = session
-        .get_message(0, i64::from(i32::MAX) + 1)
+        .get_message(MessageId::new(0), i64::from(i32::MAX) + 1)
         .await
         .expect_err("too large");
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
@@ -322,7 +330,10 @@ async fn b69_get_message_503_is_retried_retry_max_plus_one_times() {
     })
     .await;
     let session = open(&server, 1).await;
-    let err = session.get_message(0, 1).await.expect_err("503");
+    let err = session
+        .get_message(MessageId::new(0), 1)
+        .await
+        .expect_err("503");
     assert_eq!(server.polls().len(), 2);
     assert_eq!(err.status(), Some(503), "{err}");
     assert!(err.is_retryable());
@@ -342,7 +353,10 @@ async fn b70_get_message_401_twice_refreshes_once_then_token_expired() {
     })
     .await;
     let session = open(&server, 0).await;
-    let err = session.get_message(0, 1).await.expect_err("401");
+    let err = session
+        .get_message(MessageId::new(0), 1)
+        .await
+        .expect_err("401");
     assert_eq!(err.kind(), ErrorKind::MessageQueueTokenExpired, "{err}");
     let lines = server.lines();
     assert_eq!(
@@ -382,11 +396,11 @@ async fn b71_get_message_401_refresh_then_message() {
     .await;
     let session = open(&server, 0).await;
     let m = session
-        .get_message(0, 1)
+        .get_message(MessageId::new(0), 1)
         .await
         .expect("ok")
         .expect("message");
-    assert_eq!(m.message_id, 3);
+    assert_eq!(m.message_id, MessageId::new(3));
     let reqs = server.requests();
     let lines: Vec<String> = reqs.iter().map(Recorded::line).collect();
     assert_eq!(
@@ -431,7 +445,10 @@ async fn refresh_404_is_session_not_found() {
     })
     .await;
     let session = open(&server, 0).await;
-    let err = session.get_message(0, 1).await.expect_err("evicted");
+    let err = session
+        .get_message(MessageId::new(0), 1)
+        .await
+        .expect_err("evicted");
     assert_eq!(err.kind(), ErrorKind::SessionNotFound, "{err}");
 }
 
@@ -458,11 +475,17 @@ async fn b72_b73_get_message_404_and_text_plain_errors() {
     })
     .await;
     let session = open(&server, 0).await;
-    let err = session.get_message(0, 1).await.expect_err("404");
+    let err = session
+        .get_message(MessageId::new(0), 1)
+        .await
+        .expect_err("404");
     let text = err.to_string();
     assert!(text.contains(r#"status="404 Not Found""#), "{text}");
     assert!(text.contains("unknown error"), "{text}");
-    let err = session.get_message(0, 1).await.expect_err("400");
+    let err = session
+        .get_message(MessageId::new(0), 1)
+        .await
+        .expect_err("400");
     let text = err.to_string();
     assert!(text.contains(r#"status="400 Bad Request""#), "{text}");
     assert!(text.contains("example plain text error"), "{text}");
@@ -480,7 +503,13 @@ async fn b76_get_message_202_is_no_message() {
     })
     .await;
     let session = open(&server, 0).await;
-    assert!(session.get_message(0, 1).await.expect("ok").is_none());
+    assert!(
+        session
+            .get_message(MessageId::new(0), 1)
+            .await
+            .expect("ok")
+            .is_none()
+    );
 }
 
 // Behaviour 77
@@ -498,14 +527,17 @@ async fn b77_unknown_envelope_type_is_an_error_naming_the_id() {
     })
     .await;
     let session = open(&server, 0).await;
-    let err = session.get_message(0, 1).await.expect_err("unsupported");
+    let err = session
+        .get_message(MessageId::new(0), 1)
+        .await
+        .expect_err("unsupported");
     assert_eq!(err.kind(), ErrorKind::UnsupportedMessage);
     match err {
         actions_scaleset::Error::UnsupportedMessage {
             message_id,
             message_type,
         } => {
-            assert_eq!(message_id, 9);
+            assert_eq!(message_id, MessageId::new(9));
             assert_eq!(message_type, "SomethingElse");
         }
         other => panic!("unexpected {other:?}"),
@@ -532,21 +564,23 @@ async fn b78_all_job_types_decode_unknown_skipped_statistics_kept() {
     .await;
     let session = open(&server, 0).await;
     let m = session
-        .get_message(0, 1)
+        .get_message(MessageId::new(0), 1)
         .await
         .expect("ok")
         .expect("message");
-    assert_eq!(m.message_id, 42);
+    assert_eq!(m.message_id, MessageId::new(42));
     assert_eq!(m.statistics.map(|s| s.total_assigned_jobs), Some(5));
     assert!(m.problems.is_empty(), "{:?}", m.problems);
     assert_eq!(m.jobs.len(), 4);
     assert!(matches!(&m.jobs[0], JobMessage::Available(a)
-        if a.base.runner_request_id == 1 && a.acquire_job_url.ends_with("/acquire/1")));
-    assert!(matches!(&m.jobs[1], JobMessage::Assigned(a) if a.base.runner_request_id == 2));
+        if a.base.runner_request_id == RunnerRequestId::new(1) && a.acquire_job_url.ends_with("/acquire/1")));
+    assert!(
+        matches!(&m.jobs[1], JobMessage::Assigned(a) if a.base.runner_request_id == RunnerRequestId::new(2))
+    );
     assert!(matches!(&m.jobs[2], JobMessage::Started(s)
-        if s.base.runner_request_id == 3 && s.runner_name == "runner-a" && s.runner_id == 1));
+        if s.base.runner_request_id == RunnerRequestId::new(3) && s.runner_name == "runner-a" && s.runner_id == RunnerId::new(1)));
     assert!(matches!(&m.jobs[3], JobMessage::Completed(c)
-        if c.base.runner_request_id == 4 && c.result == "succeeded" && c.runner_name == "runner-b"));
+        if c.base.runner_request_id == RunnerRequestId::new(4) && c.result == "succeeded" && c.runner_name == "runner-b"));
 }
 
 // PROTOCOL 10 #15: a 200 with an empty or truncated body is a decode error, not a panic.
@@ -573,7 +607,10 @@ async fn empty_and_truncated_200_bodies_are_decode_errors() {
     .await;
     let session = open(&server, 0).await;
     for _ in 0..2 {
-        let err = session.get_message(0, 1).await.expect_err("bad body");
+        let err = session
+            .get_message(MessageId::new(0), 1)
+            .await
+            .expect_err("bad body");
         assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
     }
 }
@@ -596,7 +633,10 @@ async fn b80_b86_delete_message_url_keeps_query_and_succeeds_on_204() {
     })
     .await;
     let session = open(&server, 0).await;
-    session.delete_message(42).await.expect("204");
+    session
+        .delete_message(MessageId::new(42))
+        .await
+        .expect("204");
     let del = server.requests().pop().expect("a request");
     assert_eq!(del.method, "DELETE");
     assert_eq!(del.path, "/queue/message/42");
@@ -621,7 +661,10 @@ async fn delete_message_with_trailing_slash_queue_url() {
     })
     .await;
     let session = open(&server, 0).await;
-    session.delete_message(7).await.expect("204");
+    session
+        .delete_message(MessageId::new(7))
+        .await
+        .expect("204");
     assert_eq!(
         server.requests().pop().expect("req").path,
         "/queue/message/7"
@@ -642,7 +685,10 @@ async fn b81_delete_message_401_twice_is_token_expired() {
     })
     .await;
     let session = open(&server, 0).await;
-    let err = session.delete_message(1).await.expect_err("401");
+    let err = session
+        .delete_message(MessageId::new(1))
+        .await
+        .expect_err("401");
     assert_eq!(err.kind(), ErrorKind::MessageQueueTokenExpired, "{err}");
     assert_eq!(
         server.lines(),
@@ -680,7 +726,10 @@ async fn b82_delete_message_401_refresh_then_204() {
     })
     .await;
     let session = open(&server, 0).await;
-    session.delete_message(1).await.expect("refreshed");
+    session
+        .delete_message(MessageId::new(1))
+        .await
+        .expect("refreshed");
     let reqs = server.requests();
     assert_eq!(
         reqs.iter().map(Recorded::line).collect::<Vec<_>>(),
@@ -720,16 +769,25 @@ async fn b83_b84_b85_delete_message_errors() {
     .await;
     let session = open(&server, 1).await;
     // 83
-    let err = session.delete_message(1).await.expect_err("400");
+    let err = session
+        .delete_message(MessageId::new(1))
+        .await
+        .expect_err("400");
     let text = err.to_string();
     assert!(text.contains(r#"status="400 Bad Request""#), "{text}");
     assert!(text.contains("example plain text error"), "{text}");
     // 84: 503 twice with retry_max 1 -> 2 requests, error
-    let err = session.delete_message(1).await.expect_err("503");
+    let err = session
+        .delete_message(MessageId::new(1))
+        .await
+        .expect_err("503");
     assert_eq!(err.status(), Some(503), "{err}");
     assert_eq!(deletes.load(Ordering::SeqCst), 3);
     // 85: 200 instead of 204 is an error
-    let err = session.delete_message(1).await.expect_err("200 is not 204");
+    let err = session
+        .delete_message(MessageId::new(1))
+        .await
+        .expect_err("200 is not 204");
     assert_eq!(err.status(), Some(200), "{err}");
     assert!(err.to_string().contains("unexpected status code"), "{err}");
 }
@@ -755,12 +813,21 @@ async fn b87_b91_b92_b93_acquire_jobs_bodies_answers_and_token() {
     })
     .await;
     let session = open(&server, 0).await;
-    assert_eq!(session.acquire_jobs(&[1, 2]).await.expect("ok"), vec![1, 2]);
+    assert_eq!(
+        session
+            .acquire_jobs(&request_ids(&[1, 2]))
+            .await
+            .expect("ok"),
+        request_ids(&[1, 2])
+    );
     assert_eq!(
         session.acquire_jobs(&[]).await.expect("ok"),
-        Vec::<i64>::new()
+        Vec::<RunnerRequestId>::new()
     );
-    assert_eq!(session.acquire_jobs(&[1]).await.expect("ok"), vec![1]);
+    assert_eq!(
+        session.acquire_jobs(&request_ids(&[1])).await.expect("ok"),
+        request_ids(&[1])
+    );
 
     let reqs: Vec<_> = server
         .requests()
@@ -794,7 +861,10 @@ async fn b88_b92_acquire_jobs_401_twice_is_token_expired() {
     })
     .await;
     let session = open(&server, 0).await;
-    let err = session.acquire_jobs(&[1]).await.expect_err("401");
+    let err = session
+        .acquire_jobs(&request_ids(&[1]))
+        .await
+        .expect_err("401");
     assert_eq!(err.kind(), ErrorKind::MessageQueueTokenExpired, "{err}");
     assert_eq!(
         server.lines(),
@@ -832,7 +902,13 @@ async fn b89_acquire_jobs_401_refresh_then_200() {
     })
     .await;
     let session = open(&server, 0).await;
-    assert_eq!(session.acquire_jobs(&[1, 2]).await.expect("ok"), vec![1, 2]);
+    assert_eq!(
+        session
+            .acquire_jobs(&request_ids(&[1, 2]))
+            .await
+            .expect("ok"),
+        request_ids(&[1, 2])
+    );
     let reqs = server.requests();
     assert_eq!(
         reqs.iter().map(Recorded::line).collect::<Vec<_>>(),
@@ -859,7 +935,10 @@ async fn b90_acquire_jobs_500_fails() {
     })
     .await;
     let session = open(&server, 1).await;
-    let err = session.acquire_jobs(&[1]).await.expect_err("500");
+    let err = session
+        .acquire_jobs(&request_ids(&[1]))
+        .await
+        .expect_err("500");
     assert_eq!(err.status(), Some(500), "{err}");
     let n = server
         .requests()
@@ -897,16 +976,19 @@ async fn delete_message_proceeds_while_a_poll_is_in_flight() {
     .await;
     let session = open(&server, 0).await;
     let poller = session.clone();
-    let poll = tokio::spawn(async move { poller.get_message(0, 1).await });
+    let poll = tokio::spawn(async move { poller.get_message(MessageId::new(0), 1).await });
     server
         .wait_for("the poll to arrive", |log| {
             log.iter().any(Recorded::is_poll)
         })
         .await;
-    tokio::time::timeout(Duration::from_secs(30), session.delete_message(1))
-        .await
-        .expect("delete is not blocked by the poll")
-        .expect("204");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        session.delete_message(MessageId::new(1)),
+    )
+    .await
+    .expect("delete is not blocked by the poll")
+    .expect("204");
     let polled = tokio::time::timeout(Duration::from_secs(30), poll)
         .await
         .expect("poll ends")
@@ -914,7 +996,11 @@ async fn delete_message_proceeds_while_a_poll_is_in_flight() {
         .expect("ok");
     assert_eq!(
         polled.map(|m| m.message_id),
-        Some(2),
+        Some(MessageId::new(2)),
         "the poll must have been held until the delete arrived"
     );
+}
+
+fn request_ids(ids: &[i64]) -> Vec<RunnerRequestId> {
+    ids.iter().copied().map(RunnerRequestId::new).collect()
 }

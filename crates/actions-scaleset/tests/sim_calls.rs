@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use actions_scaleset::{
-    Client, Credentials, DEFAULT_RUNNER_GROUP_ID, ErrorKind, JitRunnerSetting, RunnerRemoval,
-    RunnerScaleSet,
+    Client, Credentials, DEFAULT_RUNNER_GROUP_ID, ErrorKind, JitRunnerSetting, MessageId,
+    RunnerRemoval, RunnerRequestId, RunnerScaleSet,
 };
 use scaleset_sim::{AssignmentMode, EnqueueJobs, SimConfig, Simulator};
 
@@ -69,11 +69,12 @@ async fn acquirable_jobs_are_the_offered_ones_not_yet_acquired() {
         })
         .await
         .expect("enqueue");
+    let ids: Vec<RunnerRequestId> = ids.into_iter().map(RunnerRequestId::new).collect();
     // The simulator offers jobs to a scale set once a poll told it the capacity.
     let session = within(client.create_message_session_client(set.id, None))
         .await
         .expect("session");
-    let message = within(session.get_message(0, 10))
+    let message = within(session.get_message(MessageId::new(0), 10))
         .await
         .expect("poll")
         .expect("a message with the offered jobs");
@@ -83,7 +84,8 @@ async fn acquirable_jobs_are_the_offered_ones_not_yet_acquired() {
         .await
         .expect("list");
     assert_eq!(list.count, 3);
-    let mut listed: Vec<i64> = list.jobs.iter().map(|j| j.base.runner_request_id).collect();
+    let mut listed: Vec<RunnerRequestId> =
+        list.jobs.iter().map(|j| j.base.runner_request_id).collect();
     listed.sort_unstable();
     assert_eq!(listed, ids);
     for job in &list.jobs {
@@ -104,7 +106,8 @@ async fn acquirable_jobs_are_the_offered_ones_not_yet_acquired() {
     let list = within(client.get_acquirable_jobs(set.id))
         .await
         .expect("list");
-    let mut listed: Vec<i64> = list.jobs.iter().map(|j| j.base.runner_request_id).collect();
+    let mut listed: Vec<RunnerRequestId> =
+        list.jobs.iter().map(|j| j.base.runner_request_id).collect();
     listed.sort_unstable();
     assert_eq!(listed, ids[1..]);
     assert_eq!(list.count, 2);
@@ -145,7 +148,7 @@ async fn acquirable_jobs_on_hosted_are_empty() {
     let session = within(client.create_message_session_client(set.id, None))
         .await
         .expect("session");
-    let message = within(session.get_message(0, 10))
+    let message = within(session.get_message(MessageId::new(0), 10))
         .await
         .expect("poll")
         .expect("a message");

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use actions_scaleset::{Client, ErrorKind, SystemInfo};
+use actions_scaleset::{Client, ErrorKind, RunnerId, ScaleSetId, SystemInfo};
 use common::*;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -194,7 +194,9 @@ async fn b53_unknown_authority_fails_without_retries() {
     let (_, chain, key) = self_signed_pki();
     let (server, base, connections) = tls_server(chain, key).await;
     let c = tls_builder(&base).build().expect("client");
-    let e = within(c.get_runner(1)).await.expect_err("untrusted");
+    let e = within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("untrusted");
     assert_eq!(e.kind(), ErrorKind::Transport, "{e}");
     assert!(!e.is_retryable(), "{e}");
     assert!(
@@ -220,7 +222,9 @@ async fn b54_configured_root_ca_is_trusted() {
     let (pem, chain, key) = self_signed_pki();
     let (server, base, _) = tls_server(chain, key).await;
     let c = tls_builder(&base).root_ca_pem(pem).build().expect("client");
-    within(c.get_runner(1)).await.expect("trusted");
+    within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect("trusted");
     assert_eq!(server.tenant_requests().len(), 1);
     assert!(c.debug_info().has_root_ca);
 }
@@ -237,12 +241,16 @@ async fn b55_intermediate_as_trust_anchor() {
         .root_ca_pem(pki.intermediate_pem.clone())
         .build()
         .expect("client");
-    within(c.get_runner(1)).await.expect("intermediate trusted");
+    within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect("intermediate trusted");
     let c = tls_builder(&base)
         .root_ca_pem(pki.root_pem.clone())
         .build()
         .expect("client");
-    within(c.get_runner(1)).await.expect("root trusted");
+    within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect("root trusted");
     assert_eq!(server.tenant_requests().len(), 2);
 }
 
@@ -256,7 +264,9 @@ async fn b56_skip_tls_verify() {
         .build()
         .expect("client");
     assert!(c.debug_info().insecure_skip_tls_verify);
-    within(c.get_runner(1)).await.expect("accepted");
+    within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect("accepted");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -295,7 +305,9 @@ async fn mtls_with_a_client_certificate_succeeds() {
         .build()
         .expect("client");
     assert!(c.debug_info().has_client_certificate);
-    within(c.get_runner(1)).await.expect("mutual TLS accepted");
+    within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect("mutual TLS accepted");
     let paths: Vec<String> = server.requests().iter().map(|r| r.path.clone()).collect();
     assert!(paths.iter().any(|p| p == REG_TOKEN_PATH), "{paths:?}");
     assert_eq!(server.tenant_requests().len(), 1);
@@ -316,7 +328,9 @@ async fn mtls_without_a_client_certificate_fails_clearly_without_retries() {
         .root_ca_pem(server_pem)
         .build()
         .expect("client");
-    let e = within(c.get_runner(1)).await.expect_err("refused");
+    let e = within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("refused");
     assert_eq!(e.kind(), ErrorKind::Transport, "{e}");
     assert!(!e.is_retryable(), "{e}");
     assert!(
@@ -404,7 +418,9 @@ async fn b57_requests_go_through_the_proxy() {
         .build()
         .expect("client");
     assert!(c.debug_info().has_proxy);
-    within(c.get_runner(1)).await.expect("through the proxy");
+    within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect("through the proxy");
     let uris: Vec<String> = proxy.requests().into_iter().map(|r| r.uri).collect();
     assert_eq!(
         uris,
@@ -462,15 +478,21 @@ async fn b58_b59_byte_order_mark_is_stripped() {
     );
     s.on_tenant("DELETE", AGENT_1, |_, _| Reply::status(204));
     let c = client(&s);
-    let r = within(c.get_runner(1)).await.expect("parsed after the BOM");
+    let r = within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect("parsed after the BOM");
     assert_eq!(r.name, "with-bom");
-    let e = within(c.get_runner(1)).await.expect_err("400");
+    let e = within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("400");
     let ex = e.exception().expect("exception parsed after the BOM");
     assert_eq!(
         (ex.type_name.as_str(), ex.message.as_str()),
         ("SomeException", "bom error")
     );
-    within(c.remove_runner(1)).await.expect("empty 204 body");
+    within(c.remove_runner(RunnerId::new(1)))
+        .await
+        .expect("empty 204 body");
 }
 
 // Our choice for a 200 with an empty body where an object is expected: a Decode error (the
@@ -479,7 +501,9 @@ async fn b58_b59_byte_order_mark_is_stripped() {
 async fn empty_200_body_is_a_decode_error() {
     let s = TestServer::with_auth().await;
     s.on_tenant("GET", AGENT_1, |_, _| Reply::status(200));
-    let e = within(client(&s).get_runner(1)).await.expect_err("empty");
+    let e = within(client(&s).get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("empty");
     assert_eq!(e.kind(), ErrorKind::Decode, "{e}");
 }
 
@@ -496,14 +520,14 @@ async fn b60_user_agent_json_and_set_system_info() {
         system: "my-system".into(),
         version: "1.2.3".into(),
         commit_sha: "abc123".into(),
-        scale_set_id: 0,
+        scale_set_id: ScaleSetId::new(0),
         subsystem: "controller".into(),
     };
     let c = builder(&s)
         .system_info(info.clone())
         .build()
         .expect("client");
-    within(c.get_runner(1)).await.expect("ok");
+    within(c.get_runner(RunnerId::new(1))).await.expect("ok");
     let ua = s.requests()[0]
         .header("user-agent")
         .expect("UA")
@@ -544,12 +568,12 @@ async fn b60_user_agent_json_and_set_system_info() {
     );
 
     c.set_system_info(SystemInfo {
-        scale_set_id: 42,
+        scale_set_id: ScaleSetId::new(42),
         subsystem: "listener".into(),
         ..info
     });
-    assert_eq!(c.system_info().scale_set_id, 42);
-    within(c.get_runner(1)).await.expect("ok");
+    assert_eq!(c.system_info().scale_set_id, ScaleSetId::new(42));
+    within(c.get_runner(RunnerId::new(1))).await.expect("ok");
     let last = s
         .requests()
         .last()
@@ -597,7 +621,7 @@ async fn b61_custom_http_client_is_used() {
         .build()
         .expect("client");
     assert!(c.debug_info().custom_http_client);
-    within(c.get_runner(1))
+    within(c.get_runner(RunnerId::new(1)))
         .await
         .expect("second attempt succeeds");
     assert_eq!(s.tenant_requests().len(), 2);
@@ -619,7 +643,9 @@ async fn b62_custom_client_retry_max_is_respected() {
         .retry_max(1)
         .build()
         .expect("client");
-    let e = within(c.get_runner(1)).await.expect_err("503");
+    let e = within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("503");
     assert_eq!(s.tenant_requests().len(), 2);
     assert!(
         e.to_string().contains("giving up after 2 attempt(s)"),
@@ -647,7 +673,9 @@ async fn exhausted_retries_keep_status_activity_id_and_body() {
         Reply::text(429, "slow down").header("ActivityId", "act-429")
     });
     let c = builder(&s).retry_max(2).build().expect("client");
-    let e = within(c.get_runner(1)).await.expect_err("503");
+    let e = within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("503");
     assert_eq!(e.status(), Some(503));
     assert!(e.is_retryable());
     let api = e.api_error().expect("context kept");
@@ -670,7 +698,9 @@ async fn exhausted_retries_keep_status_activity_id_and_body() {
         3
     );
 
-    let e = within(c.remove_runner(1)).await.expect_err("429");
+    let e = within(c.remove_runner(RunnerId::new(1)))
+        .await
+        .expect_err("429");
     assert_eq!(e.kind(), ErrorKind::RateLimited);
     assert_eq!(e.status(), Some(429));
     let api = e.api_error().expect("context kept");
@@ -707,12 +737,16 @@ async fn retry_after_is_honoured_but_capped() {
         .retry_wait_max(Duration::from_millis(50))
         .build()
         .expect("client");
-    let e = within(c.get_runner(1)).await.expect_err("429");
+    let e = within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("429");
     assert_eq!(
         e.api_error().and_then(|a| a.retry_after()),
         Some(Duration::from_secs(3600))
     );
-    within(c.remove_runner(1)).await.expect_err("503");
+    within(c.remove_runner(RunnerId::new(1)))
+        .await
+        .expect_err("503");
     // The log is shared by the tests of this binary: count only this server's retries.
     let port = format!(":{}/", s.addr.port());
     let capped = || {
@@ -722,7 +756,9 @@ async fn retry_after_is_honoured_but_capped() {
             .count()
     };
     assert_eq!(capped(), 4, "two capped retries per call:\n{}", logs.text());
-    within(c.get_runner(2)).await.expect_err("500");
+    within(c.get_runner(RunnerId::new(2)))
+        .await
+        .expect_err("500");
     assert_eq!(capped(), 4, "500 ignores Retry-After");
     assert_eq!(s.tenant_requests().len(), 9);
 }
@@ -741,7 +777,9 @@ async fn b95_connection_refused_is_a_transport_error_after_retries() {
         .retry_wait_max(Duration::from_millis(2))
         .build()
         .expect("client");
-    let e = within(c.get_runner(1)).await.expect_err("refused");
+    let e = within(c.get_runner(RunnerId::new(1)))
+        .await
+        .expect_err("refused");
     let text = e.to_string();
     assert!(
         text.starts_with(&format!(

@@ -63,11 +63,11 @@ pub async fn get_or_create_scale_set(
         Some(existing) => {
             let have = label_set(&existing.labels);
             if have == wanted {
-                tracing::info!(id = existing.id, labels = %label_list(&existing.labels), "adopted the existing scale set");
+                tracing::info!(id = existing.id.get(), labels = %label_list(&existing.labels), "adopted the existing scale set");
                 existing
             } else {
                 tracing::info!(
-                    id = existing.id,
+                    id = existing.id.get(),
                     had = %label_list(&existing.labels),
                     labels = %label_list(&labels),
                     "updating the scale set's labels"
@@ -95,7 +95,7 @@ pub async fn get_or_create_scale_set(
                     ..Default::default()
                 })
                 .await?;
-            tracing::info!(id = created.id, labels = %label_list(&created.labels), "created the scale set");
+            tracing::info!(id = created.id.get(), labels = %label_list(&created.labels), "created the scale set");
             created
         }
     };
@@ -331,7 +331,7 @@ pub async fn run_scale_set(
     let Some(set) = set_up_retrying(&client, &cfg, (&readiness, slot), &shutdown).await? else {
         return Ok(());
     };
-    tracing::debug!(id = set.id, "opening the message session");
+    tracing::debug!(id = set.id.get(), "opening the message session");
     let session = match client
         .create_message_session_client_waiting(set.id, None, ConflictPolicy::Wait(None), &shutdown)
         .await
@@ -418,7 +418,7 @@ pub async fn run_scale_set(
         Ok(listener) => {
             let listener = listener.with_metrics(Arc::new(metrics.clone()));
             readiness.attach(slot, listener.health_handle());
-            tracing::info!(id = set.id, labels = %label_list(&set.labels), min = cfg.min_runners, max = cfg.max_runners, provisioner = %cfg.provisioner.kind(), "listening for jobs");
+            tracing::info!(id = set.id.get(), labels = %label_list(&set.labels), min = cfg.min_runners, max = cfg.max_runners, provisioner = %cfg.provisioner.kind(), "listening for jobs");
             // `run` deletes the session before it returns.
             tokio::select! {
                 r = listener.run(&engine, &stop) => r.map_err(Error::from),
@@ -452,19 +452,19 @@ pub async fn run_scale_set(
     if cfg.shutdown == ShutdownPolicy::Delete {
         if !left.is_empty() {
             tracing::warn!(
-                id = set.id,
+                id = set.id.get(),
                 left = left.len(),
                 "deleting the scale set although runner registrations remain"
             );
         }
         match client.delete_runner_scale_set(set.id).await {
-            Ok(()) => tracing::info!(id = set.id, "deleted the scale set"),
+            Ok(()) => tracing::info!(id = set.id.get(), "deleted the scale set"),
             Err(e) => {
                 tracing::warn!(error = %e, "could not delete the scale set")
             }
         }
     } else if outcome.is_ok() {
-        tracing::info!(id = set.id, policy = %cfg.shutdown, "stopped; the scale set stays registered for the next start");
+        tracing::info!(id = set.id.get(), policy = %cfg.shutdown, "stopped; the scale set stays registered for the next start");
     }
     outcome
 }

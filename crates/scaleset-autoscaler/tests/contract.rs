@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use actions_scaleset::EncodedJitConfig;
+use actions_scaleset::{EncodedJitConfig, RunnerId};
 use scaleset_autoscaler::ProvisionError;
 use scaleset_autoscaler::provisioner::fake::FakeProvisioner;
 use scaleset_autoscaler::provisioner::process::{ProcessConfig, ProcessProvisioner};
@@ -78,7 +78,7 @@ trait Backend: Send + Sync {
     fn spec(&self, name: &str, behaviour: Behaviour) -> RunnerSpec {
         RunnerSpec {
             name: name.to_string(),
-            runner_id: 42,
+            runner_id: RunnerId::new(42),
             jit_config: EncodedJitConfig::new(behaviour.script()),
         }
     }
@@ -455,7 +455,7 @@ impl Backend for Fake {
         for name in names {
             p.add_leftover(OwnedRunner {
                 name: name.clone(),
-                runner_id: 42,
+                runner_id: RunnerId::new(42),
                 state: RunnerState::Running,
             });
         }
@@ -542,6 +542,7 @@ mod docker_engine;
 #[cfg(feature = "docker")]
 mod docker_backend {
     use super::*;
+    use actions_scaleset::ScaleSetId;
     use scaleset_autoscaler::config::provisioner::{DockerSettings, PullPolicy};
     use scaleset_autoscaler::provisioner::ScaleSetIdentity;
     use scaleset_autoscaler::provisioner::docker::{DockerProvisioner, LABEL_INSTANCE};
@@ -564,7 +565,7 @@ mod docker_backend {
     impl Docker {
         pub fn identity(&self) -> ScaleSetIdentity {
             ScaleSetIdentity {
-                id: 7,
+                id: ScaleSetId::new(7),
                 name: "contract".into(),
                 instance: format!("test-{}", self.tag),
             }
@@ -686,6 +687,7 @@ mod kubernetes_backend {
     use super::fake_kube::{FakeKube, Kind};
     use super::kubelet::{Kubelet, Policy, Start};
     use super::*;
+    use actions_scaleset::ScaleSetId;
     use scaleset_autoscaler::config::provisioner::KubernetesSettings;
     use scaleset_autoscaler::provisioner::ScaleSetIdentity;
     use scaleset_autoscaler::provisioner::kubernetes::{KubernetesProvisioner, SECRET_KEY};
@@ -770,7 +772,7 @@ mod kubernetes_backend {
             let config = kube::Config::new(self.fake.url().parse().expect("the fake's URL"));
             let client = kube::Client::try_from(config).expect("a client");
             let identity = ScaleSetIdentity {
-                id: 7,
+                id: ScaleSetId::new(7),
                 name: "contract".into(),
                 instance: "test".into(),
             };

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use actions_scaleset::EncodedJitConfig;
+use actions_scaleset::{EncodedJitConfig, RunnerId, ScaleSetId};
 use bollard::Docker;
 use bollard::query_parameters::{InspectContainerOptions, RemoveContainerOptions};
 use scaleset_autoscaler::config::provisioner::{DockerSettings, PullPolicy};
@@ -64,7 +64,7 @@ impl Env {
 
     fn identity(&self) -> ScaleSetIdentity {
         ScaleSetIdentity {
-            id: 9,
+            id: ScaleSetId::new(9),
             name: "docker-tests".into(),
             instance: format!("test-{}", self.tag),
         }
@@ -120,7 +120,7 @@ impl Env {
 fn spec(name: &str) -> RunnerSpec {
     RunnerSpec {
         name: name.to_string(),
-        runner_id: 4711,
+        runner_id: RunnerId::new(4711),
         jit_config: EncodedJitConfig::new(SECRET),
     }
 }
@@ -129,7 +129,7 @@ fn spec(name: &str) -> RunnerSpec {
 fn script_spec(name: &str, script: &str) -> RunnerSpec {
     RunnerSpec {
         name: name.to_string(),
-        runner_id: 4711,
+        runner_id: RunnerId::new(4711),
         jit_config: EncodedJitConfig::new(script),
     }
 }

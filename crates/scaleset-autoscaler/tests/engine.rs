@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use actions_scaleset::{
     Client, Credentials, DEFAULT_RUNNER_GROUP_ID, JobCompleted, JobMessageBase, JobStarted,
-    RunnerScaleSet, Scaler,
+    RunnerId, RunnerRequestId, RunnerScaleSet, Scaler,
 };
 use scaleset_autoscaler::config::ShutdownPolicy;
 use scaleset_autoscaler::engine::{Engine, EngineSettings, Phase};
@@ -65,11 +65,11 @@ fn started(runner: &str, request_id: i64) -> JobStarted {
     JobStarted {
         base: JobMessageBase {
             message_type: "JobStarted".into(),
-            runner_request_id: request_id,
+            runner_request_id: RunnerRequestId::new(request_id),
             job_id: format!("job-{request_id}"),
             ..Default::default()
         },
-        runner_id: 0,
+        runner_id: RunnerId::new(0),
         runner_name: runner.into(),
     }
 }
@@ -78,12 +78,12 @@ fn completed(runner: &str, request_id: i64) -> JobCompleted {
     JobCompleted {
         base: JobMessageBase {
             message_type: "JobCompleted".into(),
-            runner_request_id: request_id,
+            runner_request_id: RunnerRequestId::new(request_id),
             job_id: format!("job-{request_id}"),
             ..Default::default()
         },
         result: "succeeded".into(),
-        runner_id: 0,
+        runner_id: RunnerId::new(0),
         runner_name: runner.into(),
     }
 }
@@ -500,7 +500,7 @@ async fn orphans_are_removed_or_adopted() {
     // A reservation whose JIT was minted but never recorded: found by name.
     fake.add_leftover(OwnedRunner {
         name: "orph-00000002".into(),
-        runner_id: 0,
+        runner_id: RunnerId::new(0),
         state: RunnerState::Failed {
             reason: "reserved, never started".into(),
         },
@@ -556,7 +556,7 @@ async fn engine_client_is_shared() {
     assert_eq!(
         st.runners
             .iter()
-            .filter(|r| r.scale_set_id == set2.id)
+            .filter(|r| r.scale_set_id == set2.id.get())
             .count(),
         3
     );

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actions_scaleset::EncodedJitConfig;
+use actions_scaleset::{EncodedJitConfig, RunnerId, ScaleSetId};
 use fake_kube::{FakeKube, Kind, Request};
 use kubelet::{Kubelet, Policy, Start};
 use scaleset_autoscaler::ProvisionError;
@@ -119,7 +119,7 @@ impl Env {
 
     fn identity(&self) -> ScaleSetIdentity {
         ScaleSetIdentity {
-            id: 3,
+            id: ScaleSetId::new(3),
             name: "Linux X64".into(),
             instance: "host-a".into(),
         }
@@ -199,7 +199,7 @@ impl Drop for Env {
 fn spec(name: &str) -> RunnerSpec {
     RunnerSpec {
         name: name.to_string(),
-        runner_id: 12,
+        runner_id: RunnerId::new(12),
         jit_config: EncodedJitConfig::new(SECRET),
     }
 }
@@ -875,7 +875,13 @@ async fn a_new_instance_lists_adopts_and_releases_what_the_old_one_left() {
     listed.sort_by(|a, b| a.name.cmp(&b.name));
     let summary: Vec<(String, i64, bool)> = listed
         .iter()
-        .map(|r| (r.name.clone(), r.runner_id, r.state == RunnerState::Running))
+        .map(|r| {
+            (
+                r.name.clone(),
+                r.runner_id.get(),
+                r.state == RunnerState::Running,
+            )
+        })
         .collect();
     assert_eq!(
         summary,

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use actions_scaleset::EncodedJitConfig;
+use actions_scaleset::{EncodedJitConfig, RunnerId, ScaleSetId};
 use scaleset_autoscaler::config::LeaderElectionSettings;
 use scaleset_autoscaler::config::provisioner::KubernetesSettings;
 use scaleset_autoscaler::leader::LeaderElection;
@@ -57,7 +57,7 @@ async fn a_runner_pod_gets_its_jit_config_from_its_secret_runs_and_leaves_nothin
     let mut settings = KubernetesSettings::new(&template);
     settings.namespace = namespace();
     let identity = ScaleSetIdentity {
-        id: 1,
+        id: ScaleSetId::new(1),
         name: format!("cluster-test-{}", unique()),
         instance: "cluster-test".into(),
     };
@@ -67,7 +67,7 @@ async fn a_runner_pod_gets_its_jit_config_from_its_secret_runs_and_leaves_nothin
     let name = format!("runner-{}", unique());
     p.create(RunnerSpec {
         name: name.clone(),
-        runner_id: 1,
+        runner_id: RunnerId::new(1),
         jit_config: EncodedJitConfig::new("cluster-test-jit"),
     })
     .await

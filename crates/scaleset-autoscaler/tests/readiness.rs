@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actions_scaleset::{
-    BoxError, Client, Credentials, JobCompleted, JobStarted, Listener, ListenerConfig,
-    RunnerScaleSet, Scaler,
+    BoxError, Client, Credentials, DEFAULT_RUNNER_GROUP_ID, JobCompleted, JobStarted, Listener,
+    ListenerConfig, RunnerScaleSet, ScaleSetId, Scaler,
 };
 use scaleset_autoscaler::server::Readiness;
 use scaleset_sim::{Fault, SimConfig, Simulator};
@@ -45,7 +45,7 @@ async fn wait_ready(readiness: &Readiness, want: bool) -> Vec<String> {
     }
 }
 
-async fn setup(long_poll: Duration) -> (Simulator, Client, i64) {
+async fn setup(long_poll: Duration) -> (Simulator, Client, ScaleSetId) {
     let sim = Simulator::start(SimConfig {
         long_poll,
         ..SimConfig::default()
@@ -62,7 +62,7 @@ async fn setup(long_poll: Duration) -> (Simulator, Client, i64) {
     let set = client
         .create_runner_scale_set(&RunnerScaleSet {
             name: "ready".into(),
-            runner_group_id: 1,
+            runner_group_id: DEFAULT_RUNNER_GROUP_ID,
             ..Default::default()
         })
         .await
@@ -70,7 +70,7 @@ async fn setup(long_poll: Duration) -> (Simulator, Client, i64) {
     (sim, client, set.id)
 }
 
-fn listener(session: actions_scaleset::MessageSessionClient, id: i64) -> Listener {
+fn listener(session: actions_scaleset::MessageSessionClient, id: ScaleSetId) -> Listener {
     let mut cfg = ListenerConfig::new(id, 1);
     cfg.backoff_min = Duration::from_millis(50);
     cfg.backoff_max = Duration::from_millis(200);

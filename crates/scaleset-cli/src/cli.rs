@@ -6,6 +6,18 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::globals::{ConnectionArgs, LogArgs};
 use crate::{config, listen, runner, runner_group, scale_set, sim};
 
+/// The value parser of every id flag (`--scale-set-id`, `--runner-group-id`, `--id`): a
+/// positive whole number, made into the flag's typed id (`ScaleSetId`, `RunnerId`...). On bad
+/// input clap names the flag: `invalid value '0' for '--id <ID>': 0 is not in
+/// 1..=9223372036854775807`.
+pub(crate) fn id_parser<T>() -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: From<i64> + Clone + Send + Sync + 'static,
+{
+    use clap::builder::TypedValueParser;
+    clap::value_parser!(i64).range(1..).map(T::from)
+}
+
 const ABOUT: &str = "Manage GitHub Actions runner scale sets from the command line";
 
 const LONG_ABOUT: &str = "\
@@ -168,6 +180,39 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         let matches = Cli::command().try_get_matches_from(args)?;
         Cli::from_matches(&matches)
+    }
+
+    // Id flags parse into their typed ids; a bad one is refused naming the flag.
+    #[test]
+    fn id_flags_are_positive_numbers_and_errors_name_the_flag() {
+        assert!(parse(&["scaleset", "runner", "get", "--id", "42"]).is_ok());
+        assert!(parse(&["scaleset", "scale-set", "get", "--id", "7"]).is_ok());
+        for (args, flag) in [
+            (vec!["scaleset", "runner", "get", "--id", "x"], "--id"),
+            (vec!["scaleset", "runner", "remove", "--id", "0"], "--id"),
+            (
+                vec!["scaleset", "runner", "jit", "--scale-set-id=-3"],
+                "--scale-set-id",
+            ),
+            (
+                vec!["scaleset", "listen", "--scale-set-id", "7x"],
+                "--scale-set-id",
+            ),
+            (
+                vec!["scaleset", "scale-set", "list", "--runner-group-id", "0"],
+                "--runner-group-id",
+            ),
+        ] {
+            let e = parse(&args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} must be refused"));
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+            assert!(e.to_string().contains(flag), "{args:?}: {e}");
+        }
     }
 
     /// Every command of the tree, as `(path, command)`, the root first; the generated `help`

@@ -299,7 +299,7 @@ pub(crate) fn system_info() -> SystemInfo {
         commit_sha: option_env!("SCALESET_BUILD_COMMIT")
             .unwrap_or("unknown")
             .to_string(),
-        scale_set_id: 0,
+        scale_set_id: actions_scaleset::ScaleSetId::default(),
         subsystem: "cli".to_string(),
     }
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use actions_scaleset::listener::BoxError;
 use actions_scaleset::{
     CancellationToken, ConflictPolicy, Error, JobCompleted, JobStarted, Listener, ListenerConfig,
-    MetricsRecorder, RunnerScaleSetStatistic, Scaler, SystemInfo,
+    MetricsRecorder, RunnerScaleSetStatistic, ScaleSetId, Scaler, SystemInfo,
 };
 use clap::Args;
 use serde::Serialize;
@@ -44,8 +44,8 @@ Examples:
     jq -c 'select(.event == \"desiredRunners\")'")]
 pub(crate) struct ListenArgs {
     /// The scale set to listen to.
-    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(i64).range(1..))]
-    scale_set_id: i64,
+    #[arg(long, value_name = "ID", value_parser = crate::cli::id_parser::<ScaleSetId>())]
+    scale_set_id: ScaleSetId,
     /// How many runners this listener could run: sent to the service as the capacity.
     #[arg(
         long,
@@ -95,7 +95,7 @@ pub(crate) async fn run(g: &ConnectionArgs, args: ListenArgs) -> Result<(), CliE
         Err(e) => return Err(CliError::api(OP, e)),
     };
     tracing::info!(
-        scale_set_id = args.scale_set_id,
+        scale_set_id = args.scale_set_id.get(),
         session_id = %session.session_id(),
         "message session created"
     );

@@ -1,16 +1,13 @@
 //! `scaleset runner jit|get|remove`.
 
-use actions_scaleset::JitRunnerSetting;
+use actions_scaleset::{JitRunnerSetting, RunnerId, ScaleSetId};
 use clap::{ArgGroup, Args, Subcommand};
 use serde_json::json;
 
+use crate::cli::id_parser;
 use crate::error::{CliError, OrCli};
 use crate::globals::{ConnectionArgs, client_from_connection};
 use crate::output::print_json;
-
-fn id_parser() -> clap::builder::RangedI64ValueParser<i64> {
-    clap::value_parser!(i64).range(1..)
-}
 
 /// `runner` subcommands.
 #[derive(Subcommand)]
@@ -48,8 +45,8 @@ Example:
 #[derive(Args)]
 pub(crate) struct JitArgs {
     /// The scale set the runner joins.
-    #[arg(long, value_name = "ID", value_parser = id_parser())]
-    scale_set_id: i64,
+    #[arg(long, value_name = "ID", value_parser = id_parser::<ScaleSetId>())]
+    scale_set_id: ScaleSetId,
     /// Runner name [default: runner-<8 random hex digits>].
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -66,8 +63,8 @@ pub(crate) struct JitArgs {
 #[command(group(ArgGroup::new("by").required(true).args(["id", "name"])))]
 pub(crate) struct GetArgs {
     /// The runner id.
-    #[arg(long, value_name = "ID", value_parser = id_parser())]
-    id: Option<i64>,
+    #[arg(long, value_name = "ID", value_parser = id_parser::<RunnerId>())]
+    id: Option<RunnerId>,
     /// The runner name.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -80,8 +77,8 @@ pub(crate) struct GetArgs {
 #[derive(Args)]
 pub(crate) struct RemoveArgs {
     /// The runner id.
-    #[arg(long, value_name = "ID", value_parser = id_parser())]
-    id: i64,
+    #[arg(long, value_name = "ID", value_parser = id_parser::<RunnerId>())]
+    id: RunnerId,
     /// Connection options given after the subcommand.
     #[command(flatten)]
     pub(crate) connection: ConnectionArgs,

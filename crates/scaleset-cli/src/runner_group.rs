@@ -1,6 +1,6 @@
 //! `scaleset runner-group get NAME`, and runner-group resolution for the other commands.
 
-use actions_scaleset::{Client, DEFAULT_RUNNER_GROUP, DEFAULT_RUNNER_GROUP_ID};
+use actions_scaleset::{Client, DEFAULT_RUNNER_GROUP, DEFAULT_RUNNER_GROUP_ID, RunnerGroupId};
 use clap::{Args, Subcommand};
 
 use crate::error::{CliError, OrCli};
@@ -57,14 +57,18 @@ pub(crate) struct RunnerGroupArgs {
     #[arg(long, value_name = "NAME", conflicts_with = "runner_group_id")]
     pub(crate) runner_group: Option<String>,
     /// Runner group id.
-    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(i64).range(1..))]
-    pub(crate) runner_group_id: Option<i64>,
+    #[arg(long, value_name = "ID", value_parser = crate::cli::id_parser::<RunnerGroupId>())]
+    pub(crate) runner_group_id: Option<RunnerGroupId>,
 }
 
 impl RunnerGroupArgs {
     /// The runner group id: the given id, else the named group (id 1 for `default`, without a
     /// request), else the default group.
-    pub(crate) async fn resolve(&self, client: &Client, operation: &str) -> Result<i64, CliError> {
+    pub(crate) async fn resolve(
+        &self,
+        client: &Client,
+        operation: &str,
+    ) -> Result<RunnerGroupId, CliError> {
         match self.runner_group_id {
             Some(id) => Ok(id),
             None => resolve_group(client, self.runner_group.as_deref(), operation).await,
@@ -80,7 +84,7 @@ pub(crate) async fn resolve_group(
     client: &Client,
     name: Option<&str>,
     operation: &str,
-) -> Result<i64, CliError> {
+) -> Result<RunnerGroupId, CliError> {
     match name.map(str::trim) {
         None => Ok(DEFAULT_RUNNER_GROUP_ID),
         Some("") => Err(CliError::config(

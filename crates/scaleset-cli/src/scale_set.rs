@@ -1,18 +1,16 @@
 //! `scaleset scale-set list|get|create|update|delete|acquirable-jobs`.
 
 use actions_scaleset::{
-    Label, RunnerScaleSet, RunnerScaleSetUpdate, RunnerSetting, scale_set_labels,
+    Label, RunnerGroupId, RunnerScaleSet, RunnerScaleSetUpdate, RunnerSetting, ScaleSetId,
+    scale_set_labels,
 };
 use clap::{ArgGroup, Args, Subcommand};
 
+use crate::cli::id_parser;
 use crate::error::{CliError, OrCli};
 use crate::globals::{ConnectionArgs, client_from_connection};
 use crate::output::print_json;
 use crate::runner_group::{RunnerGroupArgs, resolve_group};
-
-fn id_parser() -> clap::builder::RangedI64ValueParser<i64> {
-    clap::value_parser!(i64).range(1..)
-}
 
 /// `scale-set` subcommands.
 #[derive(Subcommand)]
@@ -85,8 +83,8 @@ pub(crate) struct ListArgs {
 #[command(group(ArgGroup::new("by").required(true).args(["id", "name"])))]
 pub(crate) struct GetArgs {
     /// The scale set id.
-    #[arg(long, value_name = "ID", value_parser = id_parser())]
-    id: Option<i64>,
+    #[arg(long, value_name = "ID", value_parser = id_parser::<ScaleSetId>())]
+    id: Option<ScaleSetId>,
     /// The scale set name (looked up in the runner group).
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -99,8 +97,8 @@ pub(crate) struct GetArgs {
     )]
     runner_group: Option<String>,
     /// Runner group id for --name.
-    #[arg(long, value_name = "ID", requires = "name", value_parser = id_parser())]
-    runner_group_id: Option<i64>,
+    #[arg(long, value_name = "ID", requires = "name", value_parser = id_parser::<RunnerGroupId>())]
+    runner_group_id: Option<RunnerGroupId>,
     /// Connection options given after the subcommand.
     #[command(flatten)]
     pub(crate) connection: ConnectionArgs,
@@ -130,8 +128,8 @@ pub(crate) struct CreateArgs {
 #[derive(Args)]
 pub(crate) struct UpdateArgs {
     /// The scale set id.
-    #[arg(long, value_name = "ID", value_parser = id_parser())]
-    id: i64,
+    #[arg(long, value_name = "ID", value_parser = id_parser::<ScaleSetId>())]
+    id: ScaleSetId,
     /// New name.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -150,8 +148,8 @@ pub(crate) struct UpdateArgs {
 #[derive(Args)]
 pub(crate) struct DeleteArgs {
     /// The scale set id.
-    #[arg(long, value_name = "ID", value_parser = id_parser())]
-    id: i64,
+    #[arg(long, value_name = "ID", value_parser = id_parser::<ScaleSetId>())]
+    id: ScaleSetId,
     /// Connection options given after the subcommand.
     #[command(flatten)]
     pub(crate) connection: ConnectionArgs,
@@ -161,8 +159,8 @@ pub(crate) struct DeleteArgs {
 #[derive(Args)]
 pub(crate) struct AcquirableJobsArgs {
     /// The scale set id.
-    #[arg(long, value_name = "ID", value_parser = id_parser())]
-    id: i64,
+    #[arg(long, value_name = "ID", value_parser = id_parser::<ScaleSetId>())]
+    id: ScaleSetId,
     /// Connection options given after the subcommand.
     #[command(flatten)]
     pub(crate) connection: ConnectionArgs,

@@ -779,16 +779,19 @@ async fn scale_set_acquirable_jobs_lists_the_offered_jobs() {
     .expect("client");
     let session = tokio::time::timeout(
         common::DEADLINE,
-        client.create_message_session_client(id, None),
+        client.create_message_session_client(actions_scaleset::ScaleSetId::new(id), None),
     )
     .await
     .expect("in time")
     .expect("session");
-    let message = tokio::time::timeout(common::DEADLINE, session.get_message(0, 5))
-        .await
-        .expect("in time")
-        .expect("poll")
-        .expect("a message");
+    let message = tokio::time::timeout(
+        common::DEADLINE,
+        session.get_message(actions_scaleset::MessageId::new(0), 5),
+    )
+    .await
+    .expect("in time")
+    .expect("poll")
+    .expect("a message");
     assert_eq!(message.jobs_available().count(), 2);
 
     let r = scaleset(&sim, &["scale-set", "acquirable-jobs", "--id", &set]).await;

@@ -390,7 +390,7 @@ impl Scaler for RecScaler {
 
     async fn handle_job_started(&self, job: &JobStarted) -> Result<(), BoxError> {
         self.push(Event::Started(
-            job.base.runner_request_id,
+            job.base.runner_request_id.get(),
             job.runner_name.clone(),
         ));
         let fail = self
@@ -406,7 +406,7 @@ impl Scaler for RecScaler {
 
     async fn handle_job_completed(&self, job: &JobCompleted) -> Result<(), BoxError> {
         self.push(Event::Completed(
-            job.base.runner_request_id,
+            job.base.runner_request_id.get(),
             job.runner_name.clone(),
             job.result.clone(),
         ));

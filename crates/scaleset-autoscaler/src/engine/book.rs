@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use actions_scaleset::RunnerId;
 use tokio::time::Instant;
 
 use super::lifecycle::{self, Action, Event, Next, Phase};
@@ -13,7 +14,7 @@ use super::lifecycle::{self, Action, Event, Next, Phase};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     /// Runner id (0 until minted, or for a leftover whose id was never recorded).
-    pub id: i64,
+    pub id: RunnerId,
     /// Its phase.
     pub phase: Phase,
     /// When it entered the phase.
@@ -35,7 +36,7 @@ pub struct Record {
 
 impl Record {
     /// A record in `phase` from `now`.
-    pub fn new(id: i64, phase: Phase, now: Instant) -> Record {
+    pub fn new(id: RunnerId, phase: Phase, now: Instant) -> Record {
         Record {
             id,
             phase,
@@ -217,7 +218,8 @@ mod tests {
 
     fn book_with(name: &str, phase: Phase, now: Instant) -> Book {
         let mut b = Book::default();
-        b.runners.insert(name.into(), Record::new(7, phase, now));
+        b.runners
+            .insert(name.into(), Record::new(RunnerId::new(7), phase, now));
         b
     }
 
@@ -253,8 +255,10 @@ mod tests {
         let mut delays = Vec::new();
         for i in 0..12 {
             let name = format!("r{i}");
-            b.runners
-                .insert(name.clone(), Record::new(1, Phase::Starting, now));
+            b.runners.insert(
+                name.clone(),
+                Record::new(RunnerId::new(1), Phase::Starting, now),
+            );
             b.apply(&name, Event::FailedToStart, now, 0.0)
                 .expect("known");
             delays.push(b.backoff_until.expect("backing off") - now);
@@ -266,8 +270,10 @@ mod tests {
         assert_eq!(b.failures_total, 12);
         // Jitter only ever shortens, by at most a half.
         assert_eq!(start_backoff(3, 1.0), Duration::from_secs(4));
-        b.runners
-            .insert("ok".into(), Record::new(1, Phase::Starting, now));
+        b.runners.insert(
+            "ok".into(),
+            Record::new(RunnerId::new(1), Phase::Starting, now),
+        );
         b.apply("ok", Event::Running, now, 0.0).expect("known");
         assert_eq!((b.start_failures, b.backoff_until), (0, None));
     }
@@ -277,7 +283,7 @@ mod tests {
         let now = Instant::now();
         let mut b = book_with("a", Phase::Idle, now);
         b.runners
-            .insert("b".into(), Record::new(8, Phase::Idle, now));
+            .insert("b".into(), Record::new(RunnerId::new(8), Phase::Idle, now));
         let a = b
             .apply("a", Event::Exited(ExitKind::Outdated), now, 0.0)
             .expect("known");

@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use actions_scaleset::listener::BoxError;
 use actions_scaleset::{
-    Client, Error as ApiError, JitRunnerSetting, JobCompleted, JobStarted, Scaler,
+    Client, Error as ApiError, JitRunnerSetting, JobCompleted, JobStarted, RunnerId, ScaleSetId,
+    Scaler,
 };
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
@@ -56,7 +57,7 @@ pub struct RunnerInfo {
     /// Name.
     pub name: String,
     /// Runner id (0 until the JIT config is minted).
-    pub id: i64,
+    pub id: RunnerId,
     /// Phase.
     pub phase: Phase,
 }
@@ -665,7 +666,7 @@ impl<P: Provisioner> Shared<P> {
                 self,
                 name,
                 debug,
-                runner_id = a.record.id,
+                runner_id = a.record.id.get(),
                 lifetime_s = secs(a.record.born.elapsed()),
                 "runner gone: stopped and deregistered"
             );
@@ -685,7 +686,7 @@ impl<P: Provisioner> Shared<P> {
 
     /// Removes the registration of `name` (looked up by name when `id` is 0) and reports
     /// the outcome as an event. The one place that interprets `remove_runner`'s answer.
-    async fn deregister(self: Arc<Self>, name: String, id: i64) {
+    async fn deregister(self: Arc<Self>, name: String, id: RunnerId) {
         if !self.may_act() {
             return;
         }
@@ -693,12 +694,12 @@ impl<P: Provisioner> Shared<P> {
         self.apply(&name, event, true);
     }
 
-    async fn remove_registration(&self, name: &str, id: i64) -> Event {
-        let id = if id > 0 {
+    async fn remove_registration(&self, name: &str, id: RunnerId) -> Event {
+        let id = if id > RunnerId::new(0) {
             id
         } else {
             match self.lookup_id(name).await {
-                Ok(0) => return Event::RemovalDone,
+                Ok(id) if id == RunnerId::new(0) => return Event::RemovalDone,
                 Ok(id) => id,
                 Err(e) => {
                     runner_log!(self, name, warn, error = %e, "could not look the runner up on GitHub");
@@ -710,22 +711,22 @@ impl<P: Provisioner> Shared<P> {
             Ok(_) => Event::RemovalDone,
             Err(ApiError::JobStillRunning(_)) => Event::RemovalRefused,
             Err(e) => {
-                runner_log!(self, name, warn, runner_id = id, error = %e, "could not remove a runner from GitHub; retrying later");
+                runner_log!(self, name, warn, runner_id = id.get(), error = %e, "could not remove a runner from GitHub; retrying later");
                 Event::RemovalFailed
             }
         }
     }
 
     /// The id of the runner registered as `name` in this scale set (0: none).
-    async fn lookup_id(&self, name: &str) -> Result<i64, ApiError> {
+    async fn lookup_id(&self, name: &str) -> Result<RunnerId, ApiError> {
         Ok(match self.client.get_runner_by_name(name).await? {
             Some(r)
                 if r.runner_scale_set_id == self.settings.scale_set_id
-                    || r.runner_scale_set_id == 0 =>
+                    || r.runner_scale_set_id == ScaleSetId::new(0) =>
             {
                 r.id
             }
-            _ => 0,
+            _ => RunnerId::new(0),
         })
     }
 
@@ -773,8 +774,10 @@ impl<P: Provisioner> Shared<P> {
             let names: Vec<String> = (0..p.starts)
                 .map(|_| {
                     let name = self.new_name(&b);
-                    b.runners
-                        .insert(name.clone(), Record::new(0, Phase::Minting, now));
+                    b.runners.insert(
+                        name.clone(),
+                        Record::new(RunnerId::new(0), Phase::Minting, now),
+                    );
                     name
                 })
                 .collect();
@@ -890,7 +893,7 @@ impl<P: Provisioner> Shared<P> {
                 self,
                 name,
                 warn,
-                runner_id = id,
+                runner_id = id.get(),
                 "the service returned an empty JIT config"
             );
             self.apply(&name, Event::CreateFailed, true);
@@ -903,7 +906,7 @@ impl<P: Provisioner> Shared<P> {
                 self,
                 name,
                 warn,
-                runner_id = id,
+                runner_id = id.get(),
                 "not created: this replica no longer holds its leader lease"
             );
             return;
@@ -918,10 +921,10 @@ impl<P: Provisioner> Shared<P> {
                 if let Some(r) = self.lock().runners.get_mut(&name) {
                     r.created = true;
                 }
-                runner_log!(self, name, debug, runner_id = id, "runner created");
+                runner_log!(self, name, debug, runner_id = id.get(), "runner created");
             }
             Err(e) => {
-                runner_log!(self, name, warn, runner_id = id, error = %e, "the provisioner could not create the runner");
+                runner_log!(self, name, warn, runner_id = id.get(), error = %e, "the provisioner could not create the runner");
                 self.apply(&name, Event::CreateFailed, true);
             }
         }
@@ -970,7 +973,7 @@ impl<P: Provisioner> Shared<P> {
                     self,
                     name,
                     info,
-                    runner_id = a.record.id,
+                    runner_id = a.record.id.get(),
                     start_s = age,
                     "runner started"
                 );
@@ -1043,7 +1046,7 @@ impl<P: Provisioner> Shared<P> {
             for r in registered {
                 if r.runner_scale_set_id != self.settings.scale_set_id
                     || !r.name.starts_with(prefix.as_str())
-                    || r.id <= 0
+                    || r.id <= RunnerId::new(0)
                     || b.runners.contains_key(&r.name)
                 {
                     continue;
@@ -1061,7 +1064,7 @@ impl<P: Provisioner> Shared<P> {
                 self,
                 name,
                 warn,
-                runner_id = id,
+                runner_id = id.get(),
                 "found a registration the engine had no record of (a lost mint answer or a crash); removing it"
             );
             let (s, span) = (self.clone(), self.runner_span(&name));
@@ -1147,7 +1150,7 @@ impl<P: Provisioner> Shared<P> {
                     self,
                     o.name,
                     info,
-                    runner_id = o.runner_id,
+                    runner_id = o.runner_id.get(),
                     "adopted a leftover runner; removing its registration (kept if it runs a job)"
                 );
             } else {
@@ -1156,7 +1159,7 @@ impl<P: Provisioner> Shared<P> {
                     self,
                     o.name,
                     info,
-                    runner_id = o.runner_id,
+                    runner_id = o.runner_id.get(),
                     "released a leftover runner that no longer ran; removing its registration"
                 );
             }
@@ -1225,7 +1228,7 @@ impl<P: Provisioner> Scaler for Engine<P> {
             runner_log!(s, job.runner_name, info, job_id = %job.base.job_id, job = %job.base.job_display_name, "job started");
         }
         if let Some(r) = s.lock().runners.get_mut(&job.runner_name)
-            && r.id == 0
+            && r.id == RunnerId::new(0)
         {
             r.id = job.runner_id;
         }

@@ -180,9 +180,10 @@ mod tests {
     use super::*;
     use crate::engine::book::Record;
     use crate::engine::lifecycle::{ExitKind, Next};
+    use actions_scaleset::{RunnerId, ScaleSetId};
 
     fn settings() -> EngineSettings {
-        let mut s = EngineSettings::new(1, "s");
+        let mut s = EngineSettings::new(ScaleSetId::new(1), "s");
         s.max_runners = 10;
         s.idle_delay = Duration::from_secs(60);
         s.registration_timeout = Duration::from_secs(300);
@@ -195,8 +196,10 @@ mod tests {
     fn book(phases: &[Phase], at: Instant) -> Book {
         let mut b = Book::default();
         for (i, p) in phases.iter().enumerate() {
-            b.runners
-                .insert(format!("r{i}"), Record::new(i as i64 + 1, *p, at));
+            b.runners.insert(
+                format!("r{i}"),
+                Record::new(RunnerId::new(i as i64 + 1), *p, at),
+            );
         }
         b
     }
@@ -207,7 +210,7 @@ mod tests {
         for i in 0..n {
             b.runners.insert(
                 format!("n{}", base + i),
-                Record::new(0, Phase::Minting, now),
+                Record::new(RunnerId::new(0), Phase::Minting, now),
             );
         }
     }

@@ -2,13 +2,15 @@
 
 use std::time::Duration;
 
+use actions_scaleset::ScaleSetId;
+
 use crate::config::ScaleSetConfig;
 
 /// Settings of one engine.
 #[derive(Clone, Debug)]
 pub struct EngineSettings {
     /// Scale set id.
-    pub scale_set_id: i64,
+    pub scale_set_id: ScaleSetId,
     /// Scale set name (a field of every log line).
     pub scale_set_name: String,
     /// Runners kept even without demand.
@@ -42,7 +44,7 @@ pub struct EngineSettings {
 impl EngineSettings {
     /// Settings with defaults: 0..10 runners, 60 s idle delay, 300 s registration timeout,
     /// 16 concurrent starts, a resync every 60 s, a registration sweep every 5 min, names `<name>-xxxxxxxx`.
-    pub fn new(scale_set_id: i64, scale_set_name: impl Into<String>) -> EngineSettings {
+    pub fn new(scale_set_id: ScaleSetId, scale_set_name: impl Into<String>) -> EngineSettings {
         let name = scale_set_name.into();
         EngineSettings {
             scale_set_id,
@@ -63,7 +65,7 @@ impl EngineSettings {
     }
 
     /// Settings from a scale set's configuration.
-    pub fn from_config(scale_set_id: i64, c: &ScaleSetConfig) -> EngineSettings {
+    pub fn from_config(scale_set_id: ScaleSetId, c: &ScaleSetConfig) -> EngineSettings {
         EngineSettings {
             min_runners: c.min_runners,
             max_runners: c.max_runners,

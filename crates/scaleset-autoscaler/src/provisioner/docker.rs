@@ -48,6 +48,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use actions_scaleset::RunnerId;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, EventMessage, HostConfig};
@@ -115,7 +116,7 @@ enum Phase {
 
 /// One followed runner: created or adopted here, no terminal event yet.
 struct Tracked {
-    runner_id: i64,
+    runner_id: RunnerId,
     phase: Phase,
     /// Fired by `stop`: a pending runner is never started (a pull in progress is dropped).
     cancel: CancellationToken,
@@ -923,7 +924,7 @@ impl Provisioner for DockerProvisioner {
                 .as_ref()
                 .and_then(|l| l.get(LABEL_RUNNER_ID))
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+                .unwrap_or_default();
             use ContainerSummaryStateEnum as S;
             let state = match c.state {
                 Some(S::CREATED) => RunnerState::Pending,
@@ -980,7 +981,7 @@ impl Provisioner for DockerProvisioner {
         let runner_id = labels
             .and_then(|l| l.get(LABEL_RUNNER_ID))
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+            .unwrap_or_default();
         {
             let mut runners = lock(&self.inner.runners);
             if runners.contains_key(name) {
@@ -1016,6 +1017,7 @@ impl Provisioner for DockerProvisioner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actions_scaleset::ScaleSetId;
 
     #[test]
     fn exit_codes_are_read_from_the_status_text() {
@@ -1041,13 +1043,13 @@ mod tests {
         s.user = Some("runner".into());
         s.working_dir = Some("/home/runner".into());
         let identity = ScaleSetIdentity {
-            id: 3,
+            id: ScaleSetId::new(3),
             name: "linux".into(),
             instance: "host-a".into(),
         };
         let spec = RunnerSpec {
             name: "linux-abc".into(),
-            runner_id: 12,
+            runner_id: RunnerId::new(12),
             jit_config: actions_scaleset::EncodedJitConfig::new("jit-secret-value"),
         };
         let lookup = |n: &str| match n {

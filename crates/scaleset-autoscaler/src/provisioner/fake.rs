@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use actions_scaleset::RunnerId;
 use tokio::sync::{Notify, mpsc};
 
 use super::{
@@ -13,7 +14,7 @@ use crate::error::ProvisionError;
 
 #[derive(Default)]
 struct State {
-    running: BTreeMap<String, i64>,
+    running: BTreeMap<String, RunnerId>,
     leftovers: BTreeMap<String, OwnedRunner>,
     created: Vec<String>,
     stopped: Vec<String>,
@@ -82,7 +83,7 @@ impl FakeProvisioner {
     }
 
     /// The runner id of a running runner.
-    pub fn runner_id(&self, name: &str) -> Option<i64> {
+    pub fn runner_id(&self, name: &str) -> Option<RunnerId> {
         self.read(|s| s.running.get(name).copied())
     }
 

@@ -53,7 +53,7 @@
 
 use std::future::Future;
 
-use actions_scaleset::EncodedJitConfig;
+use actions_scaleset::{EncodedJitConfig, RunnerId, ScaleSetId};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ProvisionError;
@@ -85,7 +85,7 @@ pub const OUTDATED_RUNNER_EXIT_CODE: i32 = 7;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScaleSetIdentity {
     /// Scale set id.
-    pub id: i64,
+    pub id: ScaleSetId,
     /// Scale set name.
     pub name: String,
     /// The owning instance (stable across restarts of the same daemon: a host name or a pod
@@ -99,7 +99,7 @@ pub struct RunnerSpec {
     /// Runner name (unique in the scale set; the key of all bookkeeping).
     pub name: String,
     /// The runner id GitHub assigned when the JIT config was minted.
-    pub runner_id: i64,
+    pub runner_id: RunnerId,
     /// The JIT config; a secret (its `Debug` is redacted).
     pub jit_config: EncodedJitConfig,
 }
@@ -215,7 +215,7 @@ pub struct OwnedRunner {
     /// Runner name.
     pub name: String,
     /// Runner id, when known (0 when the JIT config was never minted).
-    pub runner_id: i64,
+    pub runner_id: RunnerId,
     /// Its state.
     pub state: RunnerState,
 }

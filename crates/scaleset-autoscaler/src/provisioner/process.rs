@@ -41,6 +41,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use actions_scaleset::RunnerId;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -110,7 +111,7 @@ impl ProcessConfig {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Record {
     #[serde(default)]
-    runner_id: i64,
+    runner_id: RunnerId,
     #[serde(default)]
     pid: Option<i32>,
     /// Field 22 of `/proc/<pid>/stat` when the process was started.
@@ -757,10 +758,11 @@ impl Provisioner for ProcessProvisioner {
             })
             .collect();
         for name in lock(&self.inner.live).keys() {
-            let runner_id = self
-                .inner
-                .records
-                .read(|s| s.runners.get(name).map_or(0, |r| r.runner_id));
+            let runner_id = self.inner.records.read(|s| {
+                s.runners
+                    .get(name)
+                    .map_or(RunnerId::default(), |r| r.runner_id)
+            });
             out.insert(
                 name.clone(),
                 OwnedRunner {
@@ -841,6 +843,28 @@ mod tests {
     use std::os::unix::process::CommandExt;
 
     const DEADLINE: Duration = Duration::from_secs(30);
+
+    // The state file's bytes are those of the plain-integer ids before the typed ones.
+    #[test]
+    fn a_record_is_written_as_it_was_with_integer_ids() {
+        let state = State {
+            runners: BTreeMap::from([(
+                "t-1".to_string(),
+                Record {
+                    runner_id: RunnerId::new(42),
+                    pid: Some(7),
+                    start_time: Some(9),
+                },
+            )]),
+        };
+        let text = serde_json::to_string_pretty(&state).expect("encodes");
+        assert_eq!(
+            text,
+            "{\n  \"runners\": {\n    \"t-1\": {\n      \"runner_id\": 42,\n      \"pid\": 7,\n      \"start_time\": 9\n    }\n  }\n}"
+        );
+        let back: State = serde_json::from_str(&text).expect("decodes");
+        assert_eq!(back.runners["t-1"].runner_id, RunnerId::new(42));
+    }
     const PREFIX: &str = "t-";
 
     fn tempdir(tag: &str) -> PathBuf {
@@ -868,7 +892,7 @@ mod tests {
     fn spec(name: &str) -> RunnerSpec {
         RunnerSpec {
             name: name.into(),
-            runner_id: 1,
+            runner_id: RunnerId::new(1),
             jit_config: EncodedJitConfig::new("jit-secret-value"),
         }
     }

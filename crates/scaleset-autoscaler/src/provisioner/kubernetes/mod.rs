@@ -52,6 +52,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use actions_scaleset::RunnerId;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -111,7 +112,7 @@ enum Stage {
 #[derive(Debug)]
 struct Record {
     pod: String,
-    runner_id: i64,
+    runner_id: RunnerId,
     stage: Stage,
     /// A `stop` is under way: it reports the end.
     stopping: bool,
@@ -667,7 +668,7 @@ impl KubernetesProvisioner {
     }
 
     /// The names of this scale set's and instance's Secrets with their runner names and ids.
-    async fn list_secrets(&self) -> Result<Vec<(String, i64)>, ProvisionError> {
+    async fn list_secrets(&self) -> Result<Vec<(String, RunnerId)>, ProvisionError> {
         let lp = ListParams::default().labels(&self.inner.selector);
         let list = self
             .inner

@@ -24,6 +24,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use actions_scaleset::RunnerId;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, EnvVarSource, Pod, PodSpec, Secret, SecretKeySelector,
@@ -397,19 +398,19 @@ pub fn runner_name_of(meta: &ObjectMeta) -> String {
 }
 
 /// The runner id recorded on an object of ours (0 when unknown).
-pub fn runner_id_of(meta: &ObjectMeta) -> i64 {
+pub fn runner_id_of(meta: &ObjectMeta) -> RunnerId {
     meta.labels
         .as_ref()
         .and_then(|l| l.get(LABEL_RUNNER_ID))
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
 /// The identity labels and annotations of runner `spec` (shared by its Pod and Secret).
 fn own_metadata(
     identity: &ScaleSetIdentity,
     runner: &str,
-    runner_id: i64,
+    runner_id: RunnerId,
 ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     let labels = BTreeMap::from([
         (LABEL_SCALE_SET_ID.to_string(), identity.id.to_string()),
@@ -557,6 +558,7 @@ fn runner_container(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actions_scaleset::ScaleSetId;
 
     const TEMPLATE: &str = r#"
 apiVersion: v1
@@ -605,7 +607,7 @@ status:
 
     fn identity() -> ScaleSetIdentity {
         ScaleSetIdentity {
-            id: 3,
+            id: ScaleSetId::new(3),
             name: "Linux X64".into(),
             instance: "host-a".into(),
         }
@@ -614,7 +616,7 @@ status:
     fn spec() -> RunnerSpec {
         RunnerSpec {
             name: "linux-0000abcd".into(),
-            runner_id: 12,
+            runner_id: RunnerId::new(12),
             jit_config: actions_scaleset::EncodedJitConfig::new("jit-secret-value"),
         }
     }
@@ -771,7 +773,7 @@ status:
         );
         assert!(is_ours(&secret.metadata, &identity()));
         assert_eq!(runner_name_of(&secret.metadata), "linux-0000abcd");
-        assert_eq!(runner_id_of(&secret.metadata), 12);
+        assert_eq!(runner_id_of(&secret.metadata), RunnerId::new(12));
     }
 
     #[test]
