@@ -75,6 +75,8 @@ struct Report {
     leaked_processes: usize,
     /// Wall time of the soak.
     elapsed: Duration,
+    /// Broken invariants, in words.
+    failures: Vec<String>,
 }
 
 impl Report {
@@ -272,9 +274,20 @@ fn is_uncertain_mint(kind: &str, f: &Fault) -> bool {
 /// The invariants a sample must show; `Err` names the first broken one.
 fn check(st: &SimState, max_runners: u32) -> Result<(), String> {
     if st.runners.len() > max_runners as usize {
+        let runners: Vec<String> = st
+            .runners
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}(id {}, online {}, job {:?})",
+                    r.name, r.id, r.online, r.job_request_id
+                )
+            })
+            .collect();
         return Err(format!(
-            "{} runners registered, max_runners is {max_runners}",
-            st.runners.len()
+            "{} runners registered, max_runners is {max_runners}: {}",
+            st.runners.len(),
+            runners.join(", ")
         ));
     }
     if let Some(e) = &st.reaper_error {
@@ -328,6 +341,7 @@ async fn soak(cfg: Soak) -> Report {
     // long with jobs outstanding fails the soak.
     let stall_limit = Duration::from_secs(120);
     let mut violations: Vec<String> = Vec::new();
+    let mut recent_faults: Vec<String> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -340,7 +354,11 @@ async fn soak(cfg: Soak) -> Report {
         if let Err(e) = check(&st, cfg.max_runners) {
             report.over_max_samples += 1;
             if violations.len() < 5 {
-                violations.push(e);
+                let recent: Vec<&String> = recent_faults.iter().rev().take(4).collect();
+                violations.push(format!(
+                    "{e} (at {:.1}s; daemon generation {generation}; recent faults {recent:?})",
+                    started.elapsed().as_secs_f64()
+                ));
             }
         }
         let completed = tally.succeeded + tally.failed + tally.other;
@@ -401,6 +419,10 @@ async fn soak(cfg: Soak) -> Report {
             killed = true;
             daemon.kill().await;
             *report.faults.entry("sigkill".into()).or_default() += 1;
+            recent_faults.push(format!(
+                "sigkill at {:.1}s",
+                started.elapsed().as_secs_f64()
+            ));
             open_faults.push(now);
             soak_support::evict(&sim, ss);
             generation += 1;
@@ -426,6 +448,11 @@ async fn soak(cfg: Soak) -> Report {
             if let Some(h) = hold {
                 release_at = Some(now + h);
             }
+            recent_faults.push(format!(
+                "{kind} {} at {:.1}s",
+                serde_json::to_string(&faults).unwrap_or_default(),
+                started.elapsed().as_secs_f64()
+            ));
             *report.faults.entry(kind).or_default() += 1;
             open_faults.push(now);
         }
@@ -464,43 +491,64 @@ async fn soak(cfg: Soak) -> Report {
     report.elapsed = started.elapsed();
     println!("{}", report.summary());
 
-    assert_eq!(
-        code,
-        0,
-        "drain + SIGTERM exits 0: {}",
-        soak_support::log_tail(&log)
+    // Every broken invariant is collected, so a long run reports each seed in full.
+    let mut failures = violations
+        .iter()
+        .map(|v| format!("invariant broken: {v}"))
+        .collect::<Vec<_>>();
+    let mut expect = |ok: bool, what: String| {
+        if !ok {
+            failures.push(what);
+        }
+    };
+    expect(
+        code == 0,
+        format!(
+            "drain + SIGTERM exits 0, got {code}: {}",
+            soak_support::log_tail(&log)
+        ),
     );
-    assert!(violations.is_empty(), "invariant broken: {violations:?}");
-    assert_eq!(report.daemon_exits, 0, "the daemon never exits on its own");
-    assert_eq!(
-        (report.jobs.other, report.jobs.open),
-        (0, 0),
-        "every job completes succeeded or failed: {:?}",
-        report.jobs
+    expect(
+        report.daemon_exits == 0,
+        format!("the daemon exited on its own {} times", report.daemon_exits),
     );
-    assert!(
+    expect(
+        (report.jobs.other, report.jobs.open) == (0, 0),
+        format!("every job completes succeeded or failed: {:?}", report.jobs),
+    );
+    expect(
         report.jobs.failed as u64 <= report.justified_failures(),
-        "only designed faults fail jobs: {} failed, {} justified",
-        report.jobs.failed,
-        report.justified_failures()
+        format!(
+            "only designed faults fail jobs: {} failed, {} justified",
+            report.jobs.failed,
+            report.justified_failures()
+        ),
     );
     let bound = jobs_total as u64 + report.justified_extra_mints(cfg.max_runners);
-    assert!(
+    expect(
         report.minted <= bound,
-        "JIT configs minted {} > jobs + justified replacements {bound}",
-        report.minted
+        format!(
+            "JIT configs minted {} > jobs + justified replacements {bound}",
+            report.minted
+        ),
     );
-    assert_eq!(
+    expect(
         (
             report.leaked_registrations,
             report.leaked_sessions,
-            report.leaked_processes
+            report.leaked_processes,
+        ) == (0, 0, 0),
+        format!(
+            "nothing is left after drain: runners {:?} sessions {:?} processes {}",
+            st.runners, st.sessions, report.leaked_processes
         ),
-        (0, 0, 0),
-        "nothing is left after drain: {:?} {:?}",
-        st.runners,
-        st.sessions
     );
+    if !failures.is_empty() {
+        println!("seed {}: logs kept in {}", cfg.seed, files.root.display());
+    }
+    report.failures = failures;
+    let mut files = files;
+    files.keep = !report.failures.is_empty();
     drop(files);
     sim.shutdown().await;
     report
@@ -515,12 +563,15 @@ fn log_of(d: &Daemon) -> String {
 async fn fault_soak_every_job_completes_nothing_leaks_limits_hold() {
     let jobs = env_or("SOAK_JOBS", 300u32);
     let max_runners = env_or("SOAK_MAX_RUNNERS", 6u32);
+    let mut failures = Vec::new();
     for seed in seeds() {
-        soak(Soak {
+        let report = soak(Soak {
             seed,
             jobs,
             max_runners,
         })
         .await;
+        failures.extend(report.failures.iter().map(|f| format!("seed {seed}: {f}")));
     }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

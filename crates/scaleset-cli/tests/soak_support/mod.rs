@@ -120,6 +120,8 @@ pub struct DaemonFiles {
     pub state_home: PathBuf,
     /// Runner work directories' base.
     pub workdir: PathBuf,
+    /// Keep the scratch directory (logs) when dropped.
+    pub keep: bool,
 }
 
 impl DaemonFiles {
@@ -164,6 +166,7 @@ workdir = "{workdir}"
             config,
             state_home,
             workdir,
+            keep: false,
         }
     }
 }
@@ -171,7 +174,7 @@ workdir = "{workdir}"
 impl Drop for DaemonFiles {
     fn drop(&mut self) {
         kill_all_under(&self.workdir);
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && !self.keep {
             let _ = std::fs::remove_dir_all(&self.root);
         } else {
             eprintln!("kept for inspection: {}", self.root.display());
