@@ -575,3 +575,67 @@ async fn fault_soak_every_job_completes_nothing_leaks_limits_hold() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Found by the soak: a JIT answer that arrives unreadable (the service registered the
+/// runner all the same) must keep its slot: registered runners never exceed `max_runners`
+/// while that registration waits to be found and removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_mint_answer_keeps_registrations_within_max_runners() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let sim = common::sim().await;
+    let setup = DaemonSetup {
+        name: "unreadable".into(),
+        max_runners: 1,
+        registration_timeout_secs: 30,
+        idle_delay_secs: 2,
+        drain_timeout_secs: 30,
+        request_timeout_secs: 5,
+    };
+    let files = DaemonFiles::new("unreadable", &sim, &setup);
+    let daemon = Daemon::start(&files, &setup, 0);
+    let ss = soak_support::scale_set_id(&sim, &setup.name, common::DEADLINE).await;
+    assert!(
+        soak_support::wait_listening(&sim, ss, common::DEADLINE).await,
+        "the daemon listens: {}",
+        daemon.log_tail()
+    );
+    sim.faults()
+        .inject(fault(
+            serde_json::json!({"kind": "truncatedJson", "class": "jit", "count": 1}),
+        ))
+        .expect("a valid fault");
+    sim.enqueue_jobs(EnqueueJobs {
+        labels: vec![setup.name.clone()],
+        count: 3,
+        duration: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await
+    .expect("the jobs are enqueued");
+    let peak = Arc::new(AtomicUsize::new(0));
+    let p = peak.clone();
+    let (done, st) = sim
+        .wait_until(Duration::from_secs(60), move |st| {
+            p.fetch_max(st.runners.len(), Ordering::SeqCst);
+            st.jobs.len() == 3 && st.jobs.iter().all(|j| j.status == "completed")
+        })
+        .await;
+    assert!(done, "every job completes: {:?}", JobTally::of(&st));
+    let code = daemon.terminate(Duration::from_secs(60)).await;
+    assert_eq!(code, 0);
+    let st = sim.state();
+    assert!(st.runners.is_empty(), "nothing is left: {:?}", st.runners);
+    assert!(
+        st.runners_registered >= 4,
+        "the unreadable answer registered a runner too: {}",
+        st.runners_registered
+    );
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(
+        peak <= 1,
+        "registered runners never exceed max_runners 1: saw {peak}"
+    );
+    drop(files);
+    sim.shutdown().await;
+}
