@@ -430,10 +430,12 @@ async fn soak(cfg: Soak) -> Report {
             continue;
         }
 
-        // About one fault a second while jobs are still arriving or running.
+        // About one fault a second while jobs are still arriving or running; a new one only
+        // once the daemon has met the last (faults nobody consumes would pile up while the
+        // daemon backs off, and one burst would become an outage).
         if rng.chance(20) {
             let (kind, faults, hold) = next_fault(&mut rng, ss);
-            if hold.is_some() && release_at.is_some() {
+            if (hold.is_some() && release_at.is_some()) || faults_pending(&sim) {
                 continue;
             }
             for f in &faults {
@@ -554,6 +556,15 @@ async fn soak(cfg: Soak) -> Report {
     report
 }
 
+/// Whether request or runner faults injected earlier are still waiting to be met.
+fn faults_pending(sim: &scaleset_sim::Simulator) -> bool {
+    let p = sim.faults().pending();
+    let empty = |v: &serde_json::Value| v.as_array().is_none_or(|a| a.is_empty());
+    !(empty(&p["requestFaults"]["responses"])
+        && empty(&p["requestFaults"]["latency"])
+        && p["runnerFaults"].as_array().is_none_or(|a| a.len() < 2))
+}
+
 fn log_of(d: &Daemon) -> String {
     d.log_tail()
 }
@@ -636,6 +647,46 @@ async fn an_unreadable_mint_answer_keeps_registrations_within_max_runners() {
         peak <= 1,
         "registered runners never exceed max_runners 1: saw {peak}"
     );
+    drop(files);
+    sim.shutdown().await;
+}
+
+/// Found by the soak: a daemon (re)started while the scale-set lookup answers 200 with a
+/// garbled body must wait and retry like for a 5xx, not exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbled_scale_set_answer_at_start_up_is_retried_not_fatal() {
+    let sim = common::sim().await;
+    let setup = DaemonSetup {
+        name: "garbled".into(),
+        max_runners: 1,
+        registration_timeout_secs: 30,
+        idle_delay_secs: 2,
+        drain_timeout_secs: 30,
+        request_timeout_secs: 5,
+    };
+    let files = DaemonFiles::new("garbled", &sim, &setup);
+    // The first scale-set lookups of the daemon read a truncated and a malformed answer.
+    for kind in ["truncatedJson", "malformedJson"] {
+        sim.faults()
+            .inject(fault(serde_json::json!({
+                "kind": kind, "class": "scaleset", "method": "GET", "count": 1
+            })))
+            .expect("a valid fault");
+    }
+    let mut daemon = Daemon::start(&files, &setup, 0);
+    let ss = soak_support::scale_set_id(&sim, &setup.name, common::DEADLINE).await;
+    assert!(
+        soak_support::wait_listening(&sim, ss, common::DEADLINE).await,
+        "the daemon listens: {}",
+        daemon.log_tail()
+    );
+    assert!(daemon.exited().is_none(), "{}", daemon.log_tail());
+    let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+    assert!(
+        log.contains("GitHub may be having a bad minute, retrying"),
+        "{log}"
+    );
+    assert_eq!(daemon.terminate(Duration::from_secs(60)).await, 0);
     drop(files);
     sim.shutdown().await;
 }
