@@ -280,7 +280,8 @@ const LOST_GRACE: Duration = Duration::from_secs(5);
 
 /// [`get_or_create_scale_set`], retried with capped, jittered backoff (1 s doubling to a
 /// minute) while GitHub fails in a way that may pass (5xx, 429, timeouts, connection
-/// failures): a daemon started during GitHub's bad minute waits, not ready, and says so.
+/// failures, unreadable success answers): a daemon started during GitHub's bad minute
+/// waits, not ready, and says so.
 /// Configuration errors and refused credentials end it. `None` when `shutdown` fired first.
 async fn set_up_retrying(
     client: &Client,
@@ -295,7 +296,13 @@ async fn set_up_retrying(
                 readiness.waiting(slot, None);
                 return Ok(Some(set));
             }
-            Err(Error::Api(e)) if e.is_retryable() => e,
+            // A success answer whose body is unreadable (cut off, garbled by a proxy) is the
+            // service's bad minute too, not a configuration error.
+            Err(Error::Api(e))
+                if e.is_retryable() || e.kind() == actions_scaleset::ErrorKind::Decode =>
+            {
+                e
+            }
             Err(e) => return Err(e),
         };
         let delay = crate::engine::book::retry_backoff(attempt, rand::random::<f64>());

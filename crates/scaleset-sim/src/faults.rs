@@ -228,6 +228,22 @@ pub enum Fault {
         #[serde(default = "one")]
         count: u32,
     },
+    /// The next `count` simulated runners to come online crash before taking a job (exit
+    /// non-zero after coming online; no job was started, so none fails: an assigned job
+    /// waits for another runner).
+    RunnerCrashBeforeJob {
+        /// How many runners (default 1).
+        #[serde(default = "one")]
+        count: u32,
+    },
+    /// The next `count` simulated runners to come online run their job to the end and
+    /// report it `failed` (the job's own result is ignored), then exit 0 like a runner
+    /// whose job's steps failed.
+    RunnerFailJob {
+        /// How many runners (default 1).
+        #[serde(default = "one")]
+        count: u32,
+    },
 }
 
 /// What a response-shaping fault does.

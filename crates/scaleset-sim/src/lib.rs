@@ -101,7 +101,8 @@
 //! * `{"kind":"foreignSession","scaleSetId":1}`, `{"kind":"releaseForeignSession","scaleSetId":1}`
 //! * `{"kind":"evictSession","scaleSetId":1}`, `{"kind":"deleteScaleSet","scaleSetId":1}`
 //! * `{"kind":"emptyMessageQueueUrl","count":1}`
-//! * `{"kind":"runnerNeverOnline","count":1}`, `{"kind":"runnerCrashMidJob","count":1}`
+//! * `{"kind":"runnerNeverOnline","count":1}`, `{"kind":"runnerCrashMidJob","count":1}`,
+//!   `{"kind":"runnerCrashBeforeJob","count":1}`, `{"kind":"runnerFailJob","count":1}`
 //!
 //! # Simulated-runner API (`/_sim/runner/{agentId}/...`, `Authorization: Bearer <secret>`)
 //!
@@ -109,7 +110,7 @@
 //!
 //! | Method & path | Answer |
 //! |---|---|
-//! | `POST online` | 200 `{"behavior":"normal"|"neverOnline"|"crashMidJob"}` (a pending runner fault is consumed here) |
+//! | `POST online` | 200 `{"behavior":"normal"|"neverOnline"|"crashMidJob"|"crashBeforeJob"|"failJob"}` (a pending runner fault is consumed here) |
 //! | `GET job?waitMs=N` | long poll: 200 `{"runnerRequestId","jobId","jobDisplayName","durationMs","result"}` or 204 |
 //! | `POST heartbeat` | 200; 404 when the runner was removed |
 //! | `POST complete` `{"result":"succeeded"}` | 200; the job completes and the runner is removed |

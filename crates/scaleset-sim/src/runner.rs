@@ -80,6 +80,9 @@ pub enum RunnerError {
     /// An injected crash: the runner stopped mid-job without reporting.
     #[error("simulated crash mid-job (injected fault)")]
     Crashed,
+    /// An injected crash: the runner came online and stopped before taking a job.
+    #[error("simulated crash before the job (injected fault)")]
+    CrashedBeforeJob,
     /// No job arrived within `max_wait_for_job`.
     #[error("no job arrived in time")]
     NoJob,
@@ -260,6 +263,10 @@ pub async fn run(jit_config: &str, opts: RunnerOptions) -> Result<RunnerOutcome,
         let never = std::future::pending::<Infallible>().await;
         match never {}
     }
+    if behavior == "crashBeforeJob" {
+        tracing::info!(runner = %info.agent_name, "injected fault: crashing before the job");
+        return Err(RunnerError::CrashedBeforeJob);
+    }
     let started = tokio::time::Instant::now();
     let job: JobIn = loop {
         if let Some(max) = opts.max_wait_for_job
@@ -308,7 +315,10 @@ pub async fn run(jit_config: &str, opts: RunnerOptions) -> Result<RunnerOutcome,
         tracing::info!(runner = %info.agent_name, "injected fault: crashing mid-job");
         return Err(RunnerError::Crashed);
     }
-    let result = if job.result.is_empty() {
+    let result = if behavior == "failJob" {
+        tracing::info!(runner = %info.agent_name, "injected fault: failing the job");
+        "failed".to_owned()
+    } else if job.result.is_empty() {
         "succeeded".to_owned()
     } else {
         job.result

@@ -364,6 +364,16 @@ impl Shared {
                     .extend((0..count.min(10_000)).map(|_| RunnerBehavior::CrashMidJob));
                 Ok(())
             }),
+            Fault::RunnerCrashBeforeJob { count } => self.with_state(|st| {
+                st.runner_faults
+                    .extend((0..count.min(10_000)).map(|_| RunnerBehavior::CrashBeforeJob));
+                Ok(())
+            }),
+            Fault::RunnerFailJob { count } => self.with_state(|st| {
+                st.runner_faults
+                    .extend((0..count.min(10_000)).map(|_| RunnerBehavior::FailJob));
+                Ok(())
+            }),
         }
     }
 }

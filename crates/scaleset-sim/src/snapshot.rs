@@ -27,6 +27,9 @@ pub struct SimState {
     /// Message-queue long polls currently held open.
     #[serde(default)]
     pub in_flight_polls: usize,
+    /// Runners ever registered (one per JIT config minted), including removed ones.
+    #[serde(default)]
+    pub runners_registered: u64,
     /// `None` while the timer task (assignment timeouts, re-offers, dead runners, idle
     /// sessions) runs; the panic message if it died. Timers stop when it is set.
     #[serde(default)]
@@ -269,6 +272,7 @@ pub(crate) fn snapshot(st: &State) -> SimState {
         runners,
         jobs,
         in_flight_polls: 0,
+        runners_registered: st.runners_registered(),
         reaper_error: None,
     }
 }

@@ -92,6 +92,8 @@ pub(crate) enum RunnerBehavior {
     Normal,
     NeverOnline,
     CrashMidJob,
+    CrashBeforeJob,
+    FailJob,
 }
 
 pub(crate) struct Group {
@@ -258,6 +260,11 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// How many runners were ever registered (one per JIT config minted).
+    pub(crate) fn runners_registered(&self) -> u64 {
+        u64::try_from(self.next_runner_id - 1).unwrap_or(0)
+    }
+
     pub(crate) fn new(cfg: SimConfig, base_url: String) -> Self {
         let mut groups = BTreeMap::new();
         groups.insert(

@@ -495,6 +495,90 @@ async fn runner_crash_mid_job_fails_the_job() {
 }
 
 #[tokio::test]
+async fn runner_crash_before_job_leaves_the_job_to_the_next_runner() {
+    let ctx = Ctx::start(fast_cfg()).await;
+    let ss = ctx.create_scale_set("early", &[]).await;
+    let s = ctx.create_session(ss).await;
+    let id = ctx
+        .sim
+        .enqueue_jobs(EnqueueJobs {
+            labels: vec!["early".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue")[0];
+    ctx.collect(&s, 1, |m| !of_type(m, "JobAssigned").is_empty())
+        .await;
+    ctx.sim
+        .faults()
+        .inject(Fault::RunnerCrashBeforeJob { count: 1 })
+        .expect("inject");
+    let (rid, jit) = ctx.jit(ss, "r-early").await;
+    let res = runner::run(&jit, fast_runner()).await;
+    assert!(matches!(res, Err(RunnerError::CrashedBeforeJob)), "{res:?}");
+    let st = ctx.sim.state();
+    let r = st.runners.iter().find(|r| r.id == rid).expect("runner");
+    assert!(r.online, "it came online before crashing");
+    assert_eq!(r.job_request_id, None, "it took no job");
+    let job = st.job(id).expect("job");
+    assert_eq!(job.status, "assigned", "the job still waits: {job:?}");
+    assert_eq!(st.runners_registered, 1);
+    // The next runner takes the job and succeeds.
+    let (_, jit) = ctx.jit(ss, "r-next").await;
+    let out = runner::run(&jit, fast_runner()).await.expect("runner");
+    assert_eq!((out.request_id, out.result.as_str()), (id, "succeeded"));
+    assert_eq!(ctx.sim.state().runners_registered, 2);
+}
+
+#[tokio::test]
+async fn runner_fail_job_reports_the_job_failed() {
+    let ctx = Ctx::start(fast_cfg()).await;
+    let ss = ctx.create_scale_set("fails", &[]).await;
+    let s = ctx.create_session(ss).await;
+    let id = ctx
+        .sim
+        .enqueue_jobs(EnqueueJobs {
+            labels: vec!["fails".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue")[0];
+    ctx.collect(&s, 1, |m| !of_type(m, "JobAssigned").is_empty())
+        .await;
+    let body = json!({"kind": "runnerFailJob", "count": 1});
+    fault(&ctx, body).await;
+    let (rid, jit) = ctx.jit(ss, "r-fails").await;
+    let out = runner::run(&jit, fast_runner()).await.expect("runner");
+    assert_eq!((out.request_id, out.result.as_str()), (id, "failed"));
+    let msgs = ctx
+        .collect(&s, 1, |m| {
+            of_type(m, "JobCompleted")
+                .iter()
+                .any(|c| c["runnerRequestId"] == id)
+        })
+        .await;
+    let done = of_type(&msgs, "JobCompleted");
+    assert_eq!(done[0]["result"], "failed");
+    assert_eq!(done[0]["runnerId"], rid);
+    let st = ctx.sim.state();
+    assert_eq!(st.job(id).expect("job").result.as_deref(), Some("failed"));
+    assert!(st.runners.is_empty(), "the ephemeral runner is removed");
+    // The fault was consumed: the next runner's job succeeds.
+    ctx.sim
+        .enqueue_jobs(EnqueueJobs {
+            labels: vec!["fails".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue");
+    ctx.collect(&s, 1, |m| !of_type(m, "JobAssigned").is_empty())
+        .await;
+    let (_, jit) = ctx.jit(ss, "r-ok").await;
+    let out = runner::run(&jit, fast_runner()).await.expect("runner");
+    assert_eq!(out.result, "succeeded");
+}
+
+#[tokio::test]
 async fn faults_listing_and_clearing() {
     let ctx = Ctx::start(fast_cfg()).await;
     fault(

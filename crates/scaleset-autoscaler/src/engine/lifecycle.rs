@@ -106,8 +106,11 @@ pub enum ExitKind {
 pub enum Event {
     /// Its JIT config was minted (the runner is registered).
     Minted,
-    /// Minting failed.
+    /// Minting failed and registered nothing (the service refused it).
     MintFailed,
+    /// Minting failed in a way that may have registered the runner all the same (the
+    /// answer was lost to a timeout or a dropped connection, or was unreadable).
+    MintUncertain,
     /// The provisioner refused to create it.
     CreateFailed,
     /// The provisioner reports it running.
@@ -146,9 +149,10 @@ pub enum Event {
 
 impl Event {
     /// Every event (each exit kind counted as its own event).
-    pub const ALL: [Event; 21] = [
+    pub const ALL: [Event; 22] = [
         Event::Minted,
         Event::MintFailed,
+        Event::MintUncertain,
         Event::CreateFailed,
         Event::Running,
         Event::JobStarted,
@@ -175,6 +179,7 @@ impl Event {
         match self {
             Event::Minted => "Minted",
             Event::MintFailed => "MintFailed",
+            Event::MintUncertain => "MintUncertain",
             Event::CreateFailed => "CreateFailed",
             Event::Running => "Running",
             Event::JobStarted => "JobStarted",
@@ -289,6 +294,9 @@ pub fn next(phase: Phase, event: Event) -> Option<Transition> {
     match (phase, event) {
         (P::Minting, E::Minted) => to(P::Starting, &[Create]),
         (P::Minting, E::MintFailed) => gone(&[CountFailure]),
+        // Its registration may exist: it keeps counting toward max_runners (never as
+        // capacity) until the lookup by name removes it or finds none.
+        (P::Minting, E::MintUncertain) => to(P::Deregistering, &[CountFailure, Deregister]),
 
         (P::Starting, E::Running) => to(P::Idle, &[ResetFailures]),
         (P::Starting | P::Idle, E::CreateFailed) => {
@@ -493,6 +501,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_uncertain_mint_keeps_its_slot_until_its_registration_is_gone() {
+        let t = next(Phase::Minting, Event::MintUncertain).expect("handled");
+        assert_eq!(t.next, Next::To(Phase::Deregistering));
+        assert_eq!(t.actions, &[Action::CountFailure, Action::Deregister]);
+        assert!(
+            Phase::Deregistering.is_lingering(),
+            "counts toward max_runners"
+        );
+        assert!(!Phase::Deregistering.is_capacity(), "never as capacity");
     }
 
     #[test]

@@ -871,12 +871,16 @@ impl<P: Provisioner> Shared<P> {
             Ok(jit) => jit,
             Err(e) => {
                 runner_log!(self, name, warn, error = %e, "could not mint a JIT config");
-                self.apply(&name, Event::MintFailed, true);
-                // The service may have registered the runner all the same (its answer was
-                // lost or unreadable): look for registrations without a record soon.
-                if !matches!(e, ApiError::Unauthorized(_)) {
-                    self.sweep_soon.notify_one();
+                if matches!(e, ApiError::Unauthorized(_)) {
+                    self.apply(&name, Event::MintFailed, true);
+                    return;
                 }
+                // The service may have registered the runner all the same (its answer was
+                // lost or unreadable): the record keeps its slot while the registration is
+                // looked up by name and removed; a sweep soon catches a mint the service
+                // finishes later.
+                self.apply(&name, Event::MintUncertain, true);
+                self.sweep_soon.notify_one();
                 return;
             }
         };
