@@ -263,9 +263,23 @@ impl PemJwtSigner {
                 "the GitHub App private key is empty".into(),
             ));
         }
+        if private_key_pem.contains("PUBLIC KEY-----") {
+            return Err(Error::InvalidCredentials(
+                "the GitHub App private key is a public key; give the private key GitHub let \
+                 you download (BEGIN RSA PRIVATE KEY or BEGIN PRIVATE KEY)"
+                    .into(),
+            ));
+        }
         let key = EncodingKey::from_rsa_pem(private_key_pem.as_bytes()).map_err(|e| {
             Error::InvalidCredentials(format!(
                 "the GitHub App private key is not an RSA key in PEM (PKCS#1 or PKCS#8): {e}"
+            ))
+        })?;
+        // A PEM that parses may still not sign (a public key in a private key's armour): find
+        // out now, not at the first request.
+        jsonwebtoken::crypto::sign(b"probe", &key, Algorithm::RS256).map_err(|e| {
+            Error::InvalidCredentials(format!(
+                "the GitHub App private key cannot sign (is it an RSA private key?): {e}"
             ))
         })?;
         Ok(PemJwtSigner { key })
@@ -836,6 +850,25 @@ fn token_from(resp: &Incoming, what: &str) -> Result<SecretString, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An RSA public key given as the App key is refused when the signer is made, naming
+    /// what is wrong, whatever its armour; the private keys are accepted.
+    #[test]
+    fn a_public_key_is_refused_when_the_signer_is_made() {
+        let public = include_str!("../tests/fixtures/app_key_public.pem");
+        let e = PemJwtSigner::from_pem(public).expect_err("a public key");
+        assert!(matches!(e, Error::InvalidCredentials(_)), "{e}");
+        assert!(e.to_string().contains("public key"), "{e}");
+        let rearmoured = public.replace("PUBLIC KEY", "PRIVATE KEY");
+        let e = PemJwtSigner::from_pem(&rearmoured).expect_err("a public key body");
+        assert!(matches!(e, Error::InvalidCredentials(_)), "{e}");
+        for private in [
+            include_str!("../tests/fixtures/app_key_pkcs1.pem"),
+            include_str!("../tests/fixtures/app_key_pkcs8.pem"),
+        ] {
+            PemJwtSigner::from_pem(private).expect("a private key signs");
+        }
+    }
 
     /// A token file rotated in place is read again; a file caught mid-rotation keeps the
     /// token read before unless GitHub refused it; no token reaches `Debug` or an error.

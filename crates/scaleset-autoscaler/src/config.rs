@@ -552,6 +552,16 @@ impl Config {
                         ),
                     ));
                 }
+                if let Some(file) = dir.ancestors().find(|a| a.exists()).filter(|a| !a.is_dir()) {
+                    return Err(Error::config(
+                        key("provisioner.workdir"),
+                        format!(
+                            "{} cannot be a work directory: {} is not a directory",
+                            dir.display(),
+                            file.display()
+                        ),
+                    ));
+                }
                 workdirs.insert(dir, i);
             }
             let prefix = s.name_prefix();
@@ -713,6 +723,31 @@ mod tests {
         .expect("another runner group");
         Config::from_toml_str(&text.replace("github.com/org/", "github.com/org/repo"))
             .expect("another URL");
+    }
+
+    #[test]
+    fn a_workdir_below_a_file_is_refused_at_load() {
+        let file = std::env::temp_dir().join(format!(
+            "scaleset-workdir-file-{}",
+            std::process::id()
+        ));
+        std::fs::write(&file, "not a directory").expect("a temp file");
+        for dir in [file.clone(), file.join("runners")] {
+            let text = GOOD.replace(
+                "command = \"/bin/true\"\n        [[",
+                &format!(
+                    "command = \"/bin/true\"\n        workdir = \"{}\"\n        [[",
+                    dir.display()
+                ),
+            );
+            let e = err(&text);
+            assert!(e.starts_with("scale_set[0].provisioner.workdir:"), "{e}");
+            assert!(
+                e.contains(&format!("{} is not a directory", file.display())),
+                "{e}"
+            );
+        }
+        let _ = std::fs::remove_file(&file);
     }
 
     #[test]

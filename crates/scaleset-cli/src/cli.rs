@@ -160,6 +160,17 @@ impl Command {
     }
 }
 
+/// Parses a value that must hold more than spaces (a name, an owner, a folder): an empty
+/// one is refused before any request is sent, as clap refuses a malformed number.
+pub(crate) fn not_blank(value: &str) -> Result<String, String> {
+    let v = value.trim();
+    if v.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(v.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

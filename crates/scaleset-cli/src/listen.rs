@@ -55,7 +55,7 @@ pub(crate) struct ListenArgs {
     )]
     max_runners: u32,
     /// Session owner name [default: this host's name].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = crate::cli::not_blank)]
     owner: Option<String>,
     /// Wait for another client's session to end instead of exiting 4.
     #[arg(long)]

@@ -48,10 +48,10 @@ pub(crate) struct JitArgs {
     #[arg(long, value_name = "ID", value_parser = id_parser::<ScaleSetId>())]
     scale_set_id: ScaleSetId,
     /// Runner name [default: runner-<8 random hex digits>].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = crate::cli::not_blank)]
     name: Option<String>,
     /// The runner's work folder [default: the runner's own default].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = crate::cli::not_blank)]
     work_folder: Option<String>,
     /// Connection options given after the subcommand.
     #[command(flatten)]
@@ -66,7 +66,7 @@ pub(crate) struct GetArgs {
     #[arg(long, value_name = "ID", value_parser = id_parser::<RunnerId>())]
     id: Option<RunnerId>,
     /// The runner name.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = crate::cli::not_blank)]
     name: Option<String>,
     /// Connection options given after the subcommand.
     #[command(flatten)]

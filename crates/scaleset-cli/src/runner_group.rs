@@ -19,7 +19,7 @@ Examples:
   scaleset runner-group get default --url https://github.com/my-org")]
     Get {
         /// The runner group's name.
-        #[arg(value_name = "NAME")]
+        #[arg(value_name = "NAME", value_parser = crate::cli::not_blank)]
         name: String,
         /// Connection options given after the subcommand.
         #[command(flatten)]
