@@ -727,10 +727,8 @@ mod tests {
 
     #[test]
     fn a_workdir_below_a_file_is_refused_at_load() {
-        let file = std::env::temp_dir().join(format!(
-            "scaleset-workdir-file-{}",
-            std::process::id()
-        ));
+        let file =
+            std::env::temp_dir().join(format!("scaleset-workdir-file-{}", std::process::id()));
         std::fs::write(&file, "not a directory").expect("a temp file");
         for dir in [file.clone(), file.join("runners")] {
             let text = GOOD.replace(
