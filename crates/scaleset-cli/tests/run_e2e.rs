@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Streaming, TOKEN, cmd};
+use common::{Streaming, TOKEN, cmd, processes_under};
 use scaleset_sim::{EnqueueJobs, Fault, Simulator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,25 +25,6 @@ fn workdir(tag: &str) -> PathBuf {
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
-}
-
-/// Processes whose working directory is under `dir` (the runners of this test).
-fn processes_under(dir: &Path) -> Vec<i32> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(cwd) = std::fs::read_link(e.path().join("cwd"))
-            && cwd.starts_with(dir)
-        {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 async fn http_get(port: u16, path: &str) -> (u16, String) {

@@ -286,3 +286,22 @@ impl Streaming {
         }
     }
 }
+
+/// Processes whose working directory is under `dir` (the runners of one test).
+pub fn processes_under(dir: &std::path::Path) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(e.path().join("cwd"))
+            && cwd.starts_with(dir)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}

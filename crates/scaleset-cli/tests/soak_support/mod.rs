@@ -61,24 +61,7 @@ pub fn scratch(tag: &str) -> PathBuf {
     dir
 }
 
-/// Processes whose working directory is under `dir` (the runners of one test).
-pub fn processes_under(dir: &Path) -> Vec<i32> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(cwd) = std::fs::read_link(e.path().join("cwd"))
-            && cwd.starts_with(dir)
-        {
-            found.push(pid);
-        }
-    }
-    found
-}
+pub use crate::common::processes_under;
 
 /// Kills every process under `dir` (clean-up after a failed test; runners have their own
 /// process groups and would outlive it).
