@@ -123,6 +123,11 @@ fn default_poll_window() -> u64 {
 }
 
 /// What happens to runners when the autoscaler is told to stop.
+///
+/// With leader election a graceful stop hands over instead: idle runners stop, busy ones
+/// are left to the next leader (as `keep`), and the Lease is given up at once, so a standby
+/// takes the scale set without a window in which new jobs wait for a drain. `delete` is
+/// refused with leader election.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ShutdownPolicy {
@@ -429,6 +434,21 @@ impl Config {
         }
         if let Some(le) = self.leader_election.as_ref().filter(|le| le.enabled) {
             le.settings(self, "validating")?;
+            if let Some(s) = self
+                .scale_sets
+                .iter()
+                .find(|s| s.shutdown == ShutdownPolicy::Delete)
+            {
+                return Err(Error::config(
+                    "scale_set.shutdown",
+                    format!(
+                        "scale set {:?}: \"delete\" cannot be combined with [leader_election]: \
+                         a replica that stops would delete the scale set its standby takes over \
+                         (a stop with leader election hands over; use \"keep\" or \"drain\")",
+                        s.name
+                    ),
+                ));
+            }
         }
         if let Some(url) = &self.connection.url {
             actions_scaleset::parse_github_config_from_url(url)
@@ -504,6 +524,12 @@ impl Config {
             }
             if s.runner_group.trim().is_empty() {
                 return Err(Error::config(key("runner_group"), "must not be empty"));
+            }
+            if s.max_runners == 0 {
+                return Err(Error::config(
+                    key("max_runners"),
+                    "must be at least 1 (a scale set that can start no runner strands every job)",
+                ));
             }
             if s.max_runners > i32::MAX as u32 {
                 return Err(Error::config(

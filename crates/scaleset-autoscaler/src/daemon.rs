@@ -455,7 +455,15 @@ pub async fn run_scale_set(
         (outcome, _) => outcome,
     };
     // The engine logs what it stopped and what it left.
-    let left = engine.shutdown(cfg.shutdown, cfg.drain_timeout()).await;
+    let policy = stop_policy(cfg.shutdown, leading.is_some());
+    if policy != cfg.shutdown {
+        tracing::info!(
+            configured = %cfg.shutdown,
+            "handing over: idle runners stop, busy ones are left to the next leader, which \
+             adopts them; the Lease is given up without waiting for a drain"
+        );
+    }
+    let left = engine.shutdown(policy, cfg.drain_timeout()).await;
     if cfg.shutdown == ShutdownPolicy::Delete {
         if !left.is_empty() {
             tracing::warn!(
@@ -474,6 +482,20 @@ pub async fn run_scale_set(
         tracing::info!(id = set.id.get(), policy = %cfg.shutdown, "stopped; the scale set stays registered for the next start");
     }
     outcome
+}
+
+/// The policy a graceful stop applies. With leader election a stop is a handover: the
+/// session is already gone, so a standby takes the scale set as soon as the Lease is free;
+/// waiting for busy runners (`drain`) would only hold the Lease while new jobs wait. Idle
+/// runners stop (a successor starts its own); busy ones run on, recorded as the Lease's, and
+/// the next leader adopts them and cleans up after their jobs. `delete` is refused with
+/// leader election when the configuration is validated.
+fn stop_policy(configured: ShutdownPolicy, leading: bool) -> ShutdownPolicy {
+    if leading {
+        ShutdownPolicy::Keep
+    } else {
+        configured
+    }
 }
 
 /// Abandons the engine (see [`Engine::abandon`]) when dropped after the Lease was lost: a

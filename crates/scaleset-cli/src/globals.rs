@@ -98,7 +98,8 @@ pub(crate) struct ConnectionArgs {
         long,
         env = "SCALESET_APP_INSTALLATION_ID",
         hide_env_values = true,
-        value_name = "N"
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub(crate) app_installation_id: Option<u64>,
 
@@ -349,6 +350,8 @@ fn client_with_env(
     }
     for path in &g.ca_cert {
         let pem = read_file(path, "--ca-cert", "InvalidClientConfig")?;
+        // Checked here so that the error names the flag and the path.
+        check_pem(&pem, "CERTIFICATE-----", "--ca-cert", path)?;
         builder = builder.root_ca_pem(pem);
     }
     let names = &g.names;

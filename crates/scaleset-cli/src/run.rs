@@ -222,7 +222,10 @@ impl RunArgs {
     fn to_config(&self, g: &ConnectionArgs) -> Result<Config, CliError> {
         let bad = |e: scaleset_autoscaler::Error| CliError::config("InvalidConfig", e.to_string());
         let mut config = match &self.config {
-            Some(path) => Config::from_file(path).map_err(bad)?,
+            Some(path) => Config::from_file(path).map_err(|e| {
+                // The file's errors start with its path; the flag says where it came from.
+                CliError::config("InvalidConfig", format!("--config {e}"))
+            })?,
             None => {
                 let name = self.name.clone().ok_or_else(|| {
                     CliError::config("InvalidArgument", "run: give --name (or --config)")

@@ -671,3 +671,99 @@ async fn a_frozen_leader_is_replaced_and_on_waking_stops_at_once_without_creatin
     drop(kubelet);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_told_to_stop_hands_its_busy_pods_over_without_draining_them() {
+    // The scale set's policy is `drain` (30 s); the jobs last 20 s: a leader that drained
+    // before giving the Lease up would still be running when they end.
+    let (sim, fake, dir, config) = ha_setup("handover").await;
+    let kubelet = SimKubelet::spawn(fake.clone());
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = replica(&config, "replica-a", port_a);
+    a.wait_stderr("listening").await;
+    let mut b = replica(&config, "replica-b", port_b);
+    wait_readyz(port_b, |code, body| code == 200 && body.contains("standby")).await;
+    sim.enqueue_jobs(EnqueueJobs {
+        labels: vec!["k8s-ha".into()],
+        count: 2,
+        duration: Duration::from_secs(20),
+        ..Default::default()
+    })
+    .await
+    .expect("enqueue");
+    let (busy, st) = sim.wait_until(LONG, |st| st.jobs_in("running") == 2).await;
+    assert!(busy, "two jobs run: {:?}", st.jobs);
+
+    a.sigterm();
+    let out_a = a.finish().await;
+    assert_eq!(out_a.code, 0, "{}", out_a.stderr);
+    let st = sim.state();
+    assert_eq!(
+        st.jobs_in("running"),
+        2,
+        "the leader left without waiting for its busy runners: {:?}\n{}",
+        st.jobs,
+        out_a.stderr
+    );
+    assert!(out_a.stderr.contains("handing over"), "{}", out_a.stderr);
+    assert_eq!(
+        fake.names(Kind::Pod, NS).len(),
+        2,
+        "the busy pods run on: {}",
+        out_a.stderr
+    );
+    let lease = fake
+        .get(Kind::Lease, NS, "scaleset-e2e")
+        .expect("the lease");
+    assert_ne!(lease["spec"]["holderIdentity"], "replica-a", "{lease}");
+
+    // The standby leads, adopts both pods, and cleans up after their jobs.
+    b.wait_stderr("this replica leads now").await;
+    b.wait_stderr("listening").await;
+    let (done, st) = sim
+        .wait_until(LONG, |st| {
+            st.jobs.len() == 2 && st.jobs.iter().all(|j| j.status == "completed")
+        })
+        .await;
+    assert!(done, "both jobs completed: {:?}", st.jobs);
+    assert!(
+        st.jobs
+            .iter()
+            .all(|j| j.result.as_deref() == Some("succeeded")),
+        "{:?}",
+        st.jobs
+    );
+    let (gone, _) = sim.wait_until(LONG, |st| st.runners.is_empty()).await;
+    b.sigterm();
+    let out_b = b.finish().await;
+    assert!(
+        gone,
+        "no registration left\nA:\n{}\nB:\n{}",
+        out_a.stderr, out_b.stderr
+    );
+    assert_eq!(out_b.code, 0, "{}", out_b.stderr);
+    assert!(out_b.stderr.contains("adopted=2"), "{}", out_b.stderr);
+    let created = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/pods"))
+        .count();
+    assert_eq!(created, 2, "no pod created twice\nB:\n{}", out_b.stderr);
+    assert!(
+        fake.names(Kind::Pod, NS).is_empty(),
+        "{:?}",
+        fake.names(Kind::Pod, NS)
+    );
+    assert!(
+        fake.names(Kind::Secret, NS).is_empty(),
+        "{:?}",
+        fake.names(Kind::Secret, NS)
+    );
+    assert!(
+        sim.state().sessions.is_empty(),
+        "{:?}",
+        sim.state().sessions
+    );
+    drop(kubelet);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -368,4 +368,26 @@ mod tests {
         config(&ok);
         config(&format!("{text}enabled = false\n"));
     }
+
+    #[test]
+    fn a_scale_set_deleted_on_stop_is_refused_with_leader_election() {
+        let text = K8S.replace(
+            "name = \"Linux_X64\"\n",
+            "name = \"Linux_X64\"\nshutdown = \"delete\"\n",
+        );
+        config(&text);
+        let e = Config::from_toml_str(&format!("{text}[leader_election]\n"))
+            .expect_err("delete with a standby");
+        let msg = e.to_string();
+        assert!(msg.starts_with("scale_set.shutdown"), "{msg}");
+        assert!(msg.contains("Linux_X64") && msg.contains("delete"), "{msg}");
+        config(&format!("{text}[leader_election]\nenabled = false\n"));
+        config(&format!(
+            "{}[leader_election]\n",
+            K8S.replace(
+                "name = \"Linux_X64\"\n",
+                "name = \"Linux_X64\"\nshutdown = \"drain\"\n"
+            )
+        ));
+    }
 }

@@ -425,11 +425,9 @@ impl<P: Provisioner> Engine<P> {
         let settle = Duration::from_secs(60);
         match policy {
             ShutdownPolicy::Keep => {
-                let kept = |snap: &Snapshot| {
-                    snap.runners
-                        .iter()
-                        .all(|r| matches!(r.phase, Phase::Busy | Phase::Finished))
-                };
+                // A runner whose job completed ends within its finish grace: it is cleaned
+                // up here rather than left to the next start (or the next leader).
+                let kept = |snap: &Snapshot| snap.runners.iter().all(|r| r.phase == Phase::Busy);
                 if self.wait_until(settle, kept).await.is_err() {
                     tracing::warn!("idle runners were not all removed in time");
                 }
