@@ -78,7 +78,15 @@ pub fn parse_github_config_from_url(input: &str) -> Result<GitHubConfig, Error> 
         reason: reason.to_string(),
     };
     let trimmed = input.trim().trim_matches('/');
-    let url = Url::parse(trimmed).map_err(|e| invalid(&format!("not an absolute URL: {e}")))?;
+    let mut url = Url::parse(trimmed).map_err(|e| invalid(&format!("not an absolute URL: {e}")))?;
+    // The parser drops leading and trailing control characters and resolves `.` segments, which
+    // can uncover a trailing `/` (`https://github.com/org/.`): strip it again, so the stored URL
+    // never ends in `/`.
+    let path = url.path();
+    if path.len() > 1 && path.ends_with('/') {
+        let stripped = path.trim_end_matches('/').to_string();
+        url.set_path(&stripped);
+    }
     if !matches!(url.scheme(), "http" | "https") {
         return Err(invalid("the scheme must be http or https"));
     }
@@ -292,6 +300,37 @@ mod tests {
             );
             assert!(c.is_hosted());
             assert_eq!(c.config_url.as_str(), "https://github.com/org/repo");
+        }
+    }
+
+    // Found by the config_url fuzz target: the URL parser drops trailing control characters
+    // and resolves `.` segments after the `/` were stripped, which left a trailing `/` in the
+    // URL sent to the runner-registration endpoint.
+    #[test]
+    fn the_stored_url_has_no_trailing_slash_after_url_normalisation() {
+        for (input, stored) in [
+            ("https://github.com/org/\u{1}", "https://github.com/org"),
+            (
+                "https://github.com/org/\u{0}\u{11}",
+                "https://github.com/org",
+            ),
+            ("https://github.com/org/.", "https://github.com/org"),
+            (
+                "https://github.com/org/repo/%2e",
+                "https://github.com/org/repo",
+            ),
+            (
+                "https://github.com/enterprises/e/./",
+                "https://github.com/enterprises/e",
+            ),
+        ] {
+            let c = parse(input);
+            assert_eq!(c.config_url.as_str(), stored, "{input:?}");
+            assert_eq!(
+                parse(c.config_url.as_str()),
+                c,
+                "{input:?} parses back the same"
+            );
         }
     }
 

@@ -60,8 +60,15 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// Builds the context of a failed request from its response parts.
-    pub(crate) fn new(
+    /// Builds the context of a failed request from its response parts, as the client does for
+    /// every unsuccessful answer: the URL without user-info, the `ActivityId` and
+    /// `X-GitHub-Request-Id` headers, the service exception when the body is a JSON object with
+    /// `typeName` or `message` (matched case-insensitively; not looked for in a `text/plain`
+    /// body), and an excerpt of at most 1 KiB of the body, cut at a character boundary.
+    ///
+    /// Any body, however malformed (not UTF-8, not JSON), gives an `ApiError`. A body that may
+    /// hold credentials must not be passed here: the excerpt keeps it.
+    pub fn new(
         method: &Method,
         url: &Url,
         status: StatusCode,
@@ -516,8 +523,10 @@ impl Error {
     }
 
     /// Builds the error for an unsuccessful answer, classified by the service exception's type
-    /// name first and the status second.
-    pub(crate) fn from_response(api: ApiError) -> Error {
+    /// name first (for example `AgentExistsException` gives [`Error::RunnerExists`]) and the
+    /// status second (429 gives [`Error::RateLimited`]); another exception gives
+    /// [`Error::Service`], no exception [`Error::UnexpectedStatus`].
+    pub fn from_response(api: ApiError) -> Error {
         let api = Box::new(api);
         if let Some(ex) = api.exception() {
             if ex.is("AgentExistsException") {

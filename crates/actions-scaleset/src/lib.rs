@@ -245,7 +245,10 @@ pub use listener::{
     BoxError, ConflictPolicy, HealthHandle, INITIAL_MESSAGE_ID, Listener, ListenerConfig,
     ListenerHealth, MessageContext, MessageScaler, MetricsRecorder, Scaler,
 };
-pub use message::{JOB_MESSAGES_TYPE, JobMessage, RunnerScaleSetMessage};
+pub use message::{
+    Envelope, EnvelopeError, JOB_MESSAGES_TYPE, JobMessage, RunnerScaleSetMessage, parse_body,
+    parse_envelope,
+};
 pub use session::{MessageSessionClient, default_owner};
 pub use transport::RetryPolicy;
 pub use types::{

@@ -77,28 +77,58 @@ impl RunnerScaleSetMessage {
 }
 
 /// What a 200 answer of the queue holds.
-#[derive(Debug)]
-pub(crate) enum Envelope {
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Envelope {
     /// A job-messages envelope (possibly with problems recorded).
     Message(RunnerScaleSetMessage),
     /// An envelope of another type, to acknowledge by id.
     Unsupported {
+        /// Id to acknowledge (delete) the message by.
         message_id: MessageId,
+        /// The envelope type the queue sent.
         message_type: String,
     },
 }
 
-/// Decodes an envelope in two steps, so that one bad field costs only that field: the id and
-/// type first (without them the message cannot even be acknowledged, which is the only
-/// error), then statistics and body, whose failures are recorded as problems.
-pub(crate) fn parse_envelope(raw: &[u8]) -> Result<Envelope, (String, String)> {
+/// Why a queue answer could not be read as a message at all: it is not a JSON object, or it has
+/// no integer `messageId` to acknowledge it by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvelopeError {
+    /// Where in the answer the problem is: `.` for the whole answer, `messageId` for the id.
+    pub path: String,
+    /// What is wrong there.
+    pub message: String,
+}
+
+impl std::fmt::Display for EnvelopeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl std::error::Error for EnvelopeError {}
+
+/// Decodes the body of a 200 answer of the message queue, as
+/// [`MessageSessionClient::get_message`](crate::MessageSessionClient::get_message) does.
+///
+/// Decoding goes in two steps, so that one bad field costs only that field: the id and type
+/// first (without them the message cannot even be acknowledged, which is the only error), then
+/// statistics and body, whose failures are recorded in [`RunnerScaleSetMessage::problems`].
+/// Field names match case-insensitively; any input, however malformed, returns rather than
+/// panics.
+///
+/// # Errors
+/// [`EnvelopeError`] when `raw` is not a JSON object or has no integer `messageId`.
+pub fn parse_envelope(raw: &[u8]) -> Result<Envelope, EnvelopeError> {
+    let fail = |path: &str, message: String| EnvelopeError {
+        path: path.to_string(),
+        message,
+    };
     let value: serde_json::Value = serde_json::from_slice(raw)
-        .map_err(|e| (".".to_string(), format!("the message is not JSON: {e}")))?;
+        .map_err(|e| fail(".", format!("the message is not JSON: {e}")))?;
     let serde_json::Value::Object(map) = value else {
-        return Err((
-            ".".to_string(),
-            "the message is not a JSON object".to_string(),
-        ));
+        return Err(fail(".", "the message is not a JSON object".to_string()));
     };
     let field = |name: &str| {
         map.iter()
@@ -109,12 +139,7 @@ pub(crate) fn parse_envelope(raw: &[u8]) -> Result<Envelope, (String, String)> {
     let message_id = field("messageId")
         .and_then(serde_json::Value::as_i64)
         .map(MessageId::new)
-        .ok_or_else(|| {
-            (
-                "messageId".to_string(),
-                "missing or not an integer".to_string(),
-            )
-        })?;
+        .ok_or_else(|| fail("messageId", "missing or not an integer".to_string()))?;
     let message_type = field("messageType")
         .and_then(serde_json::Value::as_str)
         .unwrap_or_default()
@@ -176,12 +201,15 @@ fn kind_of(v: &serde_json::Value) -> &'static str {
     }
 }
 
-/// Decodes the job messages of an envelope body.
+/// Decodes the job messages of an envelope body (the JSON array the envelope's `body` string
+/// holds), as [`parse_envelope`] does: the decoded messages in order, and the elements that
+/// could not be decoded as `index: reason`. An empty or `null` body holds no messages;
+/// elements of an unknown `messageType` are skipped.
 ///
 /// # Errors
-/// A description when the body is not a JSON array; element failures go to
-/// [`RunnerScaleSetMessage::problems`] instead.
-pub(crate) fn parse_body(body: &str) -> Result<(Vec<JobMessage>, Vec<String>), String> {
+/// A description when the body is not a JSON array; element failures go to the second list
+/// instead.
+pub fn parse_body(body: &str) -> Result<(Vec<JobMessage>, Vec<String>), String> {
     let trimmed = body.trim();
     if trimmed.is_empty() || trimmed == "null" {
         return Ok((Vec::new(), Vec::new()));

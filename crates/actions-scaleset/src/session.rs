@@ -380,7 +380,7 @@ impl MessageSessionClient {
                     message_id,
                     message_type,
                 }),
-                Err((path, message)) => Err(resp.decode_error(path, message)),
+                Err(e) => Err(resp.decode_error(e.path, e.message)),
             },
             StatusCode::NOT_FOUND => Err(Error::SessionNotFound(Box::new(
                 resp.api_error().with_detail("failed to get next message"),
