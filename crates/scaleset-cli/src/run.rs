@@ -220,7 +220,6 @@ impl RunArgs {
     }
 
     fn to_config(&self, g: &ConnectionArgs) -> Result<Config, CliError> {
-        let bad = |e: scaleset_autoscaler::Error| CliError::config("InvalidConfig", e.to_string());
         let mut config = match &self.config {
             Some(path) => Config::from_file(path).map_err(|e| {
                 // The file's errors start with its path; the flag says where it came from.
