@@ -592,20 +592,20 @@ mod tests {
 
     #[test]
     fn a_zero_installation_id_is_refused() {
-        let g = globals(&[
+        let e = T::try_parse_from([
+            "t",
             "--url",
             URL,
             "--app-client-id",
             "Iv1.x",
             "--app-installation-id",
             "0",
-        ]);
-        let env = |name: &str| {
-            (name == ENV_APP_PRIVATE_KEY).then(|| scaleset_sim::APP_PRIVATE_KEY_PEM.to_string())
-        };
-        let e = client_with_env(&g, &env).expect_err("zero installation id");
-        assert_eq!(e.exit_code(), 2);
-        assert!(e.message().contains("non-zero"), "{}", e.message());
+        ])
+        .err()
+        .expect("zero installation id refused at parse time");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+        let text = e.to_string();
+        assert!(text.contains("--app-installation-id"), "{text}");
     }
 
     #[test]
