@@ -395,6 +395,23 @@ async fn wait_readyz(port: u16, ok: impl Fn(u16, &str) -> bool) -> (u16, String)
     }
 }
 
+/// Waits (under [`LONG`]) until the leader has removed every pod whose job completed.
+///
+/// A graceful stop with leader election hands busy pods over to the next leader; a pod whose
+/// job has just ended counts as busy until its exit is seen, so a test that wants nothing
+/// left behind waits for the clean-up before it stops the last replica.
+async fn wait_no_pods(fake: &FakeKube) {
+    let deadline = tokio::time::Instant::now() + LONG;
+    while !fake.names(Kind::Pod, NS).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pods of completed jobs were never removed: {:?}",
+            fake.names(Kind::Pod, NS)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `scaleset run --config` of one replica of a leader-elected daemon.
 fn replica(config: &Path, instance: &str, port: u16) -> Streaming {
     let mut c = cmd();
@@ -500,6 +517,7 @@ async fn two_replicas_one_leads_and_the_standby_takes_over_a_killed_leaders_pods
     );
     let (code, body) = wait_readyz(port_b, |code, _| code == 200).await;
     assert!(!body.contains("standby"), "the new leader: {code} {body}");
+    wait_no_pods(&fake).await;
     b.sigterm();
     let out_b = b.finish().await;
     assert_eq!(out_b.code, 0, "{}", out_b.stderr);
@@ -649,6 +667,7 @@ async fn a_frozen_leader_is_replaced_and_on_waking_stops_at_once_without_creatin
         pods_before, 2,
         "the two pods of the first leader, none by the standby"
     );
+    wait_no_pods(&fake).await;
     b.sigterm();
     let out_b = b.finish().await;
     assert_eq!(
@@ -734,6 +753,7 @@ async fn a_leader_told_to_stop_hands_its_busy_pods_over_without_draining_them() 
         st.jobs
     );
     let (gone, _) = sim.wait_until(LONG, |st| st.runners.is_empty()).await;
+    wait_no_pods(&fake).await;
     b.sigterm();
     let out_b = b.finish().await;
     assert!(
