@@ -6,10 +6,19 @@
 //! does not take the others with it; an element of an unknown `messageType` is skipped silently
 //! (new types appear over time). Order across types is preserved.
 
-use serde::Deserialize;
+use std::borrow::Cow;
+use std::fmt;
 
-use crate::ids::MessageId;
-use crate::types::{JobAssigned, JobAvailable, JobCompleted, JobStarted, RunnerScaleSetStatistic};
+use jiff::Timestamp;
+use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::ids::{MessageId, RunnerRequestId};
+use crate::types::{
+    JobAssigned, JobAvailable, JobCompleted, JobMessageBase, JobStarted, RunnerScaleSetStatistic,
+    nullable, string_or_number, timestamp,
+};
 
 /// The only envelope type the queue is known to send.
 pub const JOB_MESSAGES_TYPE: &str = "RunnerScaleSetJobMessages";
@@ -109,6 +118,19 @@ impl std::fmt::Display for EnvelopeError {
 
 impl std::error::Error for EnvelopeError {}
 
+/// Decodes a 200 answer of the message queue as the session client does: `Ok(None)` for an
+/// envelope of another type than [`JOB_MESSAGES_TYPE`], an error (`field: reason`) when not
+/// even its id can be read. For benchmarks and tools that decode captured messages; not a
+/// stable interface.
+#[doc(hidden)]
+pub fn decode(raw: &[u8]) -> Result<Option<RunnerScaleSetMessage>, String> {
+    match parse_envelope(raw) {
+        Ok(Envelope::Message(m)) => Ok(Some(m)),
+        Ok(Envelope::Unsupported { .. }) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Decodes the body of a 200 answer of the message queue, as
 /// [`MessageSessionClient::get_message`](crate::MessageSessionClient::get_message) does.
 ///
@@ -118,6 +140,11 @@ impl std::error::Error for EnvelopeError {}
 /// Field names match case-insensitively; any input, however malformed, returns rather than
 /// panics.
 ///
+/// Straight from the bytes to the typed messages: the envelope's members are read as borrowed
+/// raw JSON, each job message is decoded once into a flat wire struct and only the fields of
+/// its type are read. No `serde_json::Value` tree is built, so the typed decode costs no more
+/// than parsing the same bytes untyped.
+///
 /// # Errors
 /// [`EnvelopeError`] when `raw` is not a JSON object or has no integer `messageId`.
 pub fn parse_envelope(raw: &[u8]) -> Result<Envelope, EnvelopeError> {
@@ -125,25 +152,23 @@ pub fn parse_envelope(raw: &[u8]) -> Result<Envelope, EnvelopeError> {
         path: path.to_string(),
         message,
     };
-    let value: serde_json::Value = serde_json::from_slice(raw)
-        .map_err(|e| fail(".", format!("the message is not JSON: {e}")))?;
-    let serde_json::Value::Object(map) = value else {
-        return Err(fail(".", "the message is not a JSON object".to_string()));
-    };
-    let field = |name: &str| {
-        map.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-            .filter(|v| !v.is_null())
-    };
-    let message_id = field("messageId")
-        .and_then(serde_json::Value::as_i64)
+    let members: Members<'_> = serde_json::from_slice(raw).map_err(|e| {
+        let reason = if e.is_data() {
+            "the message is not a JSON object".to_string()
+        } else {
+            format!("the message is not JSON: {e}")
+        };
+        fail(".", reason)
+    })?;
+    let message_id = members
+        .get("messageId")
+        .and_then(|v| serde_json::from_str::<i64>(v.get()).ok())
         .map(MessageId::new)
         .ok_or_else(|| fail("messageId", "missing or not an integer".to_string()))?;
-    let message_type = field("messageType")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let message_type = members
+        .get("messageType")
+        .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+        .unwrap_or_default();
     if message_type != JOB_MESSAGES_TYPE {
         return Ok(Envelope::Unsupported {
             message_id,
@@ -151,9 +176,9 @@ pub fn parse_envelope(raw: &[u8]) -> Result<Envelope, EnvelopeError> {
         });
     }
     let mut problems = Vec::new();
-    let statistics = match field("statistics") {
+    let statistics = match members.get("statistics") {
         None => None,
-        Some(v) => match RunnerScaleSetStatistic::deserialize(v) {
+        Some(v) => match serde_json::from_str::<RunnerScaleSetStatistic>(v.get()) {
             Ok(stats) => Some(stats),
             Err(e) => {
                 problems.push(format!("statistics: {e}"));
@@ -161,25 +186,27 @@ pub fn parse_envelope(raw: &[u8]) -> Result<Envelope, EnvelopeError> {
             }
         },
     };
-    let jobs = match field("body") {
+    let jobs = match members.get("body") {
         None => Vec::new(),
-        Some(serde_json::Value::String(body)) => match parse_body(body) {
-            Ok((jobs, element_problems)) => {
-                problems.extend(element_problems);
-                jobs
-            }
-            Err(problem) => {
-                problems.push(problem);
+        Some(v) => match serde_json::from_str::<String>(v.get()) {
+            Ok(body) => match parse_body(&body) {
+                Ok((jobs, element_problems)) => {
+                    problems.extend(element_problems);
+                    jobs
+                }
+                Err(problem) => {
+                    problems.push(problem);
+                    Vec::new()
+                }
+            },
+            Err(_) => {
+                problems.push(format!(
+                    "body: expected a string holding a JSON array, found {}",
+                    kind_of(v)
+                ));
                 Vec::new()
             }
         },
-        Some(other) => {
-            problems.push(format!(
-                "body: expected a string holding a JSON array, found {}",
-                kind_of(other)
-            ));
-            Vec::new()
-        }
     };
     Ok(Envelope::Message(RunnerScaleSetMessage {
         message_id,
@@ -190,15 +217,182 @@ pub fn parse_envelope(raw: &[u8]) -> Result<Envelope, EnvelopeError> {
     }))
 }
 
-fn kind_of(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
+/// What kind of JSON value `v` is, for a message.
+fn kind_of(v: &RawValue) -> &'static str {
+    match v.get().trim_start().as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        _ => "a number",
     }
+}
+
+/// A JSON object's members as borrowed raw JSON, in order.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Members<'a> {
+    /// The first member named `name` (ignoring case) that is not `null`.
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+            .filter(|v| v.get().trim() != "null")
+    }
+}
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(Key(k)) = map.next_key()? {
+                    members.push((k, map.next_value()?));
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(Object)
+    }
+}
+
+/// An object key, borrowed unless it holds escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl<'de> Visitor<'de> for Name {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Name)
+    }
+}
+
+/// A job message as it comes, every type's fields flat: the shared ones decoded, the
+/// type-specific ones kept raw until the type is known (so a bad field of another type is
+/// no problem, as when each type is decoded on its own).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireJob<'a> {
+    #[serde(default)]
+    message_type: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    runner_request_id: RunnerRequestId,
+    #[serde(default, deserialize_with = "nullable")]
+    repository_name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    owner_name: String,
+    #[serde(default, deserialize_with = "string_or_number")]
+    job_id: String,
+    #[serde(default, deserialize_with = "nullable")]
+    job_workflow_ref: String,
+    #[serde(default, deserialize_with = "nullable")]
+    job_display_name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    workflow_run_id: i64,
+    #[serde(default, deserialize_with = "nullable")]
+    event_name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    request_labels: Vec<String>,
+    #[serde(default, deserialize_with = "timestamp::deserialize")]
+    queue_time: Option<Timestamp>,
+    #[serde(default, deserialize_with = "timestamp::deserialize")]
+    scale_set_assign_time: Option<Timestamp>,
+    #[serde(default, deserialize_with = "timestamp::deserialize")]
+    runner_assign_time: Option<Timestamp>,
+    #[serde(default, deserialize_with = "timestamp::deserialize")]
+    finish_time: Option<Timestamp>,
+    #[serde(default, borrow)]
+    acquire_job_url: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    runner_id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    runner_name: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    result: Option<&'a RawValue>,
+}
+
+/// A type-specific field: its default when absent or `null`.
+fn field<T: DeserializeOwned + Default>(raw: Option<&RawValue>, name: &str) -> Result<T, String> {
+    match raw {
+        None => Ok(T::default()),
+        Some(v) => serde_json::from_str::<Option<T>>(v.get())
+            .map(Option::unwrap_or_default)
+            .map_err(|e| format!("{name}: {e}")),
+    }
+}
+
+impl WireJob<'_> {
+    /// The job message of type `kind` (one of the four known ones).
+    fn into_message(self, kind: &str) -> Result<JobMessage, String> {
+        let (acquire_job_url, runner_id, runner_name, result) = (
+            self.acquire_job_url,
+            self.runner_id,
+            self.runner_name,
+            self.result,
+        );
+        let base = JobMessageBase {
+            message_type: self.message_type.unwrap_or_default(),
+            runner_request_id: self.runner_request_id,
+            repository_name: self.repository_name,
+            owner_name: self.owner_name,
+            job_id: self.job_id,
+            job_workflow_ref: self.job_workflow_ref,
+            job_display_name: self.job_display_name,
+            workflow_run_id: self.workflow_run_id,
+            event_name: self.event_name,
+            request_labels: self.request_labels,
+            queue_time: self.queue_time,
+            scale_set_assign_time: self.scale_set_assign_time,
+            runner_assign_time: self.runner_assign_time,
+            finish_time: self.finish_time,
+        };
+        Ok(match kind {
+            "JobAvailable" => JobMessage::Available(JobAvailable {
+                base,
+                acquire_job_url: field(acquire_job_url, "acquireJobUrl")?,
+            }),
+            "JobAssigned" => JobMessage::Assigned(JobAssigned { base }),
+            "JobStarted" => JobMessage::Started(JobStarted {
+                base,
+                runner_id: field(runner_id, "runnerId")?,
+                runner_name: field(runner_name, "runnerName")?,
+            }),
+            _ => JobMessage::Completed(JobCompleted {
+                base,
+                result: field(result, "result")?,
+                runner_id: field(runner_id, "runnerId")?,
+                runner_name: field(runner_name, "runnerName")?,
+            }),
+        })
+    }
+}
+
+/// The `messageType` of a job message, its name compared ignoring case; `None` when absent
+/// or not a string.
+fn message_type_of(element: &RawValue) -> Option<String> {
+    let members: Members<'_> = serde_json::from_str(element.get()).ok()?;
+    serde_json::from_str(members.get("messageType")?.get()).ok()
 }
 
 /// Decodes the job messages of an envelope body (the JSON array the envelope's `body` string
@@ -214,25 +408,52 @@ pub fn parse_body(body: &str) -> Result<(Vec<JobMessage>, Vec<String>), String> 
     if trimmed.is_empty() || trimmed == "null" {
         return Ok((Vec::new(), Vec::new()));
     }
-    let elements: Vec<serde_json::Value> = serde_json::from_str(trimmed)
+    // The usual body: every element an object whose `messageType` is spelled as sent; one
+    // pass. Anything else takes the element-by-element path below.
+    if let Ok(wires) = serde_json::from_str::<Vec<WireJob<'_>>>(trimmed)
+        && wires.iter().all(|w| w.message_type.is_some())
+    {
+        let mut jobs = Vec::with_capacity(wires.len());
+        let mut problems = Vec::new();
+        for (index, wire) in wires.into_iter().enumerate() {
+            let kind = wire.message_type.clone().unwrap_or_default();
+            match kind.as_str() {
+                k @ ("JobAvailable" | "JobAssigned" | "JobStarted" | "JobCompleted") => {
+                    match wire.into_message(k) {
+                        Ok(job) => jobs.push(job),
+                        Err(e) => problems.push(format!("{index} ({kind}): {e}")),
+                    }
+                }
+                other => {
+                    tracing::debug!(index, message_type = ?other, "skipping a job message of an unknown type");
+                }
+            }
+        }
+        return Ok((jobs, problems));
+    }
+    let elements: Vec<&RawValue> = serde_json::from_str(trimmed)
         .map_err(|e| format!("the message body is not a JSON array: {e}"))?;
     let mut jobs = Vec::with_capacity(elements.len());
     let mut problems = Vec::new();
     for (index, element) in elements.into_iter().enumerate() {
-        let Some(kind) = element.as_object().map(|o| {
-            o.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("messageType"))
-                .and_then(|(_, v)| v.as_str())
-                .map(str::to_string)
-        }) else {
+        if kind_of(element) != "an object" {
             problems.push(format!("{index}: not a JSON object"));
             continue;
+        }
+        let wire = serde_json::from_str::<WireJob<'_>>(element.get());
+        // The name as sent is the usual case; another spelling, or a wire struct that did not
+        // decode, takes a look ignoring case.
+        let kind = match &wire {
+            Ok(WireJob {
+                message_type: Some(t),
+                ..
+            }) => Some(t.clone()),
+            _ => message_type_of(element),
         };
         let decoded = match kind.as_deref() {
-            Some("JobAvailable") => serde_json::from_value(element).map(JobMessage::Available),
-            Some("JobAssigned") => serde_json::from_value(element).map(JobMessage::Assigned),
-            Some("JobStarted") => serde_json::from_value(element).map(JobMessage::Started),
-            Some("JobCompleted") => serde_json::from_value(element).map(JobMessage::Completed),
+            Some(k @ ("JobAvailable" | "JobAssigned" | "JobStarted" | "JobCompleted")) => wire
+                .map_err(|e| e.to_string())
+                .and_then(|w| w.into_message(k)),
             other => {
                 tracing::debug!(index, message_type = ?other, "skipping a job message of an unknown type");
                 continue;
@@ -282,6 +503,36 @@ mod tests {
         assert!(
             matches!(&jobs[3], JobMessage::Completed(c) if c.result == "succeeded" && c.runner_name == "r-4")
         );
+    }
+
+    /// A clean body takes the one-pass path; the same elements beside a bad one take the
+    /// element-by-element path; both decode them alike.
+    #[test]
+    fn both_paths_decode_alike() {
+        let elements = [
+            r#"{"messageType":"JobAvailable","runnerRequestId":1,"acquireJobUrl":"https://a/1","jobId":7,"queueTime":"2025-01-01T00:00:00.1234567Z"}"#,
+            r#"{"messageType":"JobAssigned","runnerRequestId":2,"runnerId":"ignored for this type"}"#,
+            r#"{"messageType":"Later","whatever":[1]}"#,
+            r#"{"messageType":"JobStarted","runnerRequestId":3,"runnerId":30,"runnerName":"r-3","finishTime":"0001-01-01T00:00:00Z"}"#,
+            r#"{"messageType":"JobCompleted","runnerRequestId":4,"runnerId":null,"result":"failed","requestLabels":null}"#,
+        ];
+        let clean = format!("[{}]", elements.join(","));
+        let mixed = format!("[{},5]", elements.join(","));
+        let (fast, none) = parse_body(&clean).expect("parses");
+        let (slow, one) = parse_body(&mixed).expect("parses");
+        assert!(none.is_empty(), "{none:?}");
+        assert_eq!(one, vec!["5: not a JSON object".to_string()]);
+        assert_eq!(fast.len(), 4);
+        assert_eq!(fast, slow);
+        assert!(
+            matches!(&fast[0], JobMessage::Available(a) if a.base.job_id == "7" && a.base.queue_time.is_some())
+        );
+        assert!(matches!(&fast[2], JobMessage::Started(s) if s.base.finish_time.is_none()));
+        // A bad field of the element's own type is a problem on either path.
+        let (jobs, problems) =
+            parse_body(r#"[{"messageType":"JobStarted","runnerId":"nope"}]"#).expect("parses");
+        assert!(jobs.is_empty());
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 
     #[test]

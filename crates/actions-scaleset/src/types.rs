@@ -35,7 +35,7 @@ pub(crate) mod timestamp {
     use jiff::Timestamp;
     use jiff::civil::DateTime;
     use jiff::tz::TimeZone;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     /// Parses a timestamp the way the service writes them; `None` for empty and zero times.
     pub(crate) fn parse(s: &str) -> Result<Option<Timestamp>, String> {
@@ -60,13 +60,30 @@ pub(crate) mod timestamp {
         Ok(Some(ts))
     }
 
+    /// A timestamp string (or `null`), parsed where it lies: no copy of the text.
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<Timestamp>, D::Error> {
-        match Option::<String>::deserialize(d)? {
-            None => Ok(None),
-            Some(s) => parse(&s).map_err(serde::de::Error::custom),
+        struct Text;
+        impl<'de> serde::de::Visitor<'de> for Text {
+            type Value = Option<Timestamp>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a timestamp string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                parse(v).map_err(E::custom)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_str(Text)
+            }
         }
+        d.deserialize_option(Text)
     }
 
     pub(crate) fn serialize<S: Serializer>(
@@ -489,15 +506,41 @@ pub struct JobMessageBase {
     pub finish_time: Option<Timestamp>,
 }
 
-fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    match Option::<serde_json::Value>::deserialize(d)? {
-        None | Some(serde_json::Value::Null) => Ok(String::new()),
-        Some(serde_json::Value::String(s)) => Ok(s),
-        Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
-        Some(other) => Err(serde::de::Error::custom(format!(
-            "expected a string or a number, found {other}"
-        ))),
+/// A string, or a number written as its decimal text (`jobId` has been both); `null` or
+/// absent is empty. Decoded without an intermediate `serde_json::Value`.
+pub(crate) fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct Text;
+    impl<'de> serde::de::Visitor<'de> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string or a number")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+            Ok(serde_json::Number::from_f64(v).map_or_else(String::new, |n| n.to_string()))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<String, E> {
+            Ok(String::new())
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<String, E> {
+            Ok(String::new())
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+            d.deserialize_any(Text)
+        }
     }
+    d.deserialize_any(Text)
 }
 
 /// A job offered to the scale set (GHES); acquire it to have it assigned.

@@ -3,6 +3,14 @@
 //! message session (waiting as a hot standby while another instance holds it), run the
 //! listener, and on cancellation apply the shutdown policy. Scale sets with the same config
 //! URL share one [`Client`].
+//!
+//! A daemon with thousands of scale sets does not open them all at once: each waits a random
+//! part of a short spread (1 ms per scale set, at most [`MAX_SETUP_SPREAD`]) and its set-up
+//! calls (get or create, open the session, look for leftovers) go through a [`SetupGate`] of
+//! [`SETUP_CONCURRENCY`] permits, so the service sees a bounded stream of requests instead of
+//! a stampede, and the connections of the set-up are reused instead of opened one per scale
+//! set. Waits that can last (a hot standby's wait for the session, for the work directory's
+//! lock, a retry's backoff) hold no permit.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -13,6 +21,7 @@ use actions_scaleset::{
     ListenerConfig, RunnerScaleSet, RunnerScaleSetUpdate, RunnerSetting,
 };
 use prometheus_client::registry::Registry;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -123,6 +132,55 @@ fn label_list(labels: &[Label]) -> String {
         .join(",")
 }
 
+/// How many scale sets of one daemon make their set-up calls at once.
+pub const SETUP_CONCURRENCY: usize = 64;
+
+/// The longest a scale set waits before its first set-up call (the spread of a large fleet).
+pub const MAX_SETUP_SPREAD: Duration = Duration::from_secs(2);
+
+/// Bounds the scale sets of a daemon that set up at once and spreads their starts; see the
+/// [module docs](self).
+#[derive(Debug)]
+pub struct SetupGate {
+    permits: Semaphore,
+    spread: Duration,
+}
+
+impl SetupGate {
+    /// A gate of `concurrency` permits (at least one) whose scale sets start within `spread`.
+    pub fn new(concurrency: usize, spread: Duration) -> SetupGate {
+        SetupGate {
+            permits: Semaphore::new(concurrency.max(1)),
+            spread,
+        }
+    }
+
+    /// The gate of a daemon with `scale_sets` scale sets: [`SETUP_CONCURRENCY`] permits, a
+    /// spread of 1 ms per scale set up to [`MAX_SETUP_SPREAD`].
+    pub fn for_fleet(scale_sets: usize) -> SetupGate {
+        let spread = Duration::from_millis(u64::try_from(scale_sets).unwrap_or(u64::MAX));
+        SetupGate::new(SETUP_CONCURRENCY, spread.min(MAX_SETUP_SPREAD))
+    }
+
+    /// Waits `jitter` (in `0..=1`) of the spread; `false` when `cancel` fired first.
+    pub async fn stagger(&self, jitter: f64, cancel: &CancellationToken) -> bool {
+        let delay = self.spread.mul_f64(jitter.clamp(0.0, 1.0));
+        tokio::select! {
+            () = cancel.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    /// Takes a permit for a set-up call; `None` when `cancel` fired first.
+    pub async fn enter(&self, cancel: &CancellationToken) -> Option<SemaphorePermit<'_>> {
+        tokio::select! {
+            () = cancel.cancelled() => None,
+            // The semaphore is never closed.
+            p = self.permits.acquire() => p.ok(),
+        }
+    }
+}
+
 /// Runs every scale set of `config` until `shutdown` fires (then applies each one's shutdown
 /// policy) or one fails. `make_client` builds the client of a config URL (called once per
 /// distinct URL).
@@ -203,6 +261,7 @@ pub async fn run(
     };
     let leading = elected.leading();
     let lost = leading.as_ref().map(|l| l.lost.clone()).unwrap_or_default();
+    let gate = Arc::new(SetupGate::for_fleet(config.scale_sets.len()));
     let mut tasks = tokio::task::JoinSet::new();
     for (cfg, client, slot, label) in sets.into_iter().filter(|_| elected.proceed()) {
         let labels = ScaleSetLabels::new(&cfg.name, &cfg.runner_group, client.config());
@@ -214,10 +273,19 @@ pub async fn run(
         // another entry has the same name).
         let span = tracing::info_span!("scale_set", scale_set = %label);
         let leading = leading.clone();
+        let gate = gate.clone();
         tasks.spawn(
             async move {
-                let r = run_scale_set(cfg, client, m, (readiness, slot), shutdown.clone(), leading)
-                    .await;
+                let r = run_scale_set(
+                    cfg,
+                    client,
+                    m,
+                    (readiness, slot),
+                    shutdown.clone(),
+                    leading,
+                    &gate,
+                )
+                .await;
                 if let Err(e) = &r {
                     tracing::error!(error = %e, "the scale set stopped");
                 }
@@ -283,15 +351,22 @@ const LOST_GRACE: Duration = Duration::from_secs(5);
 /// failures, unreadable success answers): a daemon started during GitHub's bad minute
 /// waits, not ready, and says so.
 /// Configuration errors and refused credentials end it. `None` when `shutdown` fired first.
+/// Each attempt holds a permit of `gate`; the backoff between them does not.
 async fn set_up_retrying(
     client: &Client,
     cfg: &ScaleSetConfig,
     (readiness, slot): (&Readiness, ReadinessSlot),
     shutdown: &CancellationToken,
+    gate: &SetupGate,
 ) -> Result<Option<RunnerScaleSet>> {
     let mut attempt: u32 = 0;
     loop {
-        let e = match get_or_create_scale_set(client, cfg).await {
+        let Some(permit) = gate.enter(shutdown).await else {
+            return Ok(None);
+        };
+        let got = get_or_create_scale_set(client, cfg).await;
+        drop(permit);
+        let e = match got {
             Ok(set) => {
                 readiness.waiting(slot, None);
                 return Ok(Some(set));
@@ -327,6 +402,8 @@ async fn set_up_retrying(
 /// # Errors
 /// When the scale set cannot be set up, its listener fails for good, or its engine stops
 /// unexpectedly.
+///
+/// Its set-up calls go through `gate` (see the [module docs](self)).
 pub async fn run_scale_set(
     cfg: ScaleSetConfig,
     client: Client,
@@ -334,15 +411,44 @@ pub async fn run_scale_set(
     (readiness, slot): (Arc<Readiness>, ReadinessSlot),
     shutdown: CancellationToken,
     leading: Option<Leading>,
+    gate: &SetupGate,
 ) -> Result<()> {
-    let Some(set) = set_up_retrying(&client, &cfg, (&readiness, slot), &shutdown).await? else {
+    if !gate.stagger(rand::random::<f64>(), &shutdown).await {
+        return Ok(());
+    }
+    let Some(set) = set_up_retrying(&client, &cfg, (&readiness, slot), &shutdown, gate).await?
+    else {
         return Ok(());
     };
     tracing::debug!(id = set.id.get(), "opening the message session");
-    let session = match client
-        .create_message_session_client_waiting(set.id, None, ConflictPolicy::Wait(None), &shutdown)
-        .await
-    {
+    // One attempt under the gate; a hot standby's wait for the session holds no permit.
+    let first = match gate.enter(&shutdown).await {
+        Some(_permit) => {
+            client
+                .create_message_session_client_waiting(
+                    set.id,
+                    None,
+                    ConflictPolicy::Fail,
+                    &shutdown,
+                )
+                .await
+        }
+        None => return Ok(()),
+    };
+    let created = match first {
+        Err(actions_scaleset::Error::SessionConflict(_)) => {
+            client
+                .create_message_session_client_waiting(
+                    set.id,
+                    None,
+                    ConflictPolicy::Wait(None),
+                    &shutdown,
+                )
+                .await
+        }
+        other => other,
+    };
+    let session = match created {
         Ok(s) => s,
         Err(actions_scaleset::Error::Cancelled) => return Ok(()),
         Err(e) => return Err(e.into()),
@@ -381,7 +487,12 @@ pub async fn run_scale_set(
     if let Some(l) = &leading {
         engine.fence(l.fence());
     }
-    match engine.recover().await {
+    let recovered = match gate.enter(&shutdown).await {
+        Some(_permit) => engine.recover().await,
+        // Shutting down: the listener below stops at once.
+        None => Ok(Recovery::default()),
+    };
+    match recovered {
         Ok(r) if r == Recovery::default() => {}
         Ok(Recovery {
             adopted,
@@ -513,5 +624,74 @@ impl Drop for AbandonIfLost {
 async fn close_session(session: &actions_scaleset::MessageSessionClient) {
     if let Err(e) = session.close().await {
         tracing::warn!(error = %e, "could not delete the message session");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn the_spread_grows_with_the_fleet_up_to_its_cap() {
+        assert_eq!(SetupGate::for_fleet(1).spread, Duration::from_millis(1));
+        assert_eq!(SetupGate::for_fleet(500).spread, Duration::from_millis(500));
+        assert_eq!(SetupGate::for_fleet(10_000).spread, MAX_SETUP_SPREAD);
+        assert_eq!(
+            SetupGate::for_fleet(1).permits.available_permits(),
+            SETUP_CONCURRENCY
+        );
+        assert_eq!(
+            SetupGate::new(0, Duration::ZERO)
+                .permits
+                .available_permits(),
+            1
+        );
+    }
+
+    /// A thousand scale sets set up through the gate: never more than its permits at once,
+    /// all of them within the spread, every one done.
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_bounds_concurrent_set_ups() {
+        let gate = Arc::new(SetupGate::new(8, Duration::from_millis(100)));
+        let cancel = CancellationToken::new();
+        let (now, most, done) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let started = tokio::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..1_000u32 {
+            let (gate, cancel) = (gate.clone(), cancel.clone());
+            let (now, most, done) = (now.clone(), most.clone(), done.clone());
+            tasks.spawn(async move {
+                assert!(gate.stagger(f64::from(i) / 1_000.0, &cancel).await);
+                let _permit = gate.enter(&cancel).await.expect("not cancelled");
+                let inside = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(inside, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.expect("no task panicked");
+        }
+        assert_eq!(done.load(Ordering::SeqCst), 1_000);
+        assert_eq!(most.load(Ordering::SeqCst), 8);
+        // 1,000 set-ups of 10 ms, 8 at a time, take at least 1.25 s of (paused) time.
+        assert!(started.elapsed() >= Duration::from_millis(1_250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancellation_ends_the_waits() {
+        let gate = SetupGate::new(1, Duration::from_secs(3_600));
+        let cancel = CancellationToken::new();
+        let held = gate.enter(&cancel).await.expect("a free permit");
+        cancel.cancel();
+        assert!(gate.enter(&cancel).await.is_none());
+        assert!(!gate.stagger(1.0, &cancel).await);
+        drop(held);
     }
 }

@@ -1,5 +1,11 @@
-//! What the whole-process benchmarks share: `scaleset run --config` as a child process, and
-//! stopping a child with a signal.
+//! What the whole-process benchmarks share: `scaleset run --config` as a child process,
+//! stopping a child with a signal, what `/proc` says of a process, a bare protocol client
+//! (the simulator's own capacity) and where results are written.
+#![allow(dead_code, reason = "each bench uses part of the support code")]
+
+pub mod bare;
+pub mod procfs;
+pub mod results;
 
 use std::path::Path;
 use std::process::Stdio;
@@ -11,6 +17,11 @@ use tokio::process::{Child, Command};
 /// Starts `scaleset run --config <config>` with `token`. Its log is discarded, or appended
 /// to the file `SCALESET_BENCH_LOG` names (at the level `RUST_LOG` sets) when that is set.
 pub fn spawn_run(config: &Path, token: &str) -> Child {
+    spawn_run_with(config, token, &[])
+}
+
+/// [`spawn_run`] with extra environment variables (`XDG_STATE_HOME`, `RUST_LOG`, ...).
+pub fn spawn_run_with(config: &Path, token: &str, env: &[(&str, &std::ffi::OsStr)]) -> Child {
     let log = match std::env::var_os("SCALESET_BENCH_LOG") {
         Some(path) => Stdio::from(
             std::fs::OpenOptions::new()
@@ -26,6 +37,7 @@ pub fn spawn_run(config: &Path, token: &str) -> Child {
         .arg(config)
         .env("SCALESET_TOKEN", token)
         .env("NO_PROXY", "*")
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -47,7 +59,6 @@ pub async fn stop(mut child: Child, sig: Signal, grace: Duration) {
     let _ = tokio::time::timeout(grace, child.wait()).await;
 }
 
-#[allow(dead_code, reason = "used by some benches only")]
 /// CPU time (user + system) `pid` has used so far, its children excluded; `None` when it is
 /// gone or `/proc` cannot be read.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
@@ -63,4 +74,36 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
         .and_then(|v| u64::try_from(v).ok())
         .filter(|v| *v > 0)?;
     Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+/// Raises this process's soft open-file limit to the hard limit (the simulator in a bench
+/// holds one socket per scale set); returns the soft limit in force.
+pub fn raise_open_files() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)
+}
+
+/// Polls `cond` every 20 ms until it holds or `deadline` passes; whether it held.
+pub async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The median of `v` (the upper one of an even count); zero when empty.
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
 }
