@@ -678,7 +678,10 @@ mod tests {
         let e = err(&GOOD.replace("min_runners = 1", "min_runners = 3"));
         assert_eq!(e, "scale_set[1].max_runners: must be >= min_runners");
         let e = err(&GOOD.replace("max_runners = 5", "max_runners = 0"));
-        assert!(e.starts_with("scale_set[0].max_runners: must be at least 1"), "{e}");
+        assert!(
+            e.starts_with("scale_set[0].max_runners: must be at least 1"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("command = \"/bin/true\"\n        [[", "[["));
         assert!(e.starts_with("scale_set[0].provisioner.command:"), "{e}");
         let e = err(&GOOD.replace("https://github.com/org", "https://github.com/"));
