@@ -126,6 +126,13 @@ fn connected(command: &[&str], args: &[&str], names: &'static str) -> Case {
     case(&all, names)
 }
 
+/// `scale-set get --id 1 --url {url}` (no credentials), then `args`.
+fn get_scale_set(args: &[&str], names: &'static str) -> Case {
+    let mut all = vec!["scale-set", "get", "--id", "1", "--url", "{url}"];
+    all.extend(args);
+    case(&all, names)
+}
+
 fn cases(f: &Files, url: &str) -> Vec<Case> {
     let garbage = f.path("garbage.pem");
     let public = f.path("public.pem");
@@ -288,68 +295,15 @@ fn cases(f: &Files, url: &str) -> Vec<Case> {
         connected(&get, &["--log-format", "xml"], "--log-format"),
         connected(&get, &["--no-such-flag"], "--no-such-flag"),
         // Credentials.
-        case(
-            &[
-                "scale-set",
-                "get",
-                "--id",
-                "1",
-                "--url",
-                url,
-                "--token-file",
-                &missing,
-            ],
-            "missing",
-        ),
-        case(
-            &[
-                "scale-set",
-                "get",
-                "--id",
-                "1",
-                "--url",
-                url,
-                "--token-file",
-                &empty,
-            ],
-            "empty",
-        ),
-        case(
-            &[
-                "scale-set",
-                "get",
-                "--id",
-                "1",
-                "--url",
-                url,
-                "--token",
-                "  ",
-            ],
-            "--token",
-        ),
-        case(
-            &[
-                "scale-set",
-                "get",
-                "--id",
-                "1",
-                "--url",
-                url,
-                "--app-client-id",
-                "Iv1.x",
-                "--app-installation-id",
-                "1",
-            ],
+        get_scale_set(&["--token-file", &missing], "missing"),
+        get_scale_set(&["--token-file", &empty], "empty"),
+        get_scale_set(&["--token", "  "], "--token"),
+        get_scale_set(
+            &["--app-client-id", "Iv1.x", "--app-installation-id", "1"],
             "--app-private-key-file",
         ),
-        case(
+        get_scale_set(
             &[
-                "scale-set",
-                "get",
-                "--id",
-                "1",
-                "--url",
-                url,
                 "--app-client-id",
                 "Iv1.x",
                 "--app-installation-id",
@@ -359,14 +313,8 @@ fn cases(f: &Files, url: &str) -> Vec<Case> {
             ],
             "--app-installation-id",
         ),
-        case(
+        get_scale_set(
             &[
-                "scale-set",
-                "get",
-                "--id",
-                "1",
-                "--url",
-                url,
                 "--app-client-id",
                 "Iv1.x",
                 "--app-installation-id",
@@ -376,14 +324,8 @@ fn cases(f: &Files, url: &str) -> Vec<Case> {
             ],
             "private key",
         ),
-        case(
+        get_scale_set(
             &[
-                "scale-set",
-                "get",
-                "--id",
-                "1",
-                "--url",
-                url,
                 "--app-client-id",
                 "Iv1.x",
                 "--app-installation-id",
@@ -393,14 +335,8 @@ fn cases(f: &Files, url: &str) -> Vec<Case> {
             ],
             "public key",
         ),
-        case(
+        get_scale_set(
             &[
-                "scale-set",
-                "get",
-                "--id",
-                "1",
-                "--url",
-                url,
                 "--app-client-id",
                 "Iv1.x",
                 "--app-installation-id",
@@ -426,19 +362,8 @@ fn cases(f: &Files, url: &str) -> Vec<Case> {
         ),
         with_env(connected(&get, &[], "chatty"), "SCALESET_LOG", "chatty"),
         with_env(
-            case(
-                &[
-                    "scale-set",
-                    "get",
-                    "--id",
-                    "1",
-                    "--url",
-                    url,
-                    "--app-client-id",
-                    "Iv1.x",
-                    "--app-installation-id",
-                    "1",
-                ],
+            get_scale_set(
+                &["--app-client-id", "Iv1.x", "--app-installation-id", "1"],
                 "public key",
             ),
             "SCALESET_APP_PRIVATE_KEY_FILE",
