@@ -15,6 +15,11 @@ use http::{HeaderMap, Method, StatusCode};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+/// `input` parsed as a config URL, a failing test case when it is refused.
+fn parsed(input: &str) -> Result<actions_scaleset::GitHubConfig, TestCaseError> {
+    parse_github_config_from_url(input).map_err(|e| TestCaseError::fail(e.to_string()))
+}
+
 /// Keys the decoders look for, so that generated objects reach past the first field lookup.
 const KEYS: &[&str] = &[
     "messageId",
@@ -310,7 +315,7 @@ proptest! {
         slash in prop::bool::ANY,
     ) {
         let input = format!("{scheme}://{host}/{owner}/{repo}{}", if slash { "/" } else { "" });
-        let c = parse_github_config_from_url(&input).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let c = parsed(&input)?;
         prop_assert_eq!(c.scope, Scope::Repository);
         prop_assert_eq!((c.enterprise.as_str(), c.organization.as_str(), c.repository.as_str()),
             ("", owner.as_str(), repo.as_str()));
@@ -319,8 +324,7 @@ proptest! {
 
     #[test]
     fn an_organization_url_parses_back_to_its_parts(host in host(), org in slug()) {
-        let c = parse_github_config_from_url(&format!("https://{host}/{org}"))
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let c = parsed(&format!("https://{host}/{org}"))?;
         prop_assert_eq!(c.scope, Scope::Organization);
         prop_assert_eq!(c.organization, org);
         prop_assert!(c.enterprise.is_empty() && c.repository.is_empty());
@@ -338,8 +342,7 @@ proptest! {
             .zip(upper)
             .map(|(c, up)| if up { c.to_ascii_uppercase() } else { c })
             .collect();
-        let c = parse_github_config_from_url(&format!("https://{host}/{keyword}/{enterprise}/"))
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let c = parsed(&format!("https://{host}/{keyword}/{enterprise}/"))?;
         prop_assert_eq!(c.scope, Scope::Enterprise);
         prop_assert_eq!(c.enterprise, enterprise);
         prop_assert!(c.organization.is_empty() && c.repository.is_empty());
@@ -353,7 +356,7 @@ proptest! {
         }
         prop_assume!(!owner.eq_ignore_ascii_case("enterprises"));
         let input = format!("https://github.com/{}/{}", percent_encode(&owner), percent_encode(&repo));
-        let c = parse_github_config_from_url(&input).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let c = parsed(&input)?;
         prop_assert_eq!(c.organization, owner);
         prop_assert_eq!(c.repository, repo);
     }
