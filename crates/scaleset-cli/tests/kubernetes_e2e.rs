@@ -283,16 +283,7 @@ async fn ten_jobs_with_max_3_pods_all_complete_then_drain_leaves_no_pod_or_secre
     run.sigterm();
     let out = run.finish().await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(
-        fake.names(Kind::Pod, NS).is_empty(),
-        "no pod is left: {:?}",
-        fake.names(Kind::Pod, NS)
-    );
-    assert!(
-        fake.names(Kind::Secret, NS).is_empty(),
-        "no Secret is left: {:?}",
-        fake.names(Kind::Secret, NS)
-    );
+    assert_no_pod_or_secret(&fake);
     let peak = fake.peak(Kind::Pod, NS);
     assert!(
         peak <= 3,
@@ -410,6 +401,14 @@ async fn wait_no_pods(fake: &FakeKube) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Asserts that no Pod and no Secret of the namespace is left.
+fn assert_no_pod_or_secret(fake: &FakeKube) {
+    let pods = fake.names(Kind::Pod, NS);
+    assert!(pods.is_empty(), "no pod is left: {pods:?}");
+    let secrets = fake.names(Kind::Secret, NS);
+    assert!(secrets.is_empty(), "no Secret is left: {secrets:?}");
 }
 
 /// `scaleset run --config` of one replica of a leader-elected daemon.
@@ -548,16 +547,7 @@ async fn two_replicas_one_leads_and_the_standby_takes_over_a_killed_leaders_pods
         fake.peak(Kind::Pod, NS) <= 3,
         "never more than max runners pods"
     );
-    assert!(
-        fake.names(Kind::Pod, NS).is_empty(),
-        "{:?}",
-        fake.names(Kind::Pod, NS)
-    );
-    assert!(
-        fake.names(Kind::Secret, NS).is_empty(),
-        "{:?}",
-        fake.names(Kind::Secret, NS)
-    );
+    assert_no_pod_or_secret(&fake);
     let st = sim.state();
     assert!(st.sessions.is_empty(), "{:?}", st.sessions);
     assert!(st.runners.is_empty(), "{:?}", st.runners);
@@ -677,11 +667,7 @@ async fn a_frozen_leader_is_replaced_and_on_waking_stops_at_once_without_creatin
     );
     assert_eq!(out_b.code, 0, "{}", out_b.stderr);
     assert!(out_b.stderr.contains("adopted=2"), "{}", out_b.stderr);
-    assert!(
-        fake.names(Kind::Pod, NS).is_empty(),
-        "{:?}",
-        fake.names(Kind::Pod, NS)
-    );
+    assert_no_pod_or_secret(&fake);
     assert!(
         sim.state().sessions.is_empty(),
         "{:?}",
@@ -769,16 +755,7 @@ async fn a_leader_told_to_stop_hands_its_busy_pods_over_without_draining_them() 
         .filter(|r| r.method == "POST" && r.path.ends_with("/pods"))
         .count();
     assert_eq!(created, 2, "no pod created twice\nB:\n{}", out_b.stderr);
-    assert!(
-        fake.names(Kind::Pod, NS).is_empty(),
-        "{:?}",
-        fake.names(Kind::Pod, NS)
-    );
-    assert!(
-        fake.names(Kind::Secret, NS).is_empty(),
-        "{:?}",
-        fake.names(Kind::Secret, NS)
-    );
+    assert_no_pod_or_secret(&fake);
     assert!(
         sim.state().sessions.is_empty(),
         "{:?}",
